@@ -1,0 +1,17 @@
+"""Errors that describe a user mistake rather than a bug.
+
+The CLI prints these as one line (no traceback) and exits non-zero; everything else is a bug and keeps its
+traceback.
+"""
+
+
+class VlpromptError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+
+class ConfigError(VlpromptError, ValueError):
+    """An argument or configuration value that cannot be used."""
+
+
+class CheckpointMismatchError(VlpromptError):
+    """A checkpoint that does not belong to the learner or CLIP it is loaded into."""

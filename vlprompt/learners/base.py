@@ -1,0 +1,212 @@
+"""What every prompt learner shares: the frozen CLIP, class names, training loop, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+
+from vlprompt.clip import FrozenCLIP
+from vlprompt.errors import CheckpointMismatchError, ConfigError
+
+#: Bumped when the layout of ``checkpoint["vlprompt"]`` changes.
+CHECKPOINT_FORMAT = 1
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class PromptLearner(pl.LightningModule):
+    """Base class of all learners.
+
+    A learner holds a :class:`~vlprompt.clip.FrozenCLIP` (never trained, never saved) and the parameters it
+    learns. ``forward(images)`` returns logits of shape ``(batch, n_classes)``; :meth:`set_classnames` switches
+    to other classes (base to novel) without touching what was learned.
+
+    Args:
+        clip: the frozen backbone.
+        classnames: class names, in label order.
+        templates: hand-written prompt templates with one ``{}`` for the class name (the dataset's templates);
+            used by learners that need hand-crafted text features.
+        lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
+        warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
+            over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
+    """
+
+    registry_name: ClassVar[str] = ""
+    #: Whether text features depend only on the learned parameters (not on the image), so evaluation can
+    #: compute them once.
+    image_independent_text: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        classnames: Sequence[str],
+        templates: Optional[Sequence[str]] = None,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+    ):
+        super().__init__()
+        if not isinstance(clip, FrozenCLIP):
+            raise ConfigError(f"clip must be a vlprompt FrozenCLIP (vlprompt.load_clip(...)), got {type(clip).__name__}")
+        classnames = list(classnames or [])
+        if not classnames:
+            raise ConfigError("a learner needs at least one class name (classnames=[...])")
+        templates = list(templates or DEFAULT_TEMPLATES)
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise ConfigError(f"templates need exactly one '{{}}' for the class name: {bad}")
+        self.save_hyperparameters(ignore=["clip"])
+        self.clip = clip
+        self.classnames = classnames
+        self.templates = templates
+        self._text_cache: Optional[torch.Tensor] = None
+        self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
+
+    # -- what subclasses provide (besides forward(images) -> logits) --------------------------------------------
+    def _on_classnames_changed(self) -> None:
+        """Rebuild whatever depends on the class names (token ids, frozen text features)."""
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, logits)`` for a training batch; cross-entropy unless the paper adds terms."""
+        logits = self(images)
+        return F.cross_entropy(logits, labels), logits
+
+    # -- shared pieces ---------------------------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Switch to other classes; learned parameters are kept as they are."""
+        classnames = list(classnames)
+        if not classnames:
+            raise ConfigError("set_classnames needs at least one class name")
+        self.classnames = classnames
+        self._text_cache = None
+        self._on_classnames_changed()
+
+    @torch.no_grad()
+    def hand_text_features(self, templates: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Normalised text features of the hand templates, ensembled over templates (mean, renormalised)."""
+        templates = list(templates or self.templates)
+        features = 0
+        for template in templates:
+            ids = self.clip.tokenize([template.format(name) for name in self.classnames])
+            features = features + self.clip.encode_text(ids, normalize=True)
+        return F.normalize(features / len(templates), dim=-1)
+
+    def cached_text_features(self, compute) -> torch.Tensor:
+        """``compute()`` in training; in evaluation the result is computed once and reused.
+
+        Only for text features that do not depend on the image. The cache is dropped whenever the learner
+        changes mode, loads weights or switches classes.
+        """
+        if self.training or not self.image_independent_text:
+            return compute()
+        if self._text_cache is None:
+            with torch.no_grad():
+                self._text_cache = compute()
+        return self._text_cache
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""
+        scale = self.clip.logit_scale
+        if text_features.dim() == 3:
+            return scale * torch.einsum("bd,bcd->bc", image_features, text_features)
+        return scale * image_features @ text_features.t()
+
+    def train(self, mode: bool = True):
+        self._text_cache = None
+        return super().train(mode)
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- Lightning -------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.num_trainable_parameters() == 0:
+            raise ConfigError(f"learner {self.registry_name!r} has nothing to train; evaluate it with `vlprompt test`")
+        rank_zero_info(f"{self.registry_name}: {self.num_trainable_parameters():,} trainable parameters; CLIP frozen")
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        loss, logits = self.training_loss(images, labels)
+        self.train_acc(_correct(logits, labels))
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.val_acc(_correct(self(images), labels))
+        self.log("val/acc", self.val_acc, prog_bar=True, on_step=False, on_epoch=True)
+
+    def test_step(self, batch, batch_idx):
+        images, labels = batch
+        self.test_acc(_correct(self(images), labels))
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch, batch_idx):
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        hp = self.hparams
+        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+
+        def factor(epoch: int) -> float:
+            if epoch < hp.warmup_epochs:
+                return hp.warmup_lr / hp.lr
+            # Dassl steps the cosine successor from 0 after warm-up, with T_max = max_epochs.
+            return 0.5 * (1 + math.cos(math.pi * (epoch - hp.warmup_epochs) / max_epochs))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vlprompt"] = {
+            "format": CHECKPOINT_FORMAT,
+            "learner": self.registry_name,
+            "clip": self.clip.identity,
+            "classnames": list(self.classnames),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_matches(checkpoint, self)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._text_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner) -> None:
+    """Refuse a checkpoint written by another learner or on another CLIP architecture."""
+    meta = checkpoint.get("vlprompt")
+    if meta is None:
+        raise CheckpointMismatchError("this checkpoint was not written by a vlprompt learner (no 'vlprompt' entry)")
+    if meta["learner"] != learner.registry_name:
+        raise CheckpointMismatchError(
+            f"checkpoint holds a {meta['learner']!r} learner, not {learner.registry_name!r}; "
+            f"load it with --model {meta['learner']} or vlprompt.load_learner(path)")
+    saved, current = meta["clip"]["arch"], learner.clip.identity["arch"]
+    if saved != current:
+        diff = ", ".join(f"{k}: {saved.get(k)} vs {current.get(k)}" for k in sorted(set(saved) | set(current))
+                         if saved.get(k) != current.get(k))
+        raise CheckpointMismatchError(
+            f"checkpoint was trained on a different CLIP architecture ({diff}); use the CLIP it was trained on "
+            f"({meta['clip']['source']['name']!r})")
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample correctness in percent, so the mean is accuracy in percent."""
+    return (logits.argmax(dim=-1) == labels).float() * 100.0

@@ -1,0 +1,125 @@
+"""Learnable context vectors placed around each class name (the CoOp prompt template).
+
+Kept apart from the learners (as OpenPrompt keeps template and model apart): CoOp, CoCoOp, KgCoOp and MaPLe
+all build their text prompts with :class:`ContextPrompts` and differ only in what they do with them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from vlprompt.clip import FrozenCLIP
+from vlprompt.errors import ConfigError
+
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+class ContextPrompts(nn.Module):
+    """``[SOT] ctx_1 .. ctx_n classname . [EOT]`` with learnable ``ctx`` (CoOp, Zhou et al., IJCV 2022).
+
+    Args:
+        clip: the frozen backbone (read here, not stored).
+        classnames: class names in label order.
+        n_ctx: number of learnable context vectors.
+        ctx_init: text whose token embeddings initialise the context (``"a photo of a"``), or ``None`` for
+            random N(0, 0.02) vectors. If it has more tokens than ``n_ctx``, the first ``n_ctx`` are learned and
+            the rest stay as fixed words before the class name (as MaPLe does with ``n_ctx=2``).
+        class_token_position: ``end`` (``ctx classname.``), ``middle`` (half the context on each side) or
+            ``front`` (``classname ctx.``).
+        class_specific: one context per class (CoOp's CSC) instead of one shared by all classes. Such a
+            context cannot move to other classes.
+    """
+
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        classnames: Sequence[str],
+        n_ctx: int = 4,
+        ctx_init: Optional[str] = "a photo of a",
+        class_token_position: str = "end",
+        class_specific: bool = False,
+    ):
+        super().__init__()
+        if n_ctx < 1:
+            raise ConfigError(f"n_ctx must be at least 1, got {n_ctx}")
+        if class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ConfigError(f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
+                              f"got {class_token_position!r}")
+        self.n_ctx, self.class_token_position, self.class_specific = n_ctx, class_token_position, class_specific
+        width = clip.text_width
+        if ctx_init:
+            init_ids = clip.encode_words(ctx_init)
+            if len(init_ids) < n_ctx:
+                raise ConfigError(f"ctx_init {ctx_init!r} is {len(init_ids)} tokens but n_ctx={n_ctx}; "
+                                  f"set n_ctx <= {len(init_ids)} or a longer ctx_init (or ctx_init: null for random)")
+            if len(init_ids) > n_ctx and class_token_position != "end":
+                raise ConfigError(f"ctx_init longer than n_ctx needs class_token_position 'end', got "
+                                  f"{class_token_position!r}")
+            self._ctx_ids, self._fixed_ids = init_ids[:n_ctx], init_ids[n_ctx:]
+            with torch.no_grad():
+                init = clip.embed_tokens(torch.tensor(self._ctx_ids, device=clip.device)).float().cpu()
+        else:
+            self._ctx_ids, self._fixed_ids = clip.encode_words(" ".join(["X"] * n_ctx)), []
+            init = torch.empty(n_ctx, width).normal_(std=0.02)
+        if class_specific:
+            init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
+        self.ctx = nn.Parameter(init)
+        self.build(clip, classnames)
+
+    @property
+    def prompt_start(self) -> int:
+        """Position of the first context token, the same in every prompt (only for ``end``)."""
+        if self.class_token_position != "end":
+            raise ConfigError("deep prompts need class_token_position 'end'")
+        return 1
+
+    def build(self, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
+        """(Re)build token ids and frozen embeddings for ``classnames``; the context is untouched."""
+        if self.class_specific and len(classnames) != self.ctx.shape[0]:
+            raise ConfigError(f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot "
+                              f"serve {len(classnames)} others; use a shared context (class_specific: false)")
+        rows, positions = [], []
+        for name in classnames:
+            pieces, learned = self._pieces(name)
+            tokens = clip.prompt_tokens(pieces)
+            rows.append(tokens)
+            positions.append([p for i in learned for p in range(*tokens.spans[i])])
+        length = max(t.eot for t in rows) + 1  # nothing after the last EOT can reach a pooled feature
+        ids = torch.stack([t.ids[:length] for t in rows]).to(clip.device)
+        with torch.no_grad():
+            embeds = clip.embed_tokens(ids)
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.register_buffer("token_embeds", embeds, persistent=False)
+        self.register_buffer("ctx_positions", torch.tensor(positions, device=clip.device), persistent=False)
+        self.register_buffer("pool_index", clip.pool_index(ids), persistent=False)
+
+    def _pieces(self, name: str) -> tuple[list, list[int]]:
+        """Prompt pieces for one class and the indices of the learned ones."""
+        ctx, half = self._ctx_ids, self.n_ctx // 2
+        if self.class_token_position == "end":
+            return [ctx, self._fixed_ids, name, "."], [0]
+        if self.class_token_position == "front":
+            return [name, ctx, "."], [1]
+        return [ctx[:half], name, ctx[half:], "."], [0, 2]
+
+    def embeddings(self, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings ``C x L x width`` with the context inserted.
+
+        ``ctx`` defaults to the learned context; a ``B x n x width`` tensor gives per-image prompts
+        ``B x C x L x width`` (CoCoOp).
+        """
+        ctx = self.ctx if ctx is None else ctx
+        n_cls = self.token_embeds.shape[0]
+        rows = torch.arange(n_cls, device=ctx.device)[:, None].expand(-1, self.n_ctx)
+        if ctx.dim() == 3 and not self.class_specific:
+            batch = ctx.shape[0]
+            base = self.token_embeds.unsqueeze(0).expand(batch, -1, -1, -1)
+            images = torch.arange(batch, device=ctx.device)[:, None, None].expand(-1, n_cls, self.n_ctx)
+            values = ctx[:, None].expand(-1, n_cls, -1, -1).to(base.dtype)
+            return base.index_put((images, rows.expand(batch, -1, -1), self.ctx_positions.expand(batch, -1, -1)),
+                                  values)
+        values = (ctx if ctx.dim() == 3 else ctx.expand(n_cls, -1, -1)).to(self.token_embeds.dtype)
+        return self.token_embeds.index_put((rows, self.ctx_positions), values)

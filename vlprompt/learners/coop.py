@@ -1,0 +1,61 @@
+"""CoOp: a learned context replaces the hand-written words of the prompt."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlprompt.clip import FrozenCLIP
+from vlprompt.learners.base import PromptLearner
+from vlprompt.learners.context import ContextPrompts
+from vlprompt.learners.registry import register_learner
+
+
+@register_learner("coop")
+class CoOp(PromptLearner):
+    """Context Optimization (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022).
+
+    ``n_ctx`` context vectors, shared by all classes (or one set per class with ``class_specific``), are
+    learned in front of (or around) the class name; text features come from the frozen text encoder.
+
+    Defaults follow the paper's ViT-B/16 16-shot recipe: 4 context tokens initialised from "a photo of a",
+    SGD lr 0.002, cosine schedule with one warm-up epoch at 1e-5 (batch 32 and 200 epochs are data/trainer
+    settings, see ``configs/learners/coop.yaml``).
+
+    Deliberate differences: mixed precision comes from autocast (``--trainer.precision bf16-mixed``) rather
+    than casting CLIP's weights to fp16; sequences are cut after the last EOT token (exact under the causal
+    mask).
+    """
+
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        classnames: Sequence[str],
+        templates: Optional[Sequence[str]] = None,
+        n_ctx: int = 4,
+        ctx_init: Optional[str] = "a photo of a",
+        class_token_position: str = "end",
+        class_specific: bool = False,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+    ):
+        super().__init__(clip, classnames, templates, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific)
+
+    def _on_classnames_changed(self) -> None:
+        self.prompts.build(self.clip, self.classnames)
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised class text features from the learned context (``C x D``)."""
+        features = self.clip.encode_text_embeddings(self.prompts.embeddings(), self.prompts.pool_index)
+        return F.normalize(features, dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        text = self.cached_text_features(self.text_features)
+        return self.logits(self.clip.encode_image(images, normalize=True), text)

@@ -1,0 +1,85 @@
+"""The learner registry: a name for every learner class, filled by the ``@register_learner`` decorator.
+
+The built-in learner modules are listed here and imported when the registry is first read, so the registry
+is complete whatever the caller imported; no module has to be imported "for its side effect". Third-party
+learners register through the ``vlprompt.learners`` entry-point group (``name = package.module:Class``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Callable
+
+from vlprompt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vlprompt.learners.base import PromptLearner
+
+#: Modules under ``vlprompt.learners`` that define built-in learners (checked by the test suite).
+BUILTIN_MODULES = ("zeroshot", "coop", "cocoop", "kgcoop", "maple")
+
+_REGISTRY: dict[str, type["PromptLearner"]] = {}
+_loaded = False
+
+
+def register_learner(name: str) -> Callable[[type["PromptLearner"]], type["PromptLearner"]]:
+    """Class decorator: make a learner available as ``name``."""
+
+    def decorate(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"learner name {name!r} is already taken by {_REGISTRY[name].__qualname__}")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"vlprompt.learners.{module}")
+    for entry in entry_points(group="vlprompt.learners"):
+        cls = entry.load()
+        if entry.name not in _REGISTRY:
+            register_learner(entry.name)(cls)
+
+
+def list_learners() -> list[str]:
+    """Names of all registered learners, sorted."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_learner_class(name: str) -> type["PromptLearner"]:
+    _load_all()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
+        raise ConfigError(f"unknown learner {name!r}; {hint}")
+    return _REGISTRY[name]
+
+
+def hyperparameter_names(cls: type) -> list[str]:
+    """Keyword arguments a learner class accepts (its ``__init__`` signature, without ``self``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p != "self" and params[p].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                       inspect.Parameter.VAR_KEYWORD)]
+
+
+def build_learner(name: str, clip, classnames, **hparams) -> "PromptLearner":
+    """Build the learner registered as ``name`` on a frozen ``clip`` for ``classnames``."""
+    cls = get_learner_class(name)
+    valid = hyperparameter_names(cls)
+    for key in hparams:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
+            raise ConfigError(f"learner {name!r} has no hyper-parameter {key!r}; {hint}")
+    return cls(clip=clip, classnames=list(classnames), **hparams)
