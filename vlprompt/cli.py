@@ -22,17 +22,21 @@ from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.registry import hyperparameter_names
 
 TRAINER_DEFAULTS = {
+    # Few-shot epochs are short (16 shots x 100 classes / 32 = 50 steps), Lightning's default of 50 is too sparse.
+    "log_every_n_steps": 10,
     "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
 }
 
 _UNKNOWN_PATTERNS = (
     re.compile(r"Option '([\w.]+)' is not accepted"),
     re.compile(r'Key "([\w.]+)" is not expected'),
-    re.compile(r"Unrecognized arguments:\s*--?([\w.]+)"),
+    re.compile(r"unrecognized arguments:\s*--?([\w.]+)", re.I),
     re.compile(r'No action for key "([\w.]+)"'),
-    re.compile(r"[Uu]nexpected keyword argument '?(\w+)'?"),
+    re.compile(r"unexpected keyword argument '?(\w+)'?", re.I),
 )
-_VALUE_PATTERN = re.compile(r'Parser key "([\w.]+)":\s*(.+?)(?:\s+-\s+Expected a <class .NoneType.>|$)', re.S)
+_PARSER_KEY = re.compile(r'Parser key "([\w.]+)"')
+_EXPECTED_TYPE = re.compile(r"Expected a <class '([\w.]+)'>")
+_GIVEN_VALUE = re.compile(r"(?:Given|Got) value:\s*(.+)")
 
 
 def _candidate_keys(parser: LightningArgumentParser) -> list[str]:
@@ -44,22 +48,38 @@ def _candidate_keys(parser: LightningArgumentParser) -> list[str]:
     return sorted(keys)
 
 
+def _full_key(message: str, inner: Optional[str] = None) -> str:
+    """The dotted key an error is about; nested class arguments sit under ``init_args``."""
+    keys = _PARSER_KEY.findall(message) + ([inner] if inner else [])
+    if not keys:
+        return ""
+    nested = ".init_args." if "class_path" in message else "."
+    return keys[0] + "".join(nested + k for k in keys[1:] if not k.startswith(keys[0]))
+
+
 def one_line_error(message: str, candidates: Sequence[str]) -> str:
     """Condense a jsonargparse message to one line that names the key and the closest valid ones."""
     for pattern in _UNKNOWN_PATTERNS:
         match = pattern.search(message)
         if match:
-            key = match.group(1)
+            key = _full_key(message, match.group(1))
             close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
             if not close:  # compare the last component too, e.g. 'n_ctxx' against '...init_args.n_ctx'
                 tails = {c.rsplit(".", 1)[-1]: c for c in candidates}
                 close = [tails[t] for t in difflib.get_close_matches(key.rsplit(".", 1)[-1], tails, n=3, cutoff=0.6)]
             hint = f"; closest valid: {', '.join(close)}" if close else "; run with --help for the valid keys"
             return f"unknown key {key!r}{hint}"
-    match = _VALUE_PATTERN.search(message)
-    if match:
-        detail = " ".join(match.group(2).split())[:300]
-        return f"bad value for {match.group(1)!r}: {detail}"
+    key = _full_key(message)
+    if key:
+        expected = [t for t in _EXPECTED_TYPE.findall(message) if t != "NoneType"]
+        given = _GIVEN_VALUE.search(message)
+        if expected:
+            detail = f"expected {' or '.join(dict.fromkeys(expected))}"
+        else:  # the first line that says something beyond the key
+            lines = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
+            detail = lines[0] if lines else "invalid value"
+        got = f", got {given.group(1).strip()!r}" if given else ""
+        return f"bad value for {key!r}: {detail}{got}"
     return " ".join(message.split())[:400]
 
 
@@ -83,21 +103,65 @@ class VlpromptCLI(LightningCLI):
         parser.link_arguments("data.templates", "model.init_args.templates", apply_on="instantiate")
 
 
+def resolve_learner_names(args: Sequence[str]) -> list[str]:
+    """Let ``--model coop`` name a registered learner; class paths and config files pass through."""
+    args = [str(arg) for arg in args]
+    for i, arg in enumerate(args):
+        if arg == "--model" and i + 1 < len(args):
+            index, value = i + 1, args[i + 1]
+        elif arg.startswith("--model="):
+            index, value = i, arg.split("=", 1)[1]
+        else:
+            continue
+        if not re.fullmatch(r"\w+", value):
+            continue
+        class_names = {get_learner_class(n).__name__ for n in list_learners()}
+        if value in class_names:
+            continue
+        cls = get_learner_class(value)  # unknown names raise a ConfigError with the closest ones
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        args[index] = path if index == i + 1 else f"--model={path}"
+    return args
+
+
+def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> VlpromptCLI:
+    """Parse ``args`` (``sys.argv`` when ``None``) and run the subcommand; the CLI keeps trainer and model."""
+    return VlpromptCLI(
+        PromptLearner,
+        ImageSplitDataModule,
+        subclass_mode_model=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=None if args is None else resolve_learner_names(args),
+        auto_configure_optimizers=False,
+        parser_class=VlpromptArgumentParser,
+        run=run,
+    )
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
+    """The ``vlprompt`` command; user mistakes end with one ``vlprompt: error:`` line and exit status 2."""
     try:
-        VlpromptCLI(
-            PromptLearner,
-            ImageSplitDataModule,
-            subclass_mode_model=True,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            auto_configure_optimizers=False,
-            parser_class=VlpromptArgumentParser,
-        )
-    except VlpromptError as err:
-        sys.stderr.write(f"vlprompt: error: {err}\n")
+        if args is None:
+            sys.argv[1:] = resolve_learner_names(sys.argv[1:])
+        create_cli(args)
+    except Exception as err:  # noqa: BLE001 - only user mistakes are reported briefly, the rest re-raised
+        cause = _user_mistake(err)
+        if cause is None:
+            raise
+        sys.stderr.write(f"vlprompt: error: {cause}\n")
         sys.exit(2)
+
+
+def _user_mistake(err: BaseException) -> Optional[VlpromptError]:
+    """The VlpromptError behind ``err``, also when jsonargparse wrapped it while instantiating classes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VlpromptError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

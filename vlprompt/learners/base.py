@@ -130,9 +130,12 @@ class PromptLearner(pl.LightningModule):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # -- Lightning -------------------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def _require_trainable(self) -> None:
         if self.num_trainable_parameters() == 0:
             raise ConfigError(f"learner {self.registry_name!r} has nothing to train; evaluate it with `vlprompt test`")
+
+    def on_fit_start(self) -> None:
+        self._require_trainable()
         rank_zero_info(f"{self.registry_name}: {self.num_trainable_parameters():,} trainable parameters; CLIP frozen")
 
     def training_step(self, batch, batch_idx):
@@ -158,6 +161,7 @@ class PromptLearner(pl.LightningModule):
         return self(images).softmax(dim=-1)
 
     def configure_optimizers(self):
+        self._require_trainable()  # Lightning asks for optimizers before on_fit_start
         params = [p for p in self.parameters() if p.requires_grad]
         hp = self.hparams
         optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

@@ -26,7 +26,9 @@ class ContextPrompts(nn.Module):
         n_ctx: number of learnable context vectors.
         ctx_init: text whose token embeddings initialise the context (``"a photo of a"``), or ``None`` for
             random N(0, 0.02) vectors. If it has more tokens than ``n_ctx``, the first ``n_ctx`` are learned and
-            the rest stay as fixed words before the class name (as MaPLe does with ``n_ctx=2``).
+            the rest stay as fixed words before the class name (as MaPLe does with ``n_ctx=2``); if it has
+            fewer, the extra context vectors are random and placed before the init words (CoOp's reference
+            instead silently ignores ``n_ctx`` when ``ctx_init`` is set).
         class_token_position: ``end`` (``ctx classname.``), ``middle`` (half the context on each side) or
             ``front`` (``classname ctx.``).
         class_specific: one context per class (CoOp's CSC) instead of one shared by all classes. Such a
@@ -50,20 +52,17 @@ class ContextPrompts(nn.Module):
                               f"got {class_token_position!r}")
         self.n_ctx, self.class_token_position, self.class_specific = n_ctx, class_token_position, class_specific
         width = clip.text_width
-        if ctx_init:
-            init_ids = clip.encode_words(ctx_init)
-            if len(init_ids) < n_ctx:
-                raise ConfigError(f"ctx_init {ctx_init!r} is {len(init_ids)} tokens but n_ctx={n_ctx}; "
-                                  f"set n_ctx <= {len(init_ids)} or a longer ctx_init (or ctx_init: null for random)")
-            if len(init_ids) > n_ctx and class_token_position != "end":
-                raise ConfigError(f"ctx_init longer than n_ctx needs class_token_position 'end', got "
-                                  f"{class_token_position!r}")
-            self._ctx_ids, self._fixed_ids = init_ids[:n_ctx], init_ids[n_ctx:]
-            with torch.no_grad():
-                init = clip.embed_tokens(torch.tensor(self._ctx_ids, device=clip.device)).float().cpu()
-        else:
-            self._ctx_ids, self._fixed_ids = clip.encode_words(" ".join(["X"] * n_ctx)), []
-            init = torch.empty(n_ctx, width).normal_(std=0.02)
+        init_ids = clip.encode_words(ctx_init) if ctx_init else []
+        if len(init_ids) > n_ctx and class_token_position != "end":
+            raise ConfigError(f"ctx_init longer than n_ctx needs class_token_position 'end', got "
+                              f"{class_token_position!r}")
+        # Context beyond the init words is random and comes first, so the init words stay next to the class name.
+        n_random = max(n_ctx - len(init_ids), 0)
+        self._ctx_ids = clip.encode_words(" ".join(["X"] * n_random)) + init_ids[:n_ctx - n_random]
+        self._fixed_ids = init_ids[n_ctx - n_random:]
+        with torch.no_grad():
+            words = clip.embed_tokens(torch.tensor(init_ids[:n_ctx - n_random], dtype=torch.long, device=clip.device))
+        init = torch.cat([torch.empty(n_random, width).normal_(std=0.02), words.float().cpu()])
         if class_specific:
             init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(init)

@@ -1,0 +1,23 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`: both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install clean
+
+$(BIN)/vlprompt: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH) -e ".[dev]"
+	touch $@
+
+install: $(BIN)/vlprompt
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python tools/demo.py
+
+clean:
+	rm -rf runs data .pytest_cache

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny CLIPs built from config dicts, fixed image batches, generated image folders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import vlprompt
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RANDOM_YAML = REPO / "configs" / "clip" / "tiny-random.yaml"
+
+
+def tiny_config(**changes) -> dict:
+    """The tiny ViT CLIP of ``configs/clip/tiny-random.yaml`` as a dict, with optional top-level changes."""
+    config = yaml.safe_load(TINY_RANDOM_YAML.read_text())["model"]["init_args"]["clip"]["init_args"]["name"]
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+#: A tiny ResNet CLIP (ModifiedResNet image tower) for the text-only learners and the refusal of visual prompts.
+TINY_RESNET = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    torch.manual_seed(0)
+    return vlprompt.load_clip(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def image_batch():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 3, 32, 32, generator=generator)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    return images, labels
+
+
+def model_weights(clip) -> dict[str, torch.Tensor]:
+    """A copy of every CLIP tensor (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in clip.model.state_dict().items()}

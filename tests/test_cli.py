@@ -1,0 +1,117 @@
+"""The ``vlprompt`` command end to end: fit then test on a tiny CLIP and a generated image folder."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import vlprompt
+from vlprompt.cli import main, one_line_error
+from vlprompt.toy import write_shapes_dataset
+
+from conftest import REPO
+
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(root, per_class=6)
+    return root
+
+
+def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlprompt.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def base_args(learner: str, shapes: Path) -> list:
+    return ["--config", CONFIGS / "learners" / f"{learner}.yaml", "--config", CONFIGS / "clip" / "tiny-random.yaml",
+            "--config", CONFIGS / "data" / "shapes.yaml", "--data.root", shapes]
+
+
+def test_fit_then_test_writes_small_checkpoint_and_metrics(shapes, tmp_path):
+    fit = run_cli("fit", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--trainer.max_epochs", 2,
+                  "--seed_everything", 1, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "coop: 256 trainable parameters" in fit.stdout + fit.stderr
+    run_dir = tmp_path / "runs" / "lightning_logs" / "version_0"
+    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert set(checkpoint["state_dict"]) == {"prompts.ctx"}
+    assert checkpoint["state_dict"]["prompts.ctx"].shape[0] == 8
+    assert checkpoint["vlprompt"]["clip"]["arch"]["text_width"] == 32
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["init_args"]["n_ctx"] == 8 and config["trainer"]["max_epochs"] == 2
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row.get("val/acc") for row in rows) and any(row.get("train/acc") for row in rows)
+
+    test = run_cli("test", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--ckpt_path",
+                   checkpoint_path, cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/acc" in test.stdout
+    learner = vlprompt.load_learner(checkpoint_path)
+    assert torch.equal(learner.prompts.ctx, checkpoint["state_dict"]["prompts.ctx"])
+
+
+    validate = run_cli("validate", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--ckpt_path",
+                       checkpoint_path, cwd=tmp_path)
+    assert validate.returncode == 0 and "val/acc" in validate.stdout, validate.stderr[-3000:]
+
+
+def run_in_process(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_print_config_resolves_registered_learner_names(shapes, capsys):
+    code, out, _ = run_in_process(["fit", *base_args("coop", shapes), "--model", "kgcoop", "--print_config"], capsys)
+    assert code in (0, None)
+    config = yaml.safe_load(out)
+    assert config["model"]["class_path"] == "vlprompt.learners.kgcoop.KgCoOp"
+    assert config["model"]["init_args"]["lambda_kg"] == 8.0
+
+
+def test_tools_train_is_the_same_entry_point_and_errors_have_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, REPO / "tools" / "train.py", "fit", "--data.shotz", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "vlprompt: error: unknown key 'data.shotz'; closest valid: data.shots, data.root, data.seed")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model.init_args.n_ctxx", "8"], "unknown key 'model.init_args.n_ctxx'; closest valid: model.init_args.n_ctx"),
+    (["--trainer.max_epochz", "3"], "unknown key 'trainer.max_epochz'; closest valid: trainer.max_epochs"),
+    (["--model.init_args.n_ctx", "abc"], "bad value for 'model.init_args.n_ctx': expected int, got 'abc'"),
+    (["--model", "coopp"], "unknown learner 'coopp'; did you mean coop"),
+    (["--data.subsample", "half"], "subsample must be one of all, base, novel, got 'half'"),
+    (["--model.init_args.clip.init_args.name", "ViT-B-166"], "unknown CLIP architecture 'ViT-B-166'"),
+], ids=["unknown-learner-key", "unknown-trainer-key", "bad-value", "unknown-learner", "bad-data-value", "bad-arch"])
+def test_user_mistakes_give_one_line_errors(extra, expected, shapes, capsys):
+    code, _, err = run_in_process(["fit", *base_args("coop", shapes), *extra], capsys)
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("vlprompt: error:")]
+    assert len(errors) == 1 and expected in errors[0], err[-2000:]
+
+
+def test_missing_dataset_points_to_the_preparation_notes(tmp_path, capsys):
+    code, _, err = run_in_process(["fit", *base_args("coop", tmp_path / "nowhere")], capsys)
+    assert code == 2 and "does not exist; see datasets/README.md" in err
+
+
+def test_one_line_error_condenses_nested_messages():
+    message = ('Parser key "model":\n  Does not validate\n  Errors:\n    - Problem with given class_path '
+               "'vlprompt.learners.CoOp':\n        Option 'n_ctxx' is not accepted\n")
+    assert one_line_error(message, ["model.init_args.n_ctx", "data.shots"]) == (
+        "unknown key 'model.init_args.n_ctxx'; closest valid: model.init_args.n_ctx")

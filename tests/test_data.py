@@ -1,0 +1,93 @@
+"""The CoOp/Dassl data protocol: split files, few-shot sampling, base/novel halves, the data module."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+
+import pytest
+
+from vlprompt.data import ImageSplitDataModule, Item, few_shot_split, read_split_file, subsample_classes
+from vlprompt.errors import ConfigError
+from vlprompt.toy import write_shapes_dataset
+
+
+def make_split(n_classes=5, per_class=(8, 5, 3)):
+    split = {}
+    for part, count in zip(("train", "val", "test"), per_class):
+        # Interleaved labels, as real split files list them, so "order of first appearance" matters.
+        split[part] = [Item(f"{part}/{c}_{i}.jpg", c, f"class {c}") for i in range(count) for c in range(n_classes)]
+    return split
+
+
+def reference_few_shot(split, shots, seed):
+    """Dassl's generate_fewshot_dataset, written out independently: global random, defaultdict by label."""
+    random.seed(seed)
+    result = {}
+    for part, k in (("train", shots), ("val", min(shots, 4))):
+        tracker = defaultdict(list)
+        for item in split[part]:
+            tracker[item.label].append(item)
+        chosen = []
+        for items in tracker.values():
+            chosen.extend(random.sample(items, k) if len(items) >= k else items)
+        result[part] = chosen
+    return result
+
+
+@pytest.mark.parametrize("shots, seed", [(1, 1), (4, 2), (16, 3)])
+def test_few_shot_selection_is_dassls(shots, seed):
+    split = make_split(per_class=(20, 6, 3))
+    ours = few_shot_split(split, shots, seed)
+    expected = reference_few_shot(split, shots, seed)
+    assert ours["train"] == expected["train"] and ours["val"] == expected["val"]
+    assert ours["test"] == split["test"]
+    assert few_shot_split(split, shots, seed) == ours  # deterministic
+    assert len(ours["val"]) == 5 * min(shots, 4, 6)
+
+
+def test_base_novel_halves_are_relabelled_from_zero():
+    split = make_split(n_classes=5)
+    base, novel = subsample_classes(split, "base"), subsample_classes(split, "novel")
+    assert sorted({i.label for i in base["train"]}) == [0, 1, 2]  # ceil(5 / 2)
+    assert sorted({i.label for i in novel["test"]}) == [0, 1]
+    assert {i.classname for i in novel["test"]} == {"class 3", "class 4"}
+    assert math.ceil(5 / 2) == len({i.classname for i in base["val"]})
+    with pytest.raises(ConfigError, match="subsample must be one of"):
+        subsample_classes(split, "half")
+
+
+def test_split_file_format_is_checked(tmp_path):
+    path = tmp_path / "split_zhou_X.json"
+    path.write_text(json.dumps({"train": [["a.jpg", 0, "a"]], "val": []}))
+    with pytest.raises(ConfigError, match="lacks \\['test'\\]"):
+        read_split_file(path)
+    path.write_text(json.dumps({"train": [["a.jpg", "0", "a"]], "val": [], "test": []}))
+    with pytest.raises(ConfigError, match="is not \\[relpath, label, classname\\]"):
+        read_split_file(path)
+    with pytest.raises(ConfigError, match="does not exist; see datasets/README.md"):
+        read_split_file(tmp_path / "missing.json")
+
+
+def test_data_module_loads_generated_images_and_reports_missing_files(tmp_path):
+    classnames = write_shapes_dataset(tmp_path, per_class=6)
+    module = ImageSplitDataModule(tmp_path, split_file="split_zhou_Shapes.json", shots=2, subsample="base",
+                                  batch_size=4, num_workers=0, image_size=32)
+    assert module.classnames == classnames[: math.ceil(len(classnames) / 2)]
+    module.setup("fit")
+    images, labels = next(iter(module.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and labels.max() < len(module.classnames)
+    (tmp_path / "images" / "red_circle" / "0000.png").unlink()
+    with pytest.raises(ConfigError, match="images listed in the split file are missing"):
+        ImageSplitDataModule(tmp_path, split_file="split_zhou_Shapes.json", shots=-1, num_workers=0).setup("fit")
+
+
+def test_generated_shapes_are_deterministic(tmp_path):
+    write_shapes_dataset(tmp_path / "a", per_class=3, seed=5)
+    write_shapes_dataset(tmp_path / "b", per_class=3, seed=5)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)

@@ -1,0 +1,235 @@
+"""One test suite, parametrised over every registered learner (as timm tests every registered model)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import vlprompt
+from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.learners import registry
+
+from conftest import CLASSNAMES, TINY_RESNET, model_weights, tiny_config
+
+LEARNERS = vlprompt.list_learners()
+TRAINABLE = [name for name in LEARNERS if name != "zeroshot"]
+NOVEL = ["orange moon", "black cross", "white ring"]
+
+
+def build(name, clip, classnames=CLASSNAMES, **hparams):
+    torch.manual_seed(0)
+    return vlprompt.build_learner(name, clip=clip, classnames=classnames, **hparams)
+
+
+def brief_fit(learner, images, labels, root: Path, steps: int = 2) -> pl.Trainer:
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3)
+    trainer = pl.Trainer(max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(learner, loader)
+    return trainer
+
+
+def test_registry_lists_every_learner_module():
+    """Every module under vlprompt/learners/ that registers a learner is imported by the registry."""
+    learners_dir = Path(registry.__file__).parent
+    registering = set()
+    for path in learners_dir.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_learner":
+                registering.add(path.stem)
+    registering.discard("registry")
+    assert registering == set(registry.BUILTIN_MODULES)
+    assert {"zeroshot", "coop", "cocoop", "kgcoop", "maple"} <= set(LEARNERS)
+
+
+def test_unknown_learner_and_hparam_are_clear():
+    with pytest.raises(ConfigError, match="did you mean coop"):
+        vlprompt.build_learner("copo", clip=None, classnames=["a"])
+    clip = vlprompt.load_clip(tiny_config())
+    with pytest.raises(ConfigError, match="did you mean n_ctx"):
+        vlprompt.build_learner("coop", clip=clip, classnames=["a"], n_ctxx=3)
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_builds_and_forward_shape(name, tiny_clip, image_batch):
+    learner = build(name, tiny_clip)
+    images, _ = image_batch
+    learner.eval()
+    with torch.no_grad():
+        logits = learner(images)
+    assert logits.shape == (images.shape[0], len(CLASSNAMES))
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_one_step_lowers_loss_and_only_prompts_get_gradients(name, tiny_clip, image_batch):
+    learner = build(name, tiny_clip)
+    learner.train()
+    assert not tiny_clip.model.training, "the frozen CLIP must stay in eval mode"
+    images, labels = image_batch
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    assert trainable and all(not p.requires_grad for p in tiny_clip.model.parameters())
+    optimizer = torch.optim.SGD(trainable, lr=0.002)  # a small step along the gradient must lower the loss
+    loss_before, _ = learner.training_loss(images, labels)
+    optimizer.zero_grad()
+    loss_before.backward()
+    assert all(p.grad is None for p in tiny_clip.model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    optimizer.step()
+    with torch.no_grad():
+        loss_after, _ = learner.training_loss(images, labels)
+    assert loss_after < loss_before
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_training_keeps_clip_bit_identical_and_checkpoint_round_trips(name, tiny_clip, image_batch, tmp_path):
+    images, labels = image_batch
+    learner = build(name, tiny_clip)
+    learned_before = {k: v.clone() for k, v in learner.state_dict().items()}
+    weights = model_weights(tiny_clip)
+    trainer = brief_fit(learner, images, labels, tmp_path)
+    assert not tiny_clip.model.training
+    for key, value in model_weights(tiny_clip).items():
+        assert torch.equal(value, weights[key]), f"CLIP tensor {key} changed"
+    assert any(not torch.equal(v, learned_before[k]) for k, v in learner.state_dict().items()), "nothing learned"
+
+    path = tmp_path / "learner.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert not any(k.startswith("clip.") for k in checkpoint["state_dict"]), "CLIP weights must not be saved"
+    assert checkpoint["vlprompt"]["learner"] == name
+
+    restored = vlprompt.load_learner(path, clip=tiny_clip)
+    learner.eval(), restored.eval()
+    with torch.no_grad():
+        assert torch.equal(learner(images), restored(images))
+    rebuilt = vlprompt.load_learner(path)  # the CLIP named in the checkpoint is rebuilt (random weights here)
+    assert type(rebuilt) is type(learner) and rebuilt.classnames == CLASSNAMES
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_set_classnames_switches_classes_and_keeps_what_was_learned(name, tiny_clip, image_batch):
+    images, _ = image_batch
+    learner = build(name, tiny_clip).eval()
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        base_logits = learner(images)
+        learned = {k: v.clone() for k, v in learner.state_dict().items()}
+        learner.set_classnames(NOVEL)
+        novel_logits = learner(images)
+        assert novel_logits.shape == (images.shape[0], len(NOVEL))
+        for key, value in learner.state_dict().items():
+            assert torch.equal(value, learned[key])
+        learner.set_classnames(CLASSNAMES)
+        assert torch.allclose(learner(images), base_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["coop", "kgcoop"])
+def test_untrained_context_from_a_photo_of_a_equals_zero_shot(name, tiny_clip, image_batch):
+    images, _ = image_batch
+    zeroshot = build("zeroshot", tiny_clip, templates=["a photo of a {}."]).eval()
+    learner = build(name, tiny_clip, n_ctx=4, ctx_init="a photo of a").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(learner(images), zeroshot(images), atol=1e-5, rtol=0)
+
+
+def test_class_token_positions_and_class_specific_context(tiny_clip, image_batch):
+    images, _ = image_batch
+    for position in ("end", "middle", "front"):
+        learner = build("coop", tiny_clip, class_token_position=position, ctx_init=None, n_ctx=4).eval()
+        assert learner(images).shape == (6, len(CLASSNAMES))
+    specific = build("coop", tiny_clip, class_specific=True)
+    assert specific.prompts.ctx.shape[0] == len(CLASSNAMES)
+    with pytest.raises(ConfigError, match="class-specific"):
+        specific.set_classnames(NOVEL)
+
+
+def test_longer_context_than_init_words_keeps_the_words_next_to_the_class(tiny_clip):
+    learner = build("coop", tiny_clip, n_ctx=8, ctx_init="a photo of a")
+    words = tiny_clip.embed_tokens(torch.tensor(tiny_clip.encode_words("a photo of a")))
+    assert learner.prompts.ctx.shape == (8, tiny_clip.text_width)
+    torch.testing.assert_close(learner.prompts.ctx[4:].detach(), words)
+
+
+def test_zero_shot_ensembles_normalised_template_features(tiny_clip, image_batch):
+    images, _ = image_batch
+    templates = ["a photo of a {}.", "a drawing of a {}.", "itap of a {}."]
+    ensemble = build("zeroshot", tiny_clip, templates=templates).eval()
+    singles = [build("zeroshot", tiny_clip, templates=[t]).hand_text_features() for t in templates]
+    expected = torch.nn.functional.normalize(torch.stack(singles).mean(0), dim=-1)
+    torch.testing.assert_close(ensemble.hand_text_features(), expected)
+    with pytest.raises(ConfigError, match="exactly one"):
+        build("zeroshot", tiny_clip, templates=["no slot"])
+
+
+def test_zero_shot_refuses_to_fit(tiny_clip, image_batch, tmp_path):
+    images, labels = image_batch
+    with pytest.raises(ConfigError, match="nothing to train"):
+        brief_fit(build("zeroshot", tiny_clip), images, labels, tmp_path)
+
+
+def test_cocoop_trains_at_any_batch_size_and_chunks_exactly(tiny_clip, image_batch):
+    images, _ = image_batch
+    whole = build("cocoop", tiny_clip).eval()
+    chunked = build("cocoop", tiny_clip, text_chunk_size=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(images), whole(images), atol=1e-5, rtol=0)
+        single = torch.cat([whole(images[i:i + 1]) for i in range(images.shape[0])])
+        torch.testing.assert_close(whole(images), single, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_from_another_architecture_or_learner_is_refused(tiny_clip, image_batch, tmp_path):
+    images, labels = image_batch
+    learner = build("coop", tiny_clip)
+    trainer = brief_fit(learner, images, labels, tmp_path, steps=1)
+    path = tmp_path / "coop.ckpt"
+    trainer.save_checkpoint(path)
+    wider = vlprompt.load_clip(tiny_config(text_cfg={"width": 64, "heads": 4}))
+    with pytest.raises(CheckpointMismatchError, match="different CLIP architecture.*text_width: 32 vs 64"):
+        vlprompt.load_learner(path, clip=wider)
+    checkpoint = torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointMismatchError, match="holds a 'coop' learner, not 'kgcoop'"):
+        build("kgcoop", tiny_clip).on_load_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match="does not exist"):
+        vlprompt.load_learner(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "coop", "cocoop", "kgcoop"])
+def test_text_only_learners_run_on_a_resnet_clip(name, image_batch):
+    clip = vlprompt.load_clip(TINY_RESNET)
+    images, _ = image_batch
+    learner = build(name, clip).eval()
+    with torch.no_grad():
+        assert learner(images).shape == (6, len(CLASSNAMES))
+
+
+def test_visual_prompt_learner_refuses_a_resnet_clip():
+    clip = vlprompt.load_clip(TINY_RESNET)
+    with pytest.raises(ConfigError, match="visual prompts need a ViT image tower.*ModifiedResNet"):
+        build("maple", clip)
+
+
+def test_maple_checks_prompt_depth(tiny_clip):
+    with pytest.raises(ConfigError, match="prompt_depth must be between 1 and 9"):
+        build("maple", tiny_clip, prompt_depth=12)
+    assert build("maple", tiny_clip, prompt_depth=1).num_trainable_parameters() > 0
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_bf16_autocast_keeps_fp32_weights(name, tiny_clip, image_batch):
+    images, labels = image_batch
+    learner = build(name, tiny_clip)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logits = learner.training_loss(images, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in learner.parameters())
+    assert all(p.dtype == torch.float32 for p in tiny_clip.model.parameters())
