@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import vlprompt
-from vlprompt.cli import main, one_line_error
+from vlprompt.cli import create_cli, main, one_line_error
 from vlprompt.toy import write_shapes_dataset
 
 from conftest import REPO
@@ -115,3 +115,12 @@ def test_one_line_error_condenses_nested_messages():
                "'vlprompt.learners.CoOp':\n        Option 'n_ctxx' is not accepted\n")
     assert one_line_error(message, ["model.init_args.n_ctx", "data.shots"]) == (
         "unknown key 'model.init_args.n_ctxx'; closest valid: model.init_args.n_ctx")
+
+
+def test_bf16_mixed_precision_trains_with_fp32_weights(shapes, tmp_path):
+    cli = create_cli(["fit", *base_args("maple", shapes), "--trainer.precision", "bf16-mixed",
+                      "--trainer.max_epochs", "1", "--trainer.logger", "false", "--checkpoint.dirpath", tmp_path,
+                      "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.state.finished and cli.trainer.precision == "bf16-mixed"
+    assert all(p.dtype == torch.float32 for p in cli.model.parameters())
+    assert all(p.dtype == torch.float32 for p in cli.model.clip.model.parameters())

@@ -28,6 +28,9 @@ class CoCoOp(PromptLearner):
     Deliberate differences: the reference loops over images one by one and is used at batch size 1; here all
     images of a batch are encoded together (``text_chunk_size`` images at a time to bound memory), so any
     batch size works. ``d`` is the image feature width and ``width`` the text width, both read from the model.
+
+    Other keyword arguments are :class:`PromptLearner`'s optimiser settings (``momentum``, ``weight_decay``,
+    ``warmup_epochs``, ``warmup_lr``, ``lr``).
     """
 
     image_independent_text = False
@@ -40,14 +43,9 @@ class CoCoOp(PromptLearner):
         n_ctx: int = 4,
         ctx_init: Optional[str] = "a photo of a",
         text_chunk_size: Optional[int] = None,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
+        **kwargs,
     ):
-        super().__init__(clip, classnames, templates, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+        super().__init__(clip, classnames, templates, **kwargs)
         if text_chunk_size is not None and text_chunk_size < 1:
             raise ConfigError(f"text_chunk_size must be a positive number of images or null, got {text_chunk_size}")
         self.text_chunk_size = text_chunk_size

@@ -27,6 +27,9 @@ class CoOp(PromptLearner):
     Deliberate differences: mixed precision comes from autocast (``--trainer.precision bf16-mixed``) rather
     than casting CLIP's weights to fp16; sequences are cut after the last EOT token (exact under the causal
     mask).
+
+    Other keyword arguments are :class:`PromptLearner`'s optimiser settings (``momentum``, ``weight_decay``,
+    ``warmup_epochs``, ``warmup_lr``, ``lr``).
     """
 
     def __init__(
@@ -38,14 +41,9 @@ class CoOp(PromptLearner):
         ctx_init: Optional[str] = "a photo of a",
         class_token_position: str = "end",
         class_specific: bool = False,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
+        **kwargs,
     ):
-        super().__init__(clip, classnames, templates, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+        super().__init__(clip, classnames, templates, **kwargs)
         self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific)
 
     def _on_classnames_changed(self) -> None:

@@ -24,6 +24,9 @@ class KgCoOp(CoOp):
 
     Deliberate difference: with several templates the hand feature is their normalised ensemble (the paper
     uses one template per dataset, which is the default here too).
+
+    Keyword arguments not named here go to :class:`CoOp`, then :class:`PromptLearner` (optimiser settings
+    ``lr``, ``momentum``, ``weight_decay``, ``warmup_epochs``, ``warmup_lr``).
     """
 
     def __init__(
@@ -32,20 +35,9 @@ class KgCoOp(CoOp):
         classnames: Sequence[str],
         templates: Optional[Sequence[str]] = None,
         lambda_kg: float = 8.0,
-        n_ctx: int = 4,
-        ctx_init: Optional[str] = "a photo of a",
-        class_token_position: str = "end",
-        class_specific: bool = False,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
+        **kwargs,
     ):
-        super().__init__(clip, classnames, templates, n_ctx=n_ctx, ctx_init=ctx_init,
-                         class_token_position=class_token_position, class_specific=class_specific, lr=lr,
-                         momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                         warmup_lr=warmup_lr)
+        super().__init__(clip, classnames, templates, **kwargs)
         self.lambda_kg = lambda_kg
         self._hand_features: Optional[torch.Tensor] = None
 

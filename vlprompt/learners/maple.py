@@ -28,6 +28,9 @@ class MaPLe(PromptLearner):
 
     Deliberate differences: the deep projections are initialised independently (the reference deep-copies
     one freshly initialised layer); widths and depths are read from the model, so any ViT works.
+
+    Other keyword arguments are :class:`PromptLearner`'s optimiser settings (``momentum``, ``weight_decay``,
+    ``warmup_epochs``, ``warmup_lr``).
     """
 
     def __init__(
@@ -39,13 +42,9 @@ class MaPLe(PromptLearner):
         ctx_init: Optional[str] = "a photo of a",
         prompt_depth: int = 9,
         lr: float = 0.0035,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
+        **kwargs,
     ):
-        super().__init__(clip, classnames, templates, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+        super().__init__(clip, classnames, templates, lr=lr, **kwargs)
         clip._require_vit("take MaPLe's visual prompts")
         max_depth = min(clip.text_layers, clip.vision_layers)
         if not 1 <= prompt_depth <= max_depth:

@@ -67,10 +67,18 @@ def get_learner_class(name: str) -> type["PromptLearner"]:
 
 
 def hyperparameter_names(cls: type) -> list[str]:
-    """Keyword arguments a learner class accepts (its ``__init__`` signature, without ``self``)."""
-    params = inspect.signature(cls.__init__).parameters
-    return [p for p in params if p != "self" and params[p].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                                       inspect.Parameter.VAR_KEYWORD)]
+    """Keyword arguments a learner class accepts: its ``__init__``'s, and its parents' where it forwards
+    ``**kwargs`` to them (learners pass the shared optimiser settings on to :class:`PromptLearner`)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.name not in names
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def build_learner(name: str, clip, classnames, **hparams) -> "PromptLearner":
