@@ -13,7 +13,7 @@ import yaml
 
 import vlprompt
 from vlprompt.cli import create_cli, main, one_line_error
-from vlprompt.toy import write_shapes_dataset
+from vlprompt.toy import write_toy_dataset
 
 from conftest import REPO
 
@@ -23,7 +23,7 @@ CONFIGS = REPO / "configs"
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
-    write_shapes_dataset(root, per_class=6)
+    write_toy_dataset("ToyShapes", root, train_per_class=4, val_per_class=2, test_per_class=2)
     return root
 
 
@@ -34,7 +34,8 @@ def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def base_args(learner: str, shapes: Path) -> list:
     return ["--config", CONFIGS / "learners" / f"{learner}.yaml", "--config", CONFIGS / "clip" / "tiny-random.yaml",
-            "--config", CONFIGS / "data" / "shapes.yaml", "--data.root", shapes]
+            "--config", CONFIGS / "data" / "toy" / "ToyShapes.yaml", "--data.root", shapes,
+            "--data.shots", 4, "--data.batch_size", 8]
 
 
 def test_fit_then_test_writes_small_checkpoint_and_metrics(shapes, tmp_path):

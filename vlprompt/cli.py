@@ -1,8 +1,10 @@
 """The ``vlprompt`` command: LightningCLI with learner/data YAML composition and one-line errors.
 
-    vlprompt fit --config configs/learners/coop.yaml --config configs/data/shapes.yaml \\
+    vlprompt fit --config configs/learners/coop.yaml --config configs/data/toy/ToyShapes.yaml \\
         --model.init_args.n_ctx 8 --trainer.max_epochs 5
     vlprompt test --config ... --ckpt_path runs/coop/version_0/checkpoints/last.ckpt
+    vlprompt suite base2novel --learner ... --data ...      (vlprompt.eval.suite)
+    vlprompt report runs/suite                              (vlprompt.eval.report)
 """
 
 from __future__ import annotations
@@ -142,6 +144,13 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
 def main(args: Optional[Sequence[str]] = None) -> None:
     """The ``vlprompt`` command; user mistakes end with one ``vlprompt: error:`` line and exit status 2."""
     try:
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv and argv[0] in ("suite", "report"):
+            # Protocol runs and reports sit on top of the LightningCLI subcommands.
+            from vlprompt.eval import report, suite
+
+            (suite if argv[0] == "suite" else report).main([str(a) for a in argv[1:]])
+            return
         if args is None:
             sys.argv[1:] = resolve_learner_names(sys.argv[1:])
         create_cli(args)

@@ -31,6 +31,9 @@ from vlprompt.errors import ConfigError
 
 #: Architectures shipped with vlprompt, as open_clip model-config JSON files.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: Weights shipped with vlprompt: ``(architecture, pretrained shortcut) -> file`` in :data:`SHIPPED_WEIGHTS_DIR`.
+SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "pretrained"
+SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors"}
 
 DeepPrompts = Mapping[int, torch.Tensor]
 
@@ -43,6 +46,11 @@ def _register_config_path(path: Path) -> None:
     if key not in _registered_config_paths:
         open_clip.add_model_config(path)
         _registered_config_paths.add(key)
+
+
+def register_model_configs() -> None:
+    """Make vlprompt's own architectures (:data:`MODEL_CONFIG_DIR`) known to open_clip."""
+    _register_config_path(MODEL_CONFIG_DIR)
 
 
 def _register_config_dict(config: Mapping[str, Any]) -> str:
@@ -92,7 +100,7 @@ class FrozenCLIP(nn.Module):
         cache_dir: Optional[str] = None,
     ):
         super().__init__()
-        _register_config_path(MODEL_CONFIG_DIR)
+        register_model_configs()
         self.source = {"name": name, "pretrained": pretrained}
         model_name = _register_config_dict(name) if isinstance(name, Mapping) else name
         model = _create_model(model_name, pretrained, cache_dir)
@@ -358,7 +366,18 @@ class _TextTower:
         return pooled @ proj
 
 
+def shipped_weights_path(model_name: str, tag: str, must_exist: bool = True) -> Path:
+    """The file behind a shipped ``pretrained`` shortcut such as ``load_clip("vlprompt-tiny", pretrained="toy")``."""
+    path = SHIPPED_WEIGHTS_DIR / SHIPPED_WEIGHTS[(model_name, tag)]
+    if must_exist and not path.is_file():
+        raise ConfigError(f"the shipped weights {path} are missing; reinstall vlprompt or recreate them with "
+                          "tools/pretrain_toy_clip.py")
+    return path
+
+
 def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optional[str]) -> nn.Module:
+    if (model_name, pretrained) in SHIPPED_WEIGHTS:
+        pretrained = str(shipped_weights_path(model_name, pretrained))
     schema = model_name.split(":", 1)[0] if ":" in model_name else None
     if schema is None and model_name.replace("/", "-") not in open_clip.list_models():
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3, cutoff=0.5)

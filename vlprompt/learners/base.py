@@ -37,6 +37,8 @@ class PromptLearner(pl.LightningModule):
     """
 
     registry_name: ClassVar[str] = ""
+    #: Whether the learner has anything to fit (evaluation protocols only test those that do not).
+    needs_training: ClassVar[bool] = True
     #: Whether text features depend only on the learned parameters (not on the image), so evaluation can
     #: compute them once.
     image_independent_text: ClassVar[bool] = True

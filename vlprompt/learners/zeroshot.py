@@ -22,6 +22,8 @@ class ZeroShotCLIP(PromptLearner):
     supplied by the data module).
     """
 
+    needs_training = False
+
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None):
         super().__init__(clip, classnames, templates)
 

@@ -1,5 +1,5 @@
-"""Procedurally generated image datasets for CPU-only runs and tests."""
+"""The toy world: procedurally generated image-text data for CPU-only runs, tests and the tiny toy CLIP."""
 
-from vlprompt.toy.shapes import COLOURS, SHAPES, write_shapes_dataset
+from vlprompt.toy.world import DATASETS, DOMAIN_SHIFTS, Concept, ensure_toy_dataset, render, write_toy_dataset
 
-__all__ = ["COLOURS", "SHAPES", "write_shapes_dataset"]
+__all__ = ["DATASETS", "DOMAIN_SHIFTS", "Concept", "ensure_toy_dataset", "render", "write_toy_dataset"]

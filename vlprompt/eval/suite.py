@@ -1,0 +1,136 @@
+"""``vlprompt suite``: the CoOp/Dassl evaluation protocols as one resumable command.
+
+Each (dataset, seed, shots) run gets its own directory under ``RUNS/<protocol>/<learner>/<dataset>/``
+and ends by writing ``metrics.json``; a run whose ``metrics.json`` exists is skipped when the suite is
+started again, and a run without one (interrupted) is redone from scratch.
+
+    vlprompt suite base2novel --learner configs/learners/coop.yaml --clip configs/clip/toy.yaml \\
+        --data configs/data/toy/ToyShapes.yaml configs/data/toy/ToyPatterns.yaml --seeds 1 2 3 \\
+        --runs runs/suite -- --trainer.max_epochs 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from vlprompt.cli import create_cli
+from vlprompt.errors import ConfigError
+from vlprompt.eval.accuracy import harmonic_mean
+from vlprompt.learners import get_learner_class, list_learners
+
+PROTOCOLS = ("base2novel", "few-shot")
+FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
+METRICS_FILE = "metrics.json"
+
+
+def _learner_class(path: Path):
+    """The learner class a learner YAML names (``model.class_path``)."""
+    class_path = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("class_path")
+    if not class_path:
+        raise ConfigError(f"{str(path)!r} names no learner (model.class_path); use a file from configs/learners/")
+    module, _, name = str(class_path).rpartition(".")
+    for registered in list_learners():
+        cls = get_learner_class(registered)
+        if cls.__name__ == name and (not module or cls.__module__.startswith(module)):
+            return cls
+    raise ConfigError(f"{str(path)!r} names {class_path!r}, which is not a registered learner")
+
+
+def _dataset_name(path: Path) -> str:
+    """The data set's folder name (``data.root``), or the YAML's name."""
+    root = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("root")
+    return Path(str(root)).name if root else path.stem
+
+
+def _test(args: Sequence[str]) -> float:
+    cli = create_cli(["test", *args])
+    return float(cli.trainer.callback_metrics["test/acc"])
+
+
+def _fit_and_test(args: list[str], subsample: str, trains: bool) -> tuple[list[str], float]:
+    if trains:
+        fit = create_cli(["fit", *args, "--data.subsample", subsample])
+        args = [*args, "--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
+    return args, _test([*args, "--data.subsample", subsample])
+
+
+def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
+            shots: int, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """One run of ``protocol``; writes and returns its metrics (accuracies in percent)."""
+    cls = _learner_class(learner_config)
+    learner, dataset = cls.registry_name, _dataset_name(data_config)
+    configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
+    args = [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
+            "--data.shots", str(shots), "--trainer.logger.init_args.save_dir", str(run_dir),
+            "--trainer.logger.init_args.name", "logs", "--trainer.enable_model_summary", "false", *overrides]
+    trains = cls.needs_training
+    started = time.time()
+    metrics = {"learner": learner, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
+    if protocol == "base2novel":
+        args, base = _fit_and_test(args, "base", trains)
+        novel = _test([*args, "--data.subsample", "novel"])
+        metrics.update(base_acc=base, novel_acc=novel, hm=harmonic_mean(base, novel))
+    elif protocol == "few-shot":
+        _, metrics["acc"] = _fit_and_test(args, "all", trains)
+    else:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    metrics["seconds"] = round(time.time() - started, 1)
+    metrics["config"] = {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
+                         "data": str(data_config), "overrides": list(overrides)}
+    # Written last, and atomically: its presence is what marks the run as finished.
+    partial = run_dir / (METRICS_FILE + ".partial")
+    partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    partial.replace(run_dir / METRICS_FILE)
+    return metrics
+
+
+def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
+              runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
+              overrides: Sequence[str] = ()) -> list[dict]:
+    """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics."""
+    for path in [learner_config, *data_configs] + ([clip_config] if clip_config else []):
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+    shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
+    learner = _learner_class(learner_config).registry_name
+    results = []
+    for data_config in data_configs:
+        dataset = _dataset_name(data_config)
+        for k in shots:
+            for seed in seeds:
+                run_dir = runs / protocol / learner / dataset / f"shots{k}_seed{seed}"
+                done = run_dir / METRICS_FILE
+                if done.is_file():
+                    print(f"[suite] done already: {run_dir}")
+                    results.append(json.loads(done.read_text()))
+                    continue
+                if run_dir.exists():  # an interrupted run: start it again from nothing
+                    shutil.rmtree(run_dir)
+                run_dir.mkdir(parents=True)
+                print(f"[suite] running {protocol} {learner} {dataset} shots={k} seed={seed} -> {run_dir}")
+                results.append(run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir,
+                                       overrides))
+    return results
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="vlprompt suite", description="Run an evaluation protocol (resumable).")
+    parser.add_argument("protocol", choices=PROTOCOLS)
+    parser.add_argument("--learner", type=Path, required=True, help="learner YAML, e.g. configs/learners/coop.yaml")
+    parser.add_argument("--clip", type=Path, help="CLIP YAML, e.g. configs/clip/toy.yaml")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="data YAMLs, one per data set")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--shots", type=int, nargs="+", help="default: 16 (base2novel), 1 2 4 8 16 (few-shot)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
+    argv = list(argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
+              options.shots, overrides)

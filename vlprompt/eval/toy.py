@@ -1,0 +1,44 @@
+"""Zero-shot accuracy of a toy-world CLIP on the toy data sets, and on the small check sets the tests re-measure."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from vlprompt.clip import load_clip
+from vlprompt.data import ImageSplitDataModule
+from vlprompt.eval.accuracy import evaluate_accuracy
+from vlprompt.learners import build_learner
+from vlprompt.toy.world import DATASETS, ensure_toy_dataset, write_toy_dataset
+
+#: Small, fixed test sets (4 images per class) whose zero-shot accuracy is recorded with the shipped weights.
+CHECK_SETS = {name: {"seed": 1234, "train_per_class": 0, "val_per_class": 0, "test_per_class": 4}
+              for name in ("ToyShapes", "ToyPatterns")}
+
+
+def zero_shot_accuracy(clip, root: Path, name: str) -> float:
+    """Zero-shot accuracy (percent) of ``clip`` on the test split of the toy data set at ``root``."""
+    spec = DATASETS[name]
+    data = ImageSplitDataModule(root, split_file=f"split_zhou_{name}.json", shots=-1, templates=[spec.template],
+                                eval_batch_size=256, num_workers=0)
+    learner = build_learner("zeroshot", clip=clip, classnames=data.classnames, templates=[spec.template])
+    return evaluate_accuracy(learner, data)
+
+
+def check_set_accuracies(clip, names: Sequence[str] = tuple(CHECK_SETS)) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return {name: zero_shot_accuracy(clip, write_toy_dataset_into(Path(tmp), name), name) for name in names}
+
+
+def write_toy_dataset_into(root: Path, name: str) -> Path:
+    write_toy_dataset(name, root / name, **CHECK_SETS[name])
+    return root / name
+
+
+def zero_shot_accuracies(pretrained: str, data_root: Path, names: Optional[Sequence[str]] = None) -> dict:
+    """``{"datasets": {name: acc}, "check": {name: acc}}`` for ``vlprompt-tiny`` with ``pretrained`` weights."""
+    clip = load_clip("vlprompt-tiny", pretrained=pretrained)
+    datasets = {name: zero_shot_accuracy(clip, ensure_toy_dataset(name, data_root), name)
+                for name in (names or DATASETS)}
+    return {"datasets": datasets, "check": check_set_accuracies(clip)}
