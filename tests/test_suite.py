@@ -91,3 +91,27 @@ def test_few_shot_suite_with_a_learner_that_does_not_train(toy_data_config, tmp_
     assert all(0 <= m["acc"] <= 100 for m in metrics)
     main(["report", str(runs)])
     assert (runs / "report" / "few_shot.png").stat().st_size > 0
+
+
+def test_domain_generalization_trains_once_and_tests_every_target(toy_data_config, tmp_path, capsys):
+    target_root = tmp_path / "ToyShapes-Noisy"
+    write_toy_dataset("ToyShapes-Noisy", target_root, train_per_class=1, val_per_class=1, test_per_class=2)
+    target = tmp_path / "noisy.yaml"
+    target.write_text(f"data:\n  root: {target_root}\n  split_file: split_zhou_ToyShapes-Noisy.json\n"
+                      "  num_workers: 0\n")
+    runs = tmp_path / "runs"
+    args = ["suite", "domain-generalization", "--learner", CONFIGS / "learners" / "coop.yaml", "--clip",
+            CONFIGS / "clip" / "tiny-random.yaml", "--source", toy_data_config, "--data", target, "--seeds", "1",
+            "--shots", "4", "--runs", runs, "--", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar",
+            "false"]
+    main(args)
+    metrics = {m["dataset"]: m for m in (json.loads(p.read_text()) for p in runs.rglob("metrics.json"))}
+    assert set(metrics) == {"ToyShapes", "ToyShapes-Noisy"}
+    assert all(m["source"] == "ToyShapes" and m["protocol"] == "domain-generalization" for m in metrics.values())
+    assert len(list(runs.rglob("last.ckpt"))) == 1  # trained once
+    capsys.readouterr()
+    main(args)
+    assert "done already" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(args[:6] + args[8:])  # no --source
+    assert exit_info.value.code == 2 and "pass --source" in capsys.readouterr().err

@@ -7,7 +7,6 @@ LaTeX. Runs copied together from several machines are simply more ``metrics.json
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -161,7 +160,9 @@ def plots(rows: Sequence[dict], out: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="vlprompt report", description="Aggregate metrics.json files over seeds.")
+    from vlprompt.eval.suite import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="vlprompt report", description="Aggregate metrics.json files over seeds.")
     parser.add_argument("runs", type=Path, help="directory searched for metrics.json files")
     parser.add_argument("--ci", action="store_true", help="report 95%% confidence intervals instead of std")
     parser.add_argument("--out", type=Path, help="where report.{md,csv,tex} go (default RUNS/report)")

@@ -7,6 +7,8 @@ started again, and a run without one (interrupted) is redone from scratch.
     vlprompt suite base2novel --learner configs/learners/coop.yaml --clip configs/clip/toy.yaml \\
         --data configs/data/toy/ToyShapes.yaml configs/data/toy/ToyPatterns.yaml --seeds 1 2 3 \\
         --runs runs/suite -- --trainer.max_epochs 25
+    vlprompt suite domain-generalization --learner ... --source configs/data/toy/ToyShapes.yaml \\
+        --data configs/data/toy/ToyShapes-Noisy.yaml configs/data/toy/ToyShapes-Blurry.yaml
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,9 +28,20 @@ from vlprompt.errors import ConfigError
 from vlprompt.eval.accuracy import harmonic_mean
 from vlprompt.learners import get_learner_class, list_learners
 
-PROTOCOLS = ("base2novel", "few-shot")
+#: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
+#: ImageNet -> V2/Sketch/A/R).
+TRANSFER_PROTOCOLS = ("cross-dataset", "domain-generalization")
+PROTOCOLS = ("base2novel", "few-shot", *TRANSFER_PROTOCOLS)
 FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 METRICS_FILE = "metrics.json"
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Usage mistakes end with one ``<prog>: error: ...`` line and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        sys.exit(2)
 
 
 def _learner_class(path: Path):
@@ -61,71 +75,137 @@ def _fit_and_test(args: list[str], subsample: str, trains: bool) -> tuple[list[s
     return args, _test([*args, "--data.subsample", subsample])
 
 
-def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
-            shots: int, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
-    """One run of ``protocol``; writes and returns its metrics (accuracies in percent)."""
-    cls = _learner_class(learner_config)
-    learner, dataset = cls.registry_name, _dataset_name(data_config)
+def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int, shots: int,
+              run_dir: Path, overrides: Sequence[str]) -> list[str]:
     configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
-    args = [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
+    return [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
             "--data.shots", str(shots), "--trainer.logger.init_args.save_dir", str(run_dir),
             "--trainer.logger.init_args.name", "logs", "--trainer.enable_model_summary", "false", *overrides]
-    trains = cls.needs_training
+
+
+def _write_metrics(directory: Path, metrics: dict) -> None:
+    # Written last, and atomically: its presence is what marks the run as finished.
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / (METRICS_FILE + ".partial")
+    partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    partial.replace(directory / METRICS_FILE)
+
+
+def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
+            shots: int, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent)."""
+    cls = _learner_class(learner_config)
+    args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
     started = time.time()
-    metrics = {"learner": learner, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
+    metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed, "shots": shots,
+               "protocol": protocol}
     if protocol == "base2novel":
-        args, base = _fit_and_test(args, "base", trains)
+        args, base = _fit_and_test(args, "base", cls.needs_training)
         novel = _test([*args, "--data.subsample", "novel"])
         metrics.update(base_acc=base, novel_acc=novel, hm=harmonic_mean(base, novel))
     elif protocol == "few-shot":
-        _, metrics["acc"] = _fit_and_test(args, "all", trains)
+        _, metrics["acc"] = _fit_and_test(args, "all", cls.needs_training)
     else:
-        raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"protocol {protocol!r} is not a single-data-set protocol; use run_transfer")
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["config"] = {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
                          "data": str(data_config), "overrides": list(overrides)}
-    # Written last, and atomically: its presence is what marks the run as finished.
-    partial = run_dir / (METRICS_FILE + ".partial")
-    partial.write_text(json.dumps(metrics, indent=2) + "\n")
-    partial.replace(run_dir / METRICS_FILE)
+    _write_metrics(run_dir, metrics)
     return metrics
+
+
+def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path], source: Path,
+                 targets: Sequence[Path], seed: int, shots: int, run_dir: Path,
+                 overrides: Sequence[str] = ()) -> list[dict]:
+    """Train on all classes of ``source`` once, then test the same prompts on the source and every target.
+
+    Each evaluated data set gets ``run_dir/<dataset>/metrics.json`` (``acc`` in percent, ``source`` named).
+    """
+    cls = _learner_class(learner_config)
+    args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides)
+    checkpoint = []
+    if cls.needs_training:
+        fit = create_cli(["fit", *args, "--data.subsample", "all"])
+        checkpoint = ["--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
+    results = []
+    for data_config in [source, *targets]:
+        test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
+        metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
+                   "shots": shots, "protocol": protocol, "source": _dataset_name(source),
+                   "acc": _test([*test_args, *checkpoint]),
+                   "config": {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
+                              "data": str(data_config), "source": str(source), "overrides": list(overrides)}}
+        _write_metrics(run_dir / metrics["dataset"], metrics)
+        results.append(metrics)
+    return results
+
+
+def _check_files(paths: Sequence[Optional[Path]]) -> None:
+    for path in paths:
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+
+
+def _resume(run_dir: Path, expected: Sequence[Path]) -> Optional[list[dict]]:
+    """The finished run's metrics, or ``None`` after clearing what an interrupted run left behind."""
+    if all(path.is_file() for path in expected):
+        print(f"[suite] done already: {run_dir}")
+        return [json.loads(path.read_text()) for path in expected]
+    if run_dir.exists():  # an interrupted run: start it again from nothing
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return None
 
 
 def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
-              overrides: Sequence[str] = ()) -> list[dict]:
-    """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics."""
-    for path in [learner_config, *data_configs] + ([clip_config] if clip_config else []):
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+              overrides: Sequence[str] = (), source: Optional[Path] = None) -> list[dict]:
+    """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
+
+    The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if protocol in TRANSFER_PROTOCOLS and source is None:
+        raise ConfigError(f"{protocol} trains on one data set and tests on others: pass --source SOURCE.yaml")
+    _check_files([learner_config, clip_config, source, *data_configs])
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     learner = _learner_class(learner_config).registry_name
     results = []
+    if protocol in TRANSFER_PROTOCOLS:
+        names = [_dataset_name(c) for c in [source, *data_configs]]
+        for k in shots:
+            for seed in seeds:
+                run_dir = runs / protocol / learner / f"from-{names[0]}" / f"shots{k}_seed{seed}"
+                done = _resume(run_dir, [run_dir / name / METRICS_FILE for name in names])
+                if done is None:
+                    print(f"[suite] running {protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} "
+                          f"seed={seed} -> {run_dir}")
+                    done = run_transfer(protocol, learner_config, clip_config, source, data_configs, seed, k,
+                                        run_dir, overrides)
+                results += done
+        return results
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         for k in shots:
             for seed in seeds:
                 run_dir = runs / protocol / learner / dataset / f"shots{k}_seed{seed}"
-                done = run_dir / METRICS_FILE
-                if done.is_file():
-                    print(f"[suite] done already: {run_dir}")
-                    results.append(json.loads(done.read_text()))
-                    continue
-                if run_dir.exists():  # an interrupted run: start it again from nothing
-                    shutil.rmtree(run_dir)
-                run_dir.mkdir(parents=True)
-                print(f"[suite] running {protocol} {learner} {dataset} shots={k} seed={seed} -> {run_dir}")
-                results.append(run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir,
-                                       overrides))
+                done = _resume(run_dir, [run_dir / METRICS_FILE])
+                if done is None:
+                    print(f"[suite] running {protocol} {learner} {dataset} shots={k} seed={seed} -> {run_dir}")
+                    done = [run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir, overrides)]
+                results += done
     return results
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="vlprompt suite", description="Run an evaluation protocol (resumable).")
+    parser = OneLineArgumentParser(prog="vlprompt suite", description="Run an evaluation protocol (resumable).")
     parser.add_argument("protocol", choices=PROTOCOLS)
     parser.add_argument("--learner", type=Path, required=True, help="learner YAML, e.g. configs/learners/coop.yaml")
     parser.add_argument("--clip", type=Path, help="CLIP YAML, e.g. configs/clip/toy.yaml")
-    parser.add_argument("--data", type=Path, nargs="+", required=True, help="data YAMLs, one per data set")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="data YAMLs, one per data set (the test sets, for the transfer protocols)")
+    parser.add_argument("--source", type=Path, help="training data YAML of cross-dataset / domain-generalization")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, nargs="+", help="default: 16 (base2novel), 1 2 4 8 16 (few-shot)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
@@ -133,4 +213,4 @@ def main(argv: Sequence[str]) -> None:
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-              options.shots, overrides)
+              options.shots, overrides, options.source)
