@@ -25,7 +25,7 @@ import yaml
 
 from vlprompt.cli import create_cli
 from vlprompt.errors import ConfigError
-from vlprompt.eval.accuracy import harmonic_mean
+from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
 from vlprompt.learners import get_learner_class, list_learners
 
 #: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
@@ -63,18 +63,6 @@ def _dataset_name(path: Path) -> str:
     return Path(str(root)).name if root else path.stem
 
 
-def _test(args: Sequence[str]) -> float:
-    cli = create_cli(["test", *args])
-    return float(cli.trainer.callback_metrics["test/acc"])
-
-
-def _fit_and_test(args: list[str], subsample: str, trains: bool) -> tuple[list[str], float]:
-    if trains:
-        fit = create_cli(["fit", *args, "--data.subsample", subsample])
-        args = [*args, "--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
-    return args, _test([*args, "--data.subsample", subsample])
-
-
 def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int, shots: int,
               run_dir: Path, overrides: Sequence[str]) -> list[str]:
     configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
@@ -100,11 +88,9 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed, "shots": shots,
                "protocol": protocol}
     if protocol == "base2novel":
-        args, base = _fit_and_test(args, "base", cls.needs_training)
-        novel = _test([*args, "--data.subsample", "novel"])
-        metrics.update(base_acc=base, novel_acc=novel, hm=harmonic_mean(base, novel))
+        metrics.update(base_to_novel(args, cls.needs_training))
     elif protocol == "few-shot":
-        _, metrics["acc"] = _fit_and_test(args, "all", cls.needs_training)
+        _, metrics["acc"] = fit_then_test(args, "all", cls.needs_training)
     else:
         raise ConfigError(f"protocol {protocol!r} is not a single-data-set protocol; use run_transfer")
     metrics["seconds"] = round(time.time() - started, 1)
@@ -132,7 +118,7 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
         test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
         metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
                    "shots": shots, "protocol": protocol, "source": _dataset_name(source),
-                   "acc": _test([*test_args, *checkpoint]),
+                   "acc": cli_test_accuracy([*test_args, *checkpoint]),
                    "config": {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
                               "data": str(data_config), "source": str(source), "overrides": list(overrides)}}
         _write_metrics(run_dir / metrics["dataset"], metrics)
