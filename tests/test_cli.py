@@ -121,6 +121,7 @@ def test_one_line_error_condenses_nested_messages():
 def test_bf16_mixed_precision_trains_with_fp32_weights(shapes, tmp_path):
     cli = create_cli(["fit", *base_args("maple", shapes), "--trainer.precision", "bf16-mixed",
                       "--trainer.max_epochs", "1", "--trainer.logger", "false", "--checkpoint.dirpath", tmp_path,
+                      "--trainer.default_root_dir", tmp_path,  # with no logger, the resolved config lands here
                       "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.state.finished and cli.trainer.precision == "bf16-mixed"
     assert all(p.dtype == torch.float32 for p in cli.model.parameters())

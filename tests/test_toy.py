@@ -16,7 +16,9 @@ from vlprompt.clip.frozen import shipped_weights_path
 from vlprompt.data import ImageSplitDataModule, read_split_file
 from vlprompt.eval import evaluate_accuracy
 from vlprompt.eval.toy import check_set_accuracies
-from vlprompt.toy.world import DATASETS, DOMAIN_SHIFTS, ensure_toy_dataset, write_toy_dataset
+from vlprompt.errors import ConfigError
+from vlprompt.toy.world import (DATASETS, DOMAIN_SHIFTS, MANIFEST, WORLD_VERSION, ensure_toy_dataset,
+                                 write_toy_dataset)
 
 WEIGHTS = shipped_weights_path("vlprompt-tiny", "toy", must_exist=False)
 RECORD = WEIGHTS.with_suffix(".json")
@@ -47,6 +49,18 @@ def test_split_files_follow_the_coop_format(name, tmp_path):
     assert all((tmp_path / "images" / item.path).is_file() for items in split.values() for item in items)
     assert sorted({item.label for item in split["train"]}) == list(range(len(classnames)))
     assert len(set(classnames)) == len(classnames) >= 20
+
+
+def test_toy_data_from_another_world_version_or_settings_is_refused(tmp_path):
+    root = ensure_toy_dataset("ToyPalette", tmp_path, **SMALL)
+    assert ensure_toy_dataset("ToyPalette", tmp_path, **SMALL) == root  # same settings: reused as it is
+    with pytest.raises(ConfigError, match="delete that directory"):
+        ensure_toy_dataset("ToyPalette", tmp_path, **{**SMALL, "test_per_class": 3})
+    manifest = root / MANIFEST
+    manifest.write_text(manifest.read_text().replace(f'"world_version": {WORLD_VERSION}', '"world_version": 1'))
+    with pytest.raises(ConfigError, match="another version of the toy world"):
+        ensure_toy_dataset("ToyPalette", tmp_path, **SMALL)
+    assert (root / "split_zhou_ToyPalette.json").is_file()  # nothing was deleted
 
 
 def test_four_families_and_domain_shifted_copies():

@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO))  # also runs from a checkout that is not installed
 
 from vlprompt.errors import VlpromptError  # noqa: E402
 from vlprompt.eval.base2novel import run_base_to_novel  # noqa: E402
-from vlprompt.toy.world import DATASETS, ensure_toy_dataset  # noqa: E402
+from vlprompt.eval.toy import toy_run_args  # noqa: E402
+from vlprompt.toy.world import DATASETS  # noqa: E402
 
 CONFIGS = REPO / "configs"
 
@@ -33,14 +34,11 @@ def main() -> None:
     run_dir = options.runs / time.strftime("demo-%Y%m%d-%H%M%S")
     started = time.time()
     try:
-        root = ensure_toy_dataset(options.dataset, options.data)
-        common = ["--config", CONFIGS / "clip" / "toy.yaml", "--config", CONFIGS / "data" / "toy" / f"{options.dataset}.yaml",
-                  "--data.root", root, "--seed_everything", "1"]
+        args = {learner: toy_run_args(CONFIGS, learner, options.dataset, options.data, seed=1)
+                for learner in ("zeroshot", "coop")}
         results = {
-            "zeroshot": run_base_to_novel(["--config", CONFIGS / "learners" / "zeroshot.yaml", *common], run_dir,
-                                          "zeroshot", train=False),
-            "coop": run_base_to_novel(["--config", CONFIGS / "learners" / "coop.yaml", *common,
-                                       "--trainer.max_epochs", str(options.epochs)], run_dir, "coop"),
+            "zeroshot": run_base_to_novel(args["zeroshot"], run_dir, "zeroshot", train=False),
+            "coop": run_base_to_novel([*args["coop"], "--trainer.max_epochs", str(options.epochs)], run_dir, "coop"),
         }
     except VlpromptError as err:
         sys.exit(f"demo: error: {err}")

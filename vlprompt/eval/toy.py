@@ -17,6 +17,15 @@ CHECK_SETS = {name: {"seed": 1234, "train_per_class": 0, "val_per_class": 0, "te
               for name in ("ToyShapes", "ToyPatterns")}
 
 
+def toy_run_args(configs: Path, learner: str, dataset: str, data_root: Path, seed: int) -> list[str]:
+    """``vlprompt`` arguments for ``learner`` (a file in ``configs/learners``) with the shipped toy CLIP on toy data
+    set ``dataset``, written under ``data_root`` if missing; ``seed`` picks the few shots and the initialisation."""
+    root = ensure_toy_dataset(dataset, data_root)
+    return ["--config", str(configs / "learners" / f"{learner}.yaml"), "--config", str(configs / "clip" / "toy.yaml"),
+            "--config", str(configs / "data" / "toy" / f"{dataset}.yaml"), "--data.root", str(root),
+            "--seed_everything", str(seed), "--data.seed", str(seed)]
+
+
 def zero_shot_accuracy(clip, root: Path, name: str) -> float:
     """Zero-shot accuracy (percent) of ``clip`` on the test split of the toy data set at ``root``."""
     spec = DATASETS[name]
