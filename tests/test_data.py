@@ -82,3 +82,25 @@ def test_data_module_loads_generated_images_and_reports_missing_files(tmp_path):
     (tmp_path / "images" / "red_circle" / "train_000.png").unlink()
     with pytest.raises(ConfigError, match="images listed in the split file are missing"):
         ImageSplitDataModule(tmp_path, split_file="split_zhou_ToyShapes.json", shots=-1, num_workers=0).setup("fit")
+
+
+def test_few_shot_selection_is_cached_per_shots_and_seed_and_redrawn_when_the_split_changes(tmp_path):
+    write_toy_dataset("ToyShapes", tmp_path, train_per_class=6, val_per_class=5, test_per_class=1)
+    split_path = tmp_path / "split_zhou_ToyShapes.json"
+    expected = few_shot_split(read_split_file(split_path), 2, 3)
+    module = ImageSplitDataModule(tmp_path, split_file=split_path.name, shots=2, seed=3, num_workers=0)
+    cache = tmp_path / "split_fewshot" / "shot_2-seed_3.json"
+    saved = json.loads(cache.read_text())
+    assert [Item(*e) for e in saved["train"]] == expected["train"] == module.split["train"]
+    assert [Item(*e) for e in saved["val"]] == expected["val"]
+    assert not (tmp_path / "split_fewshot" / "shot_2-seed_1.json").exists()
+    # A cached selection is read back as it is ...
+    saved["train"] = saved["train"][:1]
+    cache.write_text(json.dumps(saved))
+    assert len(ImageSplitDataModule(tmp_path, split_file=split_path.name, shots=2, seed=3).split["train"]) == 1
+    # ... until the split file changes: then it is drawn again.
+    raw = json.loads(split_path.read_text())
+    raw["train"] = raw["train"][::-1]
+    split_path.write_text(json.dumps(raw))
+    redrawn = ImageSplitDataModule(tmp_path, split_file=split_path.name, shots=2, seed=3).split["train"]
+    assert redrawn == few_shot_split(read_split_file(split_path), 2, 3)["train"] and len(redrawn) == 50

@@ -9,6 +9,8 @@ import pytest
 
 from vlprompt.cli import main
 from vlprompt.eval.report import aggregate, tables
+from vlprompt.eval.suite import standard_data
+from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS
 from vlprompt.toy import write_toy_dataset
 
 from conftest import REPO
@@ -71,6 +73,17 @@ def test_report_means_stds_and_average_hm():
     assert "| coop | 16 | Average | 75.50 | 56.00 |" in text["md"] and r"$\pm$" in text["tex"]
 
 
+def test_cross_dataset_average_leaves_the_source_out():
+    runs = [{"protocol": "cross-dataset", "learner": "coop", "shots": 16, "source": "ImageNet", "dataset": d,
+             "seed": 1, "acc": acc} for d, acc in [("ImageNet", 71.0), ("Caltech101", 93.0), ("DTD", 41.0)]]
+    rows = {r["dataset"]: r for r in aggregate(runs)}
+    assert rows["ImageNet"]["acc"]["mean"] == 71.0  # the source is still reported ...
+    assert rows["Average"]["acc"]["mean"] == 67.0 and rows["Average"]["acc"]["n"] == 2  # ... but not averaged
+    text = tables(list(rows.values()))
+    assert "| coop from ImageNet | 16 | Average | 67.00 |" in text["md"]
+    assert "cross-dataset,coop,ImageNet,16,Average" in text["csv"]
+
+
 def test_suite_and_report_mistakes_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path)])
@@ -112,6 +125,15 @@ def test_domain_generalization_trains_once_and_tests_every_target(toy_data_confi
     capsys.readouterr()
     main(args)
     assert "done already" in capsys.readouterr().out
+
+
+
+def test_transfer_protocols_default_to_the_papers_data_sets(tmp_path, monkeypatch, capsys):
+    assert standard_data("cross-dataset") == ("ImageNet", list(CROSS_DATASET_TARGETS)) and len(CROSS_DATASET_TARGETS) == 10
+    assert standard_data("domain-generalization")[1] == ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
+    assert len(standard_data("base2novel")[1]) == 11
+    monkeypatch.chdir(tmp_path)  # no data/imagenet here
     with pytest.raises(SystemExit) as exit_info:
-        main(args[:6] + args[8:])  # no --source
-    assert exit_info.value.code == 2 and "pass --source" in capsys.readouterr().err
+        main(["suite", "domain-generalization", "--learner", str(CONFIGS / "learners" / "coop.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code != 0 and "data/imagenet" in err and "\n" not in err and "Traceback" not in err

@@ -11,7 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from vlprompt.data.splits import (PREPARATION_NOTES, Item, classnames_of, few_shot_split, read_split_file,
+from vlprompt.data.benchmarks import build_split_file, get_benchmark
+from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
                                   subsample_classes)
 from vlprompt.errors import ConfigError
 
@@ -36,17 +37,26 @@ class ImageListDataset(Dataset):
 class ImageSplitDataModule(pl.LightningDataModule):
     """Images under ``root/image_dir`` listed by a split file ``root/split_file`` (CoOp's format).
 
+    ``dataset`` names a standard benchmark (:data:`vlprompt.data.benchmarks.BENCHMARKS`): its image folder,
+    split file and hand template become the defaults, and a missing split file is built from the data set's
+    own files and saved. Without ``dataset`` any folder with a split file is read (toy data sets included).
+
     Few-shot sampling and the base/novel halves follow the CoOp/Dassl protocol exactly
-    (:mod:`vlprompt.data.splits`). Image size, mean and std default to what the learner's CLIP expects.
+    (:mod:`vlprompt.data.splits`); the selected shots are saved per (K, seed) under ``root/split_fewshot``.
+    Class names are used as in CoOp, with underscores read as spaces. Image size, mean and std default to what
+    the learner's CLIP expects.
 
     Args:
         root: dataset directory.
-        split_file: split file, relative to ``root``.
-        image_dir: directory the split's relative paths start from, relative to ``root``.
+        dataset: a standard benchmark's name, or None for a folder with its own split file.
+        split_file: split file, relative to ``root`` (default: the benchmark's, else ``split.json``).
+        image_dir: directory the split's relative paths start from, relative to ``root`` (default: the
+            benchmark's, else ``images``).
         shots: images per class for training (val gets ``min(shots, 4)``); ``-1`` uses all.
         seed: few-shot sampling seed (the run seed).
         subsample: ``all`` classes, or the ``base`` / ``novel`` half.
-        templates: the dataset's hand-written prompt templates (``{}`` is the class name).
+        templates: the dataset's hand-written prompt templates, ``{}`` is the class name (default: the
+            benchmark's, else ``a photo of a {}.``).
         batch_size, eval_batch_size, num_workers: data loading.
         augment: random resized crop (scale 0.08-1) and horizontal flip for training, as Dassl does.
         image_size: override the model's input size.
@@ -55,12 +65,13 @@ class ImageSplitDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        split_file: str = "split.json",
-        image_dir: str = "images",
+        dataset: Optional[str] = None,
+        split_file: Optional[str] = None,
+        image_dir: Optional[str] = None,
         shots: int = 16,
         seed: int = 1,
         subsample: str = "all",
-        templates: Sequence[str] = ("a photo of a {}.",),
+        templates: Optional[Sequence[str]] = None,
         batch_size: int = 32,
         eval_batch_size: int = 100,
         num_workers: int = 4,
@@ -71,11 +82,19 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ConfigError(f"dataset directory {str(self.root)!r} does not exist; see {PREPARATION_NOTES}")
-        self.image_dir = self.root / image_dir
-        split = read_split_file(self.root / split_file)
-        self.split = subsample_classes(few_shot_split(split, shots, seed), subsample)
-        self.classnames = classnames_of(item for items in self.split.values() for item in items)
-        self.templates = list(templates)
+        benchmark = get_benchmark(dataset) if dataset else None
+        self.dataset_name = dataset or self.root.name
+        self.test_only = bool(benchmark and benchmark.test_only)
+        self.image_dir = self.root / (image_dir if image_dir is not None else benchmark.image_dir if benchmark
+                                      else "images")
+        split_path = self.root / (split_file or (benchmark.split_file if benchmark else "split.json"))
+        if benchmark and not split_path.exists():
+            build_split_file(benchmark, self.root, self.image_dir, split_path)
+        split = read_split_file(split_path)
+        self.split = subsample_classes(cached_few_shot_split(split, shots, seed, split_path), subsample)
+        self.classnames = [name.replace("_", " ") for name in
+                           classnames_of(item for items in self.split.values() for item in items)]
+        self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.image_size = augment, image_size
         self.datasets: dict[str, ImageListDataset] = {}
@@ -100,6 +119,9 @@ class ImageSplitDataModule(pl.LightningDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for name in needed.get(stage, ("train", "val", "test")):
             items = self.split[name]
+            if name == "train" and self.test_only:
+                raise ConfigError(f"{self.dataset_name} is a test-only data set (no train images); train on another "
+                                  f"data set and test on this one")
             if not self.image_dir.is_dir():
                 raise ConfigError(f"image directory {str(self.image_dir)!r} does not exist; see {PREPARATION_NOTES}")
             missing = [i.path for i in items if not (self.image_dir / i.path).is_file()]

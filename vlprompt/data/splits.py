@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -48,6 +51,27 @@ def read_split_file(path: Path) -> dict[str, list[Item]]:
     return split
 
 
+def _split_json(split: dict[str, Sequence[Item]]) -> dict:
+    return {name: [list(item) for item in split[name]] for name in SPLITS if name in split}
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so readers (other ranks) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream)
+    os.replace(temporary, path)
+
+
+def write_split_file(path: Path, split: dict[str, Sequence[Item]]) -> None:
+    """Write a split file in CoOp's format; an existing file is never replaced."""
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"split file {str(path)!r} already exists; delete it to have it built again")
+    _write_json_atomically(path, _split_json(split))
+
+
 def classnames_of(items: Iterable[Item]) -> list[str]:
     """Class names in label order (labels must be 0..n-1)."""
     names: dict[int, str] = {}
@@ -86,13 +110,44 @@ def few_shot_split(split: dict[str, list[Item]], shots: int, seed: int) -> dict[
     return {"train": train, "val": val, "test": split["test"]}
 
 
+FEW_SHOT_DIR = "split_fewshot"
+
+
+def cached_few_shot_split(split: dict[str, list[Item]], shots: int, seed: int, split_path: Path) -> dict[str, list[Item]]:
+    """:func:`few_shot_split`, saved as ``split_fewshot/shot_<K>-seed_<seed>.json`` beside the split file.
+
+    As CoOp's ``split_fewshot/*.pkl``, the file records which images a (K, seed) run trained on; it is JSON in
+    the split file's format (no pickle) and remembers the split file's sha256, so an edited split file makes
+    it stale and it is drawn again. A directory that cannot be written only skips the cache.
+    """
+    if shots <= 0:
+        return few_shot_split(split, shots, seed)
+    split_path = Path(split_path)
+    cache = split_path.parent / FEW_SHOT_DIR / f"shot_{shots}-seed_{seed}.json"
+    source = hashlib.sha256(split_path.read_bytes()).hexdigest()
+    try:
+        cached = json.loads(cache.read_text()) if cache.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        cached = None
+    if cached and cached.get("split_sha256") == source:
+        return {"train": [Item(*e) for e in cached["train"]], "val": [Item(*e) for e in cached["val"]],
+                "test": split["test"]}
+    selected = few_shot_split(split, shots, seed)
+    try:
+        _write_json_atomically(cache, {"split_sha256": source, **_split_json({k: selected[k] for k in ("train", "val")})})
+    except OSError:
+        pass  # a read-only data set still trains; the selection is the same without the file
+    return selected
+
+
 def subsample_classes(split: dict[str, list[Item]], subsample: str) -> dict[str, list[Item]]:
     """Keep the base (first ``ceil(n/2)`` sorted labels) or novel (the rest) classes, relabelled from 0."""
     if subsample not in SUBSAMPLES:
         raise ConfigError(f"subsample must be one of {', '.join(SUBSAMPLES)}, got {subsample!r}")
     if subsample == "all":
         return dict(split)
-    labels = sorted({item.label for item in split["train"]})
+    # Labels come from the train list, as in Dassl; test-only sets (ImageNet variants) have only a test list.
+    labels = sorted({item.label for item in split["train"] or split["test"]})
     half = math.ceil(len(labels) / 2)
     selected = labels[:half] if subsample == "base" else labels[half:]
     relabel = {old: new for new, old in enumerate(selected)}

@@ -43,25 +43,28 @@ def _summary(values: Sequence[float], ci: bool) -> dict:
 
 
 def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
-    """One row per (protocol, learner, shots, data set) and an average row per (protocol, learner, shots)."""
+    """One row per (protocol, learner, shots, source, data set) and an average row per (protocol, learner, shots,
+    source). The transfer protocols' average leaves out the source data set, as the papers' tables do."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for m in metrics:
-        groups[(m["protocol"], m["learner"], m["shots"], m["dataset"])].append(m)
+        groups[(m["protocol"], m["learner"], m["shots"], m.get("source"), m["dataset"])].append(m)
     rows = []
-    for (protocol, learner, shots, dataset), runs in sorted(groups.items()):
+    for (protocol, learner, shots, source, dataset), runs in sorted(groups.items(), key=lambda g: str(g[0])):
         keys = ("base_acc", "novel_acc", "hm") if protocol == "base2novel" else ("acc",)
-        row = {"protocol": protocol, "learner": learner, "shots": shots, "dataset": dataset,
+        row = {"protocol": protocol, "learner": learner, "shots": shots, "source": source, "dataset": dataset,
                "seeds": sorted(r["seed"] for r in runs)}
         row.update({key: _summary([r[key] for r in runs], ci) for key in keys})
         rows.append(row)
     averages = []
     by_setting: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        by_setting[(row["protocol"], row["learner"], row["shots"])].append(row)
-    for (protocol, learner, shots), dataset_rows in by_setting.items():
+        if row["dataset"] != row["source"]:
+            by_setting[(row["protocol"], row["learner"], row["shots"], row["source"])].append(row)
+    for (protocol, learner, shots, source), dataset_rows in by_setting.items():
         if len(dataset_rows) < 2:
             continue
-        average = {"protocol": protocol, "learner": learner, "shots": shots, "dataset": AVERAGE, "seeds": []}
+        average = {"protocol": protocol, "learner": learner, "shots": shots, "source": source, "dataset": AVERAGE,
+                   "seeds": []}
         keys = ("base_acc", "novel_acc") if protocol == "base2novel" else ("acc",)
         for key in keys:
             average[key] = {"mean": statistics.fmean(r[key]["mean"] for r in dataset_rows), "std": None,
@@ -92,22 +95,27 @@ def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
     md, tex = [], []
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["protocol", "learner", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95"])
+    writer.writerow(["protocol", "learner", "source", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95"])
     for protocol in sorted({r["protocol"] for r in rows}):
         columns = _columns(protocol)
         header = ["learner", "shots", "dataset", *(title for _, title in columns)]
-        md += [f"### {protocol}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += [f"### {protocol}", ""]
+        if any(r["source"] for r in rows if r["protocol"] == protocol):
+            md += ["Trained on the source data set (`from <source>`); the average row leaves the source out.", ""]
+        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         tex += [r"\begin{tabular}{lll" + "r" * len(columns) + "}", r"\toprule", " & ".join(header) + r" \\",
                 r"\midrule"]
         for r in (r for r in rows if r["protocol"] == protocol):
-            cells = [r["learner"], str(r["shots"]), r["dataset"], *(_cell(r[key], ci) for key, _ in columns)]
+            learner = f"{r['learner']} from {r['source']}" if r["source"] else r["learner"]
+            cells = [learner, str(r["shots"]), r["dataset"], *(_cell(r[key], ci) for key, _ in columns)]
             md.append("| " + " | ".join(cells) + " |")
             tex_cells = [c.replace("_", r"\_") for c in cells[:3]] + [_cell(r[key], ci, latex=True)
                                                                     for key, _ in columns]
             tex.append(" & ".join(tex_cells) + r" \\")
             for key, _ in columns:
                 stat = r[key]
-                writer.writerow([protocol, r["learner"], r["shots"], r["dataset"], " ".join(map(str, r["seeds"])),
+                writer.writerow([protocol, r["learner"], r["source"] or "", r["shots"], r["dataset"],
+                                 " ".join(map(str, r["seeds"])),
                                  key, f"{stat['mean']:.4f}", "" if stat["std"] is None else f"{stat['std']:.4f}",
                                  f"{stat['ci95']:.4f}" if "ci95" in stat else ""])
         md.append("")

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import yaml
 
 from vlprompt.cli import create_cli
+from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
 from vlprompt.errors import ConfigError
 from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
 from vlprompt.learners import get_learner_class, list_learners
@@ -34,6 +35,24 @@ TRANSFER_PROTOCOLS = ("cross-dataset", "domain-generalization")
 PROTOCOLS = ("base2novel", "few-shot", *TRANSFER_PROTOCOLS)
 FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 METRICS_FILE = "metrics.json"
+#: The data configs of a checkout (``configs/data``): the default data sets of each protocol.
+STANDARD_DATA_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
+
+
+def standard_data(protocol: str) -> tuple[Optional[str], list[str]]:
+    """The papers' data sets for ``protocol``: (source, evaluated data sets), as benchmark names."""
+    if protocol == "cross-dataset":
+        return "ImageNet", list(CROSS_DATASET_TARGETS)
+    if protocol == "domain-generalization":
+        return "ImageNet", list(DOMAIN_GENERALIZATION_TARGETS)
+    return None, ["ImageNet", *CROSS_DATASET_TARGETS]
+
+
+def _standard_config(name: str) -> Path:
+    path = STANDARD_DATA_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no data config {str(path)!r} for the default data set {name}; pass --data (and --source)")
+    return path
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -58,9 +77,11 @@ def _learner_class(path: Path):
 
 
 def _dataset_name(path: Path) -> str:
-    """The data set's folder name (``data.root``), or the YAML's name."""
-    root = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("root")
-    return Path(str(root)).name if root else path.stem
+    """The benchmark's name (``data.dataset``), else the data set's folder name (``data.root``), else the YAML's."""
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    if data.get("dataset"):
+        return str(data["dataset"])
+    return Path(str(data["root"])).name if data.get("root") else path.stem
 
 
 def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int, shots: int,
@@ -148,12 +169,15 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
               overrides: Sequence[str] = (), source: Optional[Path] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
-    The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``.
+    The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
+    ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`).
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    default_source, default_data = standard_data(protocol)
     if protocol in TRANSFER_PROTOCOLS and source is None:
-        raise ConfigError(f"{protocol} trains on one data set and tests on others: pass --source SOURCE.yaml")
+        source = _standard_config(default_source)
+    data_configs = list(data_configs) or [_standard_config(name) for name in default_data]
     _check_files([learner_config, clip_config, source, *data_configs])
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     learner = _learner_class(learner_config).registry_name
@@ -189,9 +213,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("protocol", choices=PROTOCOLS)
     parser.add_argument("--learner", type=Path, required=True, help="learner YAML, e.g. configs/learners/coop.yaml")
     parser.add_argument("--clip", type=Path, help="CLIP YAML, e.g. configs/clip/toy.yaml")
-    parser.add_argument("--data", type=Path, nargs="+", required=True,
-                        help="data YAMLs, one per data set (the test sets, for the transfer protocols)")
-    parser.add_argument("--source", type=Path, help="training data YAML of cross-dataset / domain-generalization")
+    parser.add_argument("--data", type=Path, nargs="+", default=[],
+                        help="data YAMLs, one per data set (the test sets, for the transfer protocols); default: the "
+                             "papers' (the 11 data sets; the other 10 for cross-dataset; ImageNet-V2/-Sketch/-A/-R "
+                             "for domain-generalization), from configs/data")
+    parser.add_argument("--source", type=Path,
+                        help="training data YAML of cross-dataset / domain-generalization (default: ImageNet)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, nargs="+", help="default: 16 (base2novel), 1 2 4 8 16 (few-shot)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
