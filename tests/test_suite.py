@@ -137,3 +137,77 @@ def test_transfer_protocols_default_to_the_papers_data_sets(tmp_path, monkeypatc
         main(["suite", "domain-generalization", "--learner", str(CONFIGS / "learners" / "coop.yaml")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code != 0 and "data/imagenet" in err and "\n" not in err and "Traceback" not in err
+
+
+def wandb_records(path: Path) -> dict:
+    """What an offline wandb run recorded: its run settings, config, history keys and final summary.
+
+    Offline runs keep everything in ``run-<id>.wandb``, a LevelDB-style log of protobuf records (32 KiB
+    blocks; each chunk has a 7-byte header: checksum, little-endian length, type 1 full / 2 first / 3 middle /
+    4 last), after a 7-byte file header starting ``:W&B``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, position, pending, records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        left = block - position % block
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        if left < 7 or (length == 0 and kind == 0):  # block trailer or zero padding
+            position += left
+            continue
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    def name(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    found = {"summary": {}, "config": set(), "history": set(), "run": None}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "summary":
+            found["summary"].update({name(item): json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "config":
+            found["config"] |= {name(item) for item in record.config.update}
+        elif kind == "history":
+            found["history"] |= {name(item) for item in record.history.item}
+        elif kind == "run":
+            found["run"] = record.run
+            found["config"] |= {name(item) for item in record.run.config.update}
+    return found
+
+
+def test_wandb_offline_suite_groups_runs_and_records_summary_tables_and_a_summary_run(toy_data_config, tmp_path,
+                                                                                       capsys, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = tmp_path / "runs"
+    main(["suite", "base2novel", "--learner", CONFIGS / "learners" / "coop.yaml", "--clip",
+          CONFIGS / "clip" / "tiny-random.yaml", "--data", toy_data_config, "--seeds", "1", "--shots", "4",
+          "--runs", runs, "--wandb", "--wandb-project", "vlprompt-test", "--",
+          "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"])
+    run_dir = runs / "base2novel" / "coop" / "ToyShapes" / "shots4_seed1"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (offline_run,) = run_dir.glob("wandb/offline-run-*")  # fit, base test and novel test share one run
+    found = wandb_records(next(offline_run.glob("run-*.wandb")))
+    assert found["run"].run_group == "base2novel/coop/ToyShapes" and found["run"].job_type == "base2novel"
+    assert {"config", "lr", "n_ctx"} <= found["config"]  # the resolved CLI config, and the learner's hparams
+    assert {"train/loss", "train/acc", "epoch"} <= found["history"]
+    for key in ("base_acc", "novel_acc", "hm"):
+        assert found["summary"][key] == pytest.approx(metrics[key])
+    tables = sorted(p.name for p in offline_run.glob("files/media/table/per_class/*.table.json"))
+    assert [name.rsplit("_", 2)[0] for name in tables] == ["ToyShapes_base", "ToyShapes_novel"]  # key_step_hash
+    table = json.loads(next(offline_run.glob("files/media/table/per_class/ToyShapes_base*.table.json")).read_text())
+    assert table["columns"] == ["class", "accuracy"] and len(table["data"]) == 13  # ceil(25 / 2) base classes
+    (summary_run,) = (runs / "base2novel" / "coop" / "report").glob("wandb/offline-run-*")
+    summary = wandb_records(next(summary_run.glob("run-*.wandb")))
+    assert summary["run"].job_type == "suite-summary"
+    assert summary["summary"]["ToyShapes/shots4/hm"] == pytest.approx(metrics["hm"])
+    assert list(summary_run.glob("files/media/table/suite/table_*.table.json"))
+    assert list(summary_run.glob("files/media/images/suite/*.png"))

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
+from vlprompt.eval.dashboards import PerClassAccuracyReport, SaveAndLogConfig
 from vlprompt.errors import VlpromptError
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.registry import hyperparameter_names
@@ -100,6 +101,8 @@ class VlpromptCLI(LightningCLI):
         # The learned prompts of the last epoch are what papers evaluate, so keep `last.ckpt`.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        # Every test also reports accuracy per class (a CSV beside the logs; a table on wandb).
+        parser.add_lightning_class_args(PerClassAccuracyReport, "per_class")
         # Class names and hand templates belong to the dataset; the learner receives them.
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.link_arguments("data.templates", "model.init_args.templates", apply_on="instantiate")
@@ -133,6 +136,7 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
         ImageSplitDataModule,
         subclass_mode_model=True,
         trainer_defaults=TRAINER_DEFAULTS,
+        save_config_callback=SaveAndLogConfig,
         save_config_kwargs={"overwrite": True},
         args=None if args is None else resolve_learner_names(args),
         auto_configure_optimizers=False,

@@ -96,7 +96,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                            classnames_of(item for items in self.split.values() for item in items)]
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.augment, self.image_size = augment, image_size
+        self.augment, self.image_size, self.subsample = augment, image_size, subsample
         self.datasets: dict[str, ImageListDataset] = {}
 
     def _preprocess(self) -> tuple[int, Sequence[float], Sequence[float]]:

@@ -167,6 +167,15 @@ def plots(rows: Sequence[dict], out: Path) -> list[Path]:
     return written
 
 
+def write_report(rows: Sequence[dict], out: Path, ci: bool = False) -> tuple[dict[str, str], list[Path]]:
+    """``report.{md,csv,tex}`` and the PNG plots in ``out``; returns the tables and the plot paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    rendered = tables(rows, ci=ci)
+    for suffix, text in rendered.items():
+        (out / f"report.{suffix}").write_text(text)
+    return rendered, plots(rows, out)
+
+
 def main(argv: Sequence[str]) -> None:
     from vlprompt.eval.suite import OneLineArgumentParser
 
@@ -177,10 +186,6 @@ def main(argv: Sequence[str]) -> None:
     options = parser.parse_args(argv)
     rows = aggregate(collect(options.runs), ci=options.ci)
     out = options.out or options.runs / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    rendered = tables(rows, ci=options.ci)
-    for suffix, text in rendered.items():
-        (out / f"report.{suffix}").write_text(text)
-    images = plots(rows, out)
+    rendered, images = write_report(rows, out, ci=options.ci)
     print(rendered["md"])
     print(f"report written to {out}: report.md, report.csv, report.tex, " + ", ".join(p.name for p in images))

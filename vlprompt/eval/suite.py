@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +28,8 @@ from vlprompt.cli import create_cli
 from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
 from vlprompt.errors import ConfigError
 from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
+from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
+from vlprompt.eval.report import aggregate, write_report
 from vlprompt.learners import get_learner_class, list_learners
 
 #: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
@@ -101,13 +104,21 @@ def _write_metrics(directory: Path, metrics: dict) -> None:
 
 
 def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
-            shots: int, run_dir: Path, overrides: Sequence[str] = ()) -> dict:
-    """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent)."""
+            shots: int, run_dir: Path, overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None) -> dict:
+    """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent).
+
+    With ``wandb``, fit and tests log into one wandb run grouped by protocol/learner/data set, whose summary
+    gets the final accuracies.
+    """
     cls = _learner_class(learner_config)
+    dataset = _dataset_name(data_config)
     args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
+    if wandb:
+        args += wandb_logger_args(wandb, run_dir, f"{dataset}-shots{shots}-seed{seed}",
+                                  f"{protocol}/{cls.registry_name}/{dataset}", protocol,
+                                  [protocol, cls.registry_name, dataset])
     started = time.time()
-    metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed, "shots": shots,
-               "protocol": protocol}
+    metrics = {"learner": cls.registry_name, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
     if protocol == "base2novel":
         metrics.update(base_to_novel(args, cls.needs_training))
     elif protocol == "few-shot":
@@ -117,33 +128,45 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["config"] = {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
                          "data": str(data_config), "overrides": list(overrides)}
+    if wandb:
+        finish_wandb_run({key: metrics[key] for key in ("base_acc", "novel_acc", "hm", "acc") if key in metrics})
     _write_metrics(run_dir, metrics)
     return metrics
 
 
 def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path], source: Path,
                  targets: Sequence[Path], seed: int, shots: int, run_dir: Path,
-                 overrides: Sequence[str] = ()) -> list[dict]:
+                 overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None) -> list[dict]:
     """Train on all classes of ``source`` once, then test the same prompts on the source and every target.
 
     Each evaluated data set gets ``run_dir/<dataset>/metrics.json`` (``acc`` in percent, ``source`` named).
+    With ``wandb``, training and every test log into one wandb run.
     """
     cls = _learner_class(learner_config)
-    args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides)
+    source_name = _dataset_name(source)
+    tracking = wandb_logger_args(wandb, run_dir, f"from-{source_name}-shots{shots}-seed{seed}",
+                                 f"{protocol}/{cls.registry_name}/from-{source_name}", protocol,
+                                 [protocol, cls.registry_name, source_name]) if wandb else []
+    args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides) + tracking
     checkpoint = []
     if cls.needs_training:
         fit = create_cli(["fit", *args, "--data.subsample", "all"])
         checkpoint = ["--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
     results = []
     for data_config in [source, *targets]:
-        test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
+        test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides) + tracking
         metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
-                   "shots": shots, "protocol": protocol, "source": _dataset_name(source),
+                   "shots": shots, "protocol": protocol, "source": source_name,
                    "acc": cli_test_accuracy([*test_args, *checkpoint]),
                    "config": {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
                               "data": str(data_config), "source": str(source), "overrides": list(overrides)}}
-        _write_metrics(run_dir / metrics["dataset"], metrics)
         results.append(metrics)
+    if wandb:
+        targets_only = [m["acc"] for m in results if m["dataset"] != source_name]
+        finish_wandb_run({**{f"{m['dataset']}/acc": m["acc"] for m in results},
+                          "target_average_acc": sum(targets_only) / max(len(targets_only), 1)})
+    for metrics in results:  # last: their presence marks the run as finished
+        _write_metrics(run_dir / metrics["dataset"], metrics)
     return results
 
 
@@ -166,7 +189,8 @@ def _resume(run_dir: Path, expected: Sequence[Path]) -> Optional[list[dict]]:
 
 def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
-              overrides: Sequence[str] = (), source: Optional[Path] = None) -> list[dict]:
+              overrides: Sequence[str] = (), source: Optional[Path] = None,
+              wandb: Optional[WandbOptions] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
@@ -192,7 +216,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                     print(f"[suite] running {protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} "
                           f"seed={seed} -> {run_dir}")
                     done = run_transfer(protocol, learner_config, clip_config, source, data_configs, seed, k,
-                                        run_dir, overrides)
+                                        run_dir, overrides, wandb)
                 results += done
         return results
     for data_config in data_configs:
@@ -203,7 +227,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                 done = _resume(run_dir, [run_dir / METRICS_FILE])
                 if done is None:
                     print(f"[suite] running {protocol} {learner} {dataset} shots={k} seed={seed} -> {run_dir}")
-                    done = [run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir, overrides)]
+                    done = [run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir, overrides,
+                                    wandb)]
                 results += done
     return results
 
@@ -222,8 +247,24 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, nargs="+", help="default: 16 (base2novel), 1 2 4 8 16 (few-shot)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
+    parser.add_argument("--wandb", action="store_true",
+                        help="log every run to wandb (grouped by protocol/learner/data set) and a summary run at the "
+                             "end; WANDB_MODE=offline logs locally for `wandb sync` later")
+    parser.add_argument("--wandb-project", default="vlprompt", help="wandb project (default: vlprompt)")
+    parser.add_argument("--wandb-entity", help="wandb entity (default: your default entity)")
     argv = list(argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-              options.shots, overrides, options.source)
+    tracker = WandbOptions(options.wandb_project, options.wandb_entity) if options.wandb else None
+    if tracker:  # fit and tests of one suite run share a wandb run on purpose
+        warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
+    results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
+                        options.shots, overrides, options.source, tracker)
+    if tracker:
+        learner = results[0]["learner"]
+        report_dir = options.runs / options.protocol / learner / "report"
+        rows = aggregate(results)
+        rendered, images = write_report(rows, report_dir)
+        log_suite_summary(tracker, f"{options.protocol}-{learner}-summary", f"{options.protocol}/{learner}",
+                          report_dir, rows, rendered["md"], images)
+        print(f"[suite] wandb summary run logged; tables and plots also in {report_dir}")

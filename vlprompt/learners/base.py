@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError
@@ -70,6 +71,8 @@ class PromptLearner(pl.LightningModule):
         self.templates = templates
         self._text_cache: Optional[torch.Tensor] = None
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
+        #: ``{classname: accuracy in percent}`` of the last test run.
+        self.per_class_test_accuracy: dict[str, float] = {}
 
     # -- what subclasses provide (besides forward(images) -> logits) --------------------------------------------
     def _on_classnames_changed(self) -> None:
@@ -153,10 +156,21 @@ class PromptLearner(pl.LightningModule):
         self.val_acc(_correct(self(images), labels))
         self.log("val/acc", self.val_acc, prog_bar=True, on_step=False, on_epoch=True)
 
+    def on_test_epoch_start(self) -> None:
+        # Per-class accuracy for reports; a torchmetrics state, so DDP ranks are summed exactly.
+        self.test_per_class = MulticlassAccuracy(self.n_classes, average=None).to(self.device)
+
     def test_step(self, batch, batch_idx):
         images, labels = batch
-        self.test_acc(_correct(self(images), labels))
+        logits = self(images)
+        self.test_acc(_correct(logits, labels))
+        self.test_per_class.update(logits.argmax(dim=-1), labels)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        accuracy = (self.test_per_class.compute() * 100).tolist()
+        self.per_class_test_accuracy = dict(zip(self.classnames, accuracy))
+        del self.test_per_class  # not part of the learner: keeps it out of state_dict and checkpoints
 
     def predict_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
