@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
@@ -32,6 +33,27 @@ class ImageListDataset(Dataset):
         item = self.items[index]
         with Image.open(self.image_dir / item.path) as image:
             return self.transform(image.convert("RGB")), item.label
+
+
+class MarkedPadding(Dataset):
+    """``dataset`` extended to ``length`` by repeating its first images, each item ``(image, label, real)``
+    where ``real`` is False for the repeats, so metrics can leave them out."""
+
+    def __init__(self, dataset: Dataset, length: int):
+        self.dataset, self.length = dataset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        size = len(self.dataset)
+        image, label = self.dataset[index % size]
+        return image, label, index < size
+
+
+def _distributed_world_size() -> int:
+    available = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if available else 1
 
 
 class ImageSplitDataModule(pl.LightningDataModule):
@@ -133,8 +155,15 @@ class ImageSplitDataModule(pl.LightningDataModule):
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self.datasets[name]
         batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = None
+        world_size = _distributed_world_size()
+        if not train and world_size > 1:
+            # Lightning's DistributedSampler would pad with repeated images, counting them twice; pad to equal
+            # shards ourselves (equal shards keep DDP's collectives in step) and mark the padding.
+            dataset = MarkedPadding(dataset, math.ceil(len(dataset) / world_size) * world_size)
+            sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
         # Dassl drops the last partial training batch only when there is at least one full batch.
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train if sampler is None else None, sampler=sampler,
                           drop_last=train and len(dataset) >= batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 

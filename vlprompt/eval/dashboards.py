@@ -24,14 +24,15 @@ class PerClassAccuracyReport(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         per_class = getattr(pl_module, "per_class_test_accuracy", None)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if not per_class or not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
         tag = "_".join(str(part) for part in (getattr(datamodule, "dataset_name", "test"),
                                                getattr(datamodule, "subsample", "all")))
         rows = [[name, round(accuracy, 4)] for name, accuracy in per_class.items()]
-        if trainer.log_dir:
-            path = Path(trainer.log_dir) / f"per_class_{tag}.csv"
+        if log_dir:
+            path = Path(log_dir) / f"per_class_{tag}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="") as stream:
                 csv.writer(stream).writerows([PER_CLASS_COLUMNS, *rows])

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -43,6 +44,10 @@ class PromptLearner(pl.LightningModule):
     #: Whether text features depend only on the learned parameters (not on the image), so evaluation can
     #: compute them once.
     image_independent_text: ClassVar[bool] = True
+    #: Whether some learned parameters may get no gradient in a step (e.g. a router picking some prompts).
+    #: DDP must then look for unused parameters (``--trainer.strategy ddp_find_unused_parameters_true``),
+    #: which costs a graph traversal per step, so learners declare it instead of every run paying for it.
+    may_leave_parameters_unused: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -141,6 +146,11 @@ class PromptLearner(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._require_trainable()
+        strategy = self.trainer.strategy
+        if (self.may_leave_parameters_unused and isinstance(strategy, DDPStrategy)
+                and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):
+            raise ConfigError(f"{self.registry_name} may leave some prompts unused in a step; under DDP pass "
+                              f"--trainer.strategy ddp_find_unused_parameters_true")
         rank_zero_info(f"{self.registry_name}: {self.num_trainable_parameters():,} trainable parameters; CLIP frozen")
 
     def training_step(self, batch, batch_idx):
@@ -152,8 +162,8 @@ class PromptLearner(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        self.val_acc(_correct(self(images), labels))
+        images, labels, real = _evaluation_batch(batch)
+        self.val_acc(_correct(self(images), labels)[real])
         self.log("val/acc", self.val_acc, prog_bar=True, on_step=False, on_epoch=True)
 
     def on_test_epoch_start(self) -> None:
@@ -161,10 +171,11 @@ class PromptLearner(pl.LightningModule):
         self.test_per_class = MulticlassAccuracy(self.n_classes, average=None).to(self.device)
 
     def test_step(self, batch, batch_idx):
-        images, labels = batch
+        images, labels, real = _evaluation_batch(batch)
         logits = self(images)
-        self.test_acc(_correct(logits, labels))
-        self.test_per_class.update(logits.argmax(dim=-1), labels)
+        self.test_acc(_correct(logits, labels)[real])
+        if real.any():  # a batch of padding only (DDP) has nothing to count
+            self.test_per_class.update(logits.argmax(dim=-1)[real], labels[real])
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
@@ -225,6 +236,14 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
         raise CheckpointMismatchError(
             f"checkpoint was trained on a different CLIP architecture ({diff}); use the CLIP it was trained on "
             f"({meta['clip']['source']['name']!r})")
+
+
+def _evaluation_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images, labels, real)``: under DDP the data module pads evaluation sets to equal shards and marks the
+    padding, so every image counts exactly once; otherwise every image is real."""
+    images, labels, *marks = batch
+    real = marks[0].bool() if marks else torch.ones_like(labels, dtype=torch.bool)
+    return images, labels, real
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
