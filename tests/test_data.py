@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 
 import pytest
+import torch
 
 from vlprompt.data import ImageSplitDataModule, Item, few_shot_split, read_split_file, subsample_classes
 from vlprompt.errors import ConfigError
@@ -104,3 +105,44 @@ def test_few_shot_selection_is_cached_per_shots_and_seed_and_redrawn_when_the_sp
     split_path.write_text(json.dumps(raw))
     redrawn = ImageSplitDataModule(tmp_path, split_file=split_path.name, shots=2, seed=3).split["train"]
     assert redrawn == few_shot_split(read_split_file(split_path), 2, 3)["train"] and len(redrawn) == 50
+
+
+def _fit_coop(root, seed=1, **data_options):
+    import pytorch_lightning as pl
+
+    import vlprompt
+
+    data = ImageSplitDataModule(root, split_file="split_zhou_ToyShapes.json", shots=4, batch_size=8, num_workers=0,
+                                **{"augment": False, **data_options})
+    pl.seed_everything(seed)
+    learner = vlprompt.build_learner("coop", vlprompt.load_clip("vlprompt-tiny", pretrained="toy"), data.classnames)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(learner, datamodule=data)
+    return learner
+
+
+def test_cached_image_features_train_exactly_like_images_without_augmentation(tmp_path):
+    write_toy_dataset("ToyShapes", tmp_path, train_per_class=4, val_per_class=1, test_per_class=1)
+    plain = _fit_coop(tmp_path)
+    cached = _fit_coop(tmp_path, cache_image_features=True)
+    torch.testing.assert_close(cached.prompts.ctx, plain.prompts.ctx, atol=1e-5, rtol=0)
+    assert not torch.equal(plain.prompts.ctx, _fit_coop(tmp_path, seed=2).prompts.ctx)  # training did move it
+    augmented = _fit_coop(tmp_path, cache_image_features=True, augment=True, cached_views=2)
+    assert torch.isfinite(augmented.prompts.ctx).all()
+
+
+def test_image_feature_cache_is_refused_where_it_would_be_wrong(tmp_path):
+    import pytorch_lightning as pl
+
+    import vlprompt
+
+    write_toy_dataset("ToyShapes", tmp_path, train_per_class=2, val_per_class=1, test_per_class=1)
+    with pytest.raises(ConfigError, match="without augmentation every view is the same"):
+        ImageSplitDataModule(tmp_path, split_file="split_zhou_ToyShapes.json", augment=False, cached_views=3)
+    data = ImageSplitDataModule(tmp_path, split_file="split_zhou_ToyShapes.json", shots=2, num_workers=0,
+                                cache_image_features=True)
+    maple = vlprompt.build_learner("maple", vlprompt.load_clip("vlprompt-tiny", pretrained="toy"), data.classnames)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="maple changes the image features"):
+        trainer.fit(maple, datamodule=data)

@@ -186,6 +186,21 @@ def test_cocoop_trains_at_any_batch_size_and_chunks_exactly(tiny_clip, image_bat
         torch.testing.assert_close(whole(images), single, atol=1e-5, rtol=0)
 
 
+def test_cocoop_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_clip, image_batch):
+    images, labels = image_batch
+    plain = build("cocoop", tiny_clip).train()
+    recomputed = build("cocoop", tiny_clip, text_chunk_size=2, activation_checkpointing=True).train()
+    recomputed.load_state_dict(plain.state_dict())
+    losses = []
+    for learner in (plain, recomputed):
+        loss, _ = learner.training_loss(images, labels)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+    for (name, a), (_, b) in zip(plain.named_parameters(), recomputed.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_checkpoint_from_another_architecture_or_learner_is_refused(tiny_clip, image_batch, tmp_path):
     images, labels = image_batch
     learner = build("coop", tiny_clip)
@@ -233,3 +248,26 @@ def test_bf16_autocast_keeps_fp32_weights(name, tiny_clip, image_batch):
     assert torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in learner.parameters())
     assert all(p.dtype == torch.float32 for p in tiny_clip.model.parameters())
+
+
+@pytest.mark.parametrize("name", ["coop", "kgcoop"])
+def test_evaluation_encodes_class_prompts_once_while_training_encodes_every_step(name, tiny_clip, image_batch):
+    images, _ = image_batch
+    learner = build(name, tiny_clip)
+    calls = []
+    original = learner.text_features
+    learner.text_features = lambda: calls.append(1) or original()
+    learner.eval()
+    with torch.no_grad():
+        first = learner(images)
+        for _ in range(3):
+            torch.testing.assert_close(learner(images), first)
+    assert len(calls) == 1
+    learner.train()
+    learner(images), learner(images)
+    assert len(calls) == 3  # training sees the prompts change, so it encodes every step
+    learner.eval()
+    learner.set_classnames(["a", "b"])
+    with torch.no_grad():
+        assert learner(images).shape[1] == 2
+    assert len(calls) == 4

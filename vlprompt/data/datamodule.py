@@ -51,6 +51,21 @@ class MarkedPadding(Dataset):
         return image, label, index < size
 
 
+class CachedImageFeatures(Dataset):
+    """``(feature, label)`` pairs from ``views x N x D`` cached features; with several views, each access picks
+    one at random (the cached stand-in for a fresh augmentation)."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
+        self.views, self.labels = views, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        view = int(torch.randint(len(self.views), ())) if len(self.views) > 1 else 0
+        return self.views[view, index], int(self.labels[index])
+
+
 def _distributed_world_size() -> int:
     available = torch.distributed.is_available() and torch.distributed.is_initialized()
     return torch.distributed.get_world_size() if available else 1
@@ -82,6 +97,12 @@ class ImageSplitDataModule(pl.LightningDataModule):
         batch_size, eval_batch_size, num_workers: data loading.
         augment: random resized crop (scale 0.08-1) and horizontal flip for training, as Dassl does.
         image_size: override the model's input size.
+        cache_image_features: encode the training images once with the learner's frozen image tower and train
+            on those features (for learners whose image side is frozen: zero-shot, CoOp, KgCoOp, CoCoOp).
+            Off by default. Without augmentation it is exact (up to fp32 vs mixed-precision encoding); with
+            augmentation it changes the recipe: ``cached_views`` random views per image are drawn once and
+            each step picks one of them, instead of a fresh crop every epoch.
+        cached_views: augmented views per training image kept in the cache (needs ``augment``).
     """
 
     def __init__(
@@ -99,6 +120,8 @@ class ImageSplitDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         augment: bool = True,
         image_size: Optional[int] = None,
+        cache_image_features: bool = False,
+        cached_views: int = 1,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
@@ -119,6 +142,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.image_size, self.subsample = augment, image_size, subsample
+        if cached_views < 1 or (cached_views > 1 and not augment):
+            raise ConfigError(f"cached_views must be 1, or more with augment: true (got {cached_views} with augment "
+                              f"{augment}); without augmentation every view is the same")
+        self.cache_image_features, self.cached_views = cache_image_features, cached_views
         self.datasets: dict[str, ImageListDataset] = {}
 
     def _preprocess(self) -> tuple[int, Sequence[float], Sequence[float]]:
@@ -168,7 +195,31 @@ class ImageSplitDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
+        if self.cache_image_features:
+            return self._cached_feature_loader()
         return self._loader("train", train=True)
+
+    def _cached_feature_loader(self) -> DataLoader:
+        # Called by the fit loop after the model is on its device, so the encoding runs there.
+        learner = self.trainer.lightning_module if self.trainer is not None else None
+        if learner is None or not hasattr(learner, "image_features"):
+            raise ConfigError("data.cache_image_features needs a prompt learner being fitted")
+        if not getattr(type(learner), "frozen_image_features", False):
+            raise ConfigError(f"{learner.registry_name} changes the image features (visual prompts), so they cannot "
+                              f"be cached; set data.cache_image_features false")
+        dataset = self.datasets["train"]
+        views = []
+        with torch.no_grad():
+            for _ in range(self.cached_views):
+                # Its own generator: encoding must not draw from the global RNG that shuffles the training batches.
+                loader = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
+                                    generator=torch.Generator().manual_seed(len(views)))
+                views.append(torch.cat([learner.clip.encode_image(images.to(learner.device), normalize=True).float()
+                                        for images, _ in loader]).cpu())
+        labels = torch.tensor([item.label for item in dataset.items])
+        cached = CachedImageFeatures(torch.stack(views), labels)
+        return DataLoader(cached, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(cached) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

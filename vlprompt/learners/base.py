@@ -48,6 +48,9 @@ class PromptLearner(pl.LightningModule):
     #: DDP must then look for unused parameters (``--trainer.strategy ddp_find_unused_parameters_true``),
     #: which costs a graph traversal per step, so learners declare it instead of every run paying for it.
     may_leave_parameters_unused: ClassVar[bool] = False
+    #: Whether image features come from the frozen image tower unchanged, so the data module may cache them
+    #: (``data.cache_image_features``); learners with visual prompts set it to False.
+    frozen_image_features: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -124,6 +127,13 @@ class PromptLearner(pl.LightningModule):
             with torch.no_grad():
                 self._text_cache = compute()
         return self._text_cache
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised features of the frozen image tower; a ``B x D`` batch already is such features (the data
+        module's cache, see ``ImageSplitDataModule(cache_image_features=True)``)."""
+        if images.ndim == 2:
+            return images
+        return self.clip.encode_image(images, normalize=True)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import ConfigError
@@ -26,8 +27,11 @@ class CoCoOp(PromptLearner):
     context tokens from "a photo of a", SGD lr 0.002, 10 epochs (``configs/learners/cocoop.yaml``).
 
     Deliberate differences: the reference loops over images one by one and is used at batch size 1; here all
-    images of a batch are encoded together (``text_chunk_size`` images at a time to bound memory), so any
-    batch size works. ``d`` is the image feature width and ``width`` the text width, both read from the model.
+    images of a batch are encoded together, ``text_chunk_size`` images at a time to bound memory, and with
+    ``activation_checkpointing`` each chunk's text-encoder activations are recomputed in the backward pass
+    instead of kept (exact; about one more text forward per step), so batch 32 trains where keeping every
+    image's class prompts would not fit. ``d`` is the image feature width and ``width`` the text width, both
+    read from the model.
 
     Other keyword arguments are :class:`PromptLearner`'s optimiser settings (``momentum``, ``weight_decay``,
     ``warmup_epochs``, ``warmup_lr``, ``lr``).
@@ -43,12 +47,14 @@ class CoCoOp(PromptLearner):
         n_ctx: int = 4,
         ctx_init: Optional[str] = "a photo of a",
         text_chunk_size: Optional[int] = None,
+        activation_checkpointing: bool = False,
         **kwargs,
     ):
         super().__init__(clip, classnames, templates, **kwargs)
         if text_chunk_size is not None and text_chunk_size < 1:
             raise ConfigError(f"text_chunk_size must be a positive number of images or null, got {text_chunk_size}")
         self.text_chunk_size = text_chunk_size
+        self.activation_checkpointing = activation_checkpointing
         self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init)
         image_dim, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
@@ -65,13 +71,20 @@ class CoCoOp(PromptLearner):
         ctx = self.prompts.ctx + self.meta_net(image_features).unsqueeze(1)
         chunk = self.text_chunk_size or ctx.shape[0]
         n_cls = self.n_classes
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         features = []
         for part in ctx.split(chunk):
-            embeds = self.prompts.embeddings(part).flatten(0, 1)
-            encoded = self.clip.encode_text_embeddings(embeds, self.prompts.pool_index.repeat(part.shape[0]))
+            if recompute:
+                encoded = checkpoint(self._encode_chunk, part, use_reentrant=False)
+            else:
+                encoded = self._encode_chunk(part)
             features.append(encoded.view(part.shape[0], n_cls, -1))
         return F.normalize(torch.cat(features), dim=-1)
 
+    def _encode_chunk(self, ctx: torch.Tensor) -> torch.Tensor:
+        embeds = self.prompts.embeddings(ctx).flatten(0, 1)
+        return self.clip.encode_text_embeddings(embeds, self.prompts.pool_index.repeat(ctx.shape[0]))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image_features = self.clip.encode_image(images, normalize=True)
+        image_features = self.image_features(images)
         return self.logits(image_features, self.text_features(image_features))

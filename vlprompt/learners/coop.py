@@ -56,4 +56,4 @@ class CoOp(PromptLearner):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.text_features)
-        return self.logits(self.clip.encode_image(images, normalize=True), text)
+        return self.logits(self.image_features(images), text)

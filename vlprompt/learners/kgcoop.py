@@ -47,7 +47,7 @@ class KgCoOp(CoOp):
 
     def training_loss(self, images, labels):
         text = self.text_features()
-        logits = self.logits(self.clip.encode_image(images, normalize=True), text)
+        logits = self.logits(self.image_features(images), text)
         if self._hand_features is None or self._hand_features.device != text.device:
             self._hand_features = self.hand_text_features()
         knowledge = 1.0 - F.cosine_similarity(text, self._hand_features, dim=-1).mean()

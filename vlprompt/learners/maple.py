@@ -33,6 +33,8 @@ class MaPLe(PromptLearner):
     ``warmup_epochs``, ``warmup_lr``).
     """
 
+    frozen_image_features = False  # visual prompts change the image features
+
     def __init__(
         self,
         clip: FrozenCLIP,

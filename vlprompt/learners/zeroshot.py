@@ -29,4 +29,4 @@ class ZeroShotCLIP(PromptLearner):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.hand_text_features)
-        return self.logits(self.clip.encode_image(images, normalize=True), text)
+        return self.logits(self.image_features(images), text)

@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Speed and memory of every learner, measured side by side with a naive baseline and bare open_clip.
+
+    python tools/bench.py                      # ViT-B/16 shape, random init, CPU: about 5 minutes on 2 cores
+    python tools/bench.py --device cuda --precision bf16-mixed --classes 100 1000   # on a GPU
+
+Everything runs in one process on the same model, data and settings, so the ratios compare like with like on
+a noisy machine. The naive baseline is written here, as the reference repos do it: the full 77-token context,
+text features recomputed for every batch, CoCoOp's prompts for every image encoded at once. Peak memory is
+``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the bytes autograd keeps for the backward pass
+(activations), which is what grows with batch x classes. Writes the tables to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import vlprompt  # noqa: E402
+from vlprompt.learners import get_learner_class, list_learners  # noqa: E402
+
+TARGETS = {"coop_text_step": 0.35, "eval_throughput": 0.9, "cocoop_memory": 0.5}
+ADJECTIVES = ("red", "small", "golden", "spotted", "wild", "striped", "old", "great", "common", "long-tailed")
+NOUNS = ("fox", "sparrow", "retriever", "maple tree", "sports car", "tabby cat", "fire truck", "orchid",
+         "sea turtle", "pizza")
+
+
+def classnames(count: int) -> list[str]:
+    """Realistic names of 1-5 tokens (the EOT position is what the cut saves on)."""
+    names = [f"{a} {n}" for a in ADJECTIVES for n in NOUNS]
+    return [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(count)]
+
+
+class Timer:
+    def __init__(self, device: torch.device, repeats: int):
+        self.device, self.repeats = device, repeats
+
+    def __call__(self, fn) -> float:
+        """Median seconds of ``repeats`` calls after one warm-up call."""
+        fn()
+        times = []
+        for _ in range(self.repeats):
+            self._sync()
+            start = time.perf_counter()
+            fn()
+            self._sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def peak_memory(fn, device: torch.device, weights=()) -> int:
+    """Bytes: peak allocated on a GPU; on a CPU, the tensors autograd saves for backward during ``fn``
+    (weights it saves are not counted: they exist anyway)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    seen, total = {w.untyped_storage().data_ptr() for w in weights}, [0]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return total[0]
+
+
+def naive_text_features(clip, embeds: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+    """The reference repos' text path: all 77 positions through every layer, pooled at the EOT token."""
+    model = clip.model
+    context = model.positional_embedding.shape[0]
+    padding = model.token_embedding.weight[0].expand(embeds.shape[0], context - embeds.shape[1], -1)
+    x = torch.cat([embeds, padding.to(embeds.dtype)], dim=1) + model.positional_embedding
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    return F.normalize(x[torch.arange(x.shape[0]), pool_index] @ model.text_projection, dim=-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random init)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[4], help="class counts to measure")
+    parser.add_argument("--batch", type=int, default=8, help="training batch of the step-time rows")
+    parser.add_argument("--cocoop-batch", type=int, default=32, help="batch of the CoCoOp memory comparison")
+    parser.add_argument("--cocoop-chunk", type=int, default=4, help="CoCoOp text_chunk_size (images per chunk)")
+    parser.add_argument("--eval-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(0)
+    device = torch.device(options.device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16-mixed"
+                else contextlib.nullcontext())
+    timer = Timer(device, options.repeats)
+    clip = vlprompt.load_clip(options.model).to(device)
+    size = clip.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    started = time.time()
+    sections = []
+    for n_classes in options.classes:
+        names = classnames(n_classes)
+        labels = torch.arange(options.batch, device=device) % n_classes
+        images = torch.randn(options.batch, 3, size, size, device=device)
+        eval_images = torch.randn(options.eval_batch, 3, size, size, device=device)
+        with torch.no_grad(), autocast:
+            image_features = clip.encode_image(images, normalize=True).float()
+
+        # Bare open_clip image encoding: the ceiling for evaluation throughput.
+        def bare_encode():
+            with torch.no_grad(), autocast:
+                clip.model.encode_image(eval_images)
+        bare_ips = options.eval_batch / timer(bare_encode)
+
+        rows = []
+        weights = [*clip.model.parameters(), *clip.model.buffers()]
+        for name in list_learners():
+            cls = get_learner_class(name)
+            learner = vlprompt.build_learner(name, clip, names).to(device)  # defaults; CoCoOp's options below
+            row = {"learner": name}
+            if cls.needs_training:
+                learner.train()
+                params = [p for p in learner.parameters() if p.requires_grad]
+                optimizer = torch.optim.SGD(params, lr=1e-3)
+
+                def step():
+                    with autocast:
+                        loss, _ = learner.training_loss(images, labels)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                row["step_s"] = timer(step)
+                row["memory"] = peak_memory(step, device, weights)
+            learner.eval()
+
+            def evaluate():
+                with torch.no_grad(), autocast:
+                    learner(eval_images)
+            row["eval_ips"] = options.eval_batch / timer(evaluate)
+            rows.append(row)
+
+        # CoOp's text side, ours (cut after EOT) vs naive (77 tokens), on the same precomputed image features.
+        coop = vlprompt.build_learner("coop", clip, names).to(device).train()
+        with torch.no_grad():
+            exact = (coop.text_features() - naive_text_features(clip, coop.prompts.embeddings(),
+                                                                coop.prompts.pool_index)).abs().max().item()
+
+        def text_step(features):
+            def run():
+                with autocast:
+                    logits = coop.logits(image_features, features().float())
+                F.cross_entropy(logits, labels).backward()
+            return run
+        ours_text = timer(text_step(coop.text_features))
+        naive_text = timer(text_step(lambda: naive_text_features(clip, coop.prompts.embeddings(),
+                                                                 coop.prompts.pool_index)))
+
+        # CoCoOp at a large batch: chunked + checkpointed vs every image's prompts at once over 77 tokens.
+        cocoop_kwargs = {"text_chunk_size": options.cocoop_chunk, "activation_checkpointing": True}
+        cocoop = vlprompt.build_learner("cocoop", clip, names, **cocoop_kwargs).to(device).train()
+        big_labels = torch.arange(options.cocoop_batch, device=device) % n_classes
+        big_features = F.normalize(torch.randn(options.cocoop_batch, clip.embed_dim, device=device), dim=-1)
+
+        def cocoop_ours():
+            with autocast:
+                logits = cocoop.logits(big_features, cocoop.text_features(big_features))
+            F.cross_entropy(logits.float(), big_labels).backward()
+
+        def cocoop_naive():
+            with autocast:
+                ctx = cocoop.prompts.ctx + cocoop.meta_net(big_features).unsqueeze(1)
+                embeds = cocoop.prompts.embeddings(ctx).flatten(0, 1)
+                text = naive_text_features(clip, embeds, cocoop.prompts.pool_index.repeat(ctx.shape[0]))
+                logits = cocoop.logits(big_features, text.view(ctx.shape[0], n_classes, -1))
+            F.cross_entropy(logits.float(), big_labels).backward()
+        if device.type == "cuda":
+            memory_ours = peak_memory(cocoop_ours, device)
+        else:
+            # Checkpointed chunks save nothing in the forward pass, but each is recomputed with its activations
+            # during backward: the peak adds one chunk's activations to what is kept.
+            chunk_features = big_features[:options.cocoop_chunk]
+            plain_chunk = vlprompt.build_learner("cocoop", clip, names).to(device).train()
+
+            def one_chunk():
+                with autocast:
+                    text = plain_chunk.text_features(chunk_features)
+                text.float().sum().backward()
+            memory_ours = (peak_memory(cocoop_ours, device, weights + list(cocoop.parameters()))
+                           + peak_memory(one_chunk, device, weights + list(plain_chunk.parameters())))
+        memory_naive = peak_memory(cocoop_naive, device, weights + list(cocoop.parameters()))
+
+        coop_eval = next(r["eval_ips"] for r in rows if r["learner"] == "coop")
+        ratios = {"coop_text_step": ours_text / naive_text, "eval_throughput": coop_eval / bare_ips,
+                  "cocoop_memory": memory_ours / memory_naive}
+        sections.append((n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact))
+        print(f"{n_classes} classes: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()), flush=True)
+
+    write_report(options, device, sections, time.time() - started)
+
+
+def _mb(value: int) -> str:
+    return f"{value / 2**20:,.1f}"
+
+
+def write_report(options, device: torch.device, sections, seconds: float) -> None:
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    memory_kind = "peak allocated (MB)" if device.type == "cuda" else "saved for backward (MB)"
+    lines = ["# Benchmarks", "",
+             f"`python tools/bench.py {' '.join(sys.argv[1:])}`".replace("`python tools/bench.py `",
+                                                                          "`python tools/bench.py`"),
+             "", f"Machine: {machine}; torch {torch.__version__}; {options.model} (random init), precision "
+             f"{options.precision}; training batch {options.batch}, evaluation batch {options.eval_batch}, "
+             f"median of {options.repeats}; {seconds / 60:.1f} min.", ""]
+    for n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact in sections:
+        met = {k: (v <= TARGETS[k] if k != "eval_throughput" else v >= TARGETS[k]) for k, v in ratios.items()}
+        lines += [f"## {n_classes} classes", "",
+                  f"| learner | training step (s) | evaluation (images/s) | training memory, {memory_kind} |",
+                  "|---|---:|---:|---:|"]
+        for row in rows:
+            step = f"{row['step_s']:.3f}" if "step_s" in row else "-"
+            memory = _mb(row["memory"]) if "memory" in row else "-"
+            lines.append(f"| {row['learner']} | {step} | {row['eval_ips']:.1f} | {memory} |")
+        lines += [f"| bare open_clip `encode_image` | - | {bare_ips:.1f} | - |", "",
+                  "| comparison | ours | naive | ratio | target | met |", "|---|---:|---:|---:|---:|---|",
+                  f"| CoOp text-side training step (s) | {ours_text:.4f} | {naive_text:.4f} | "
+                  f"{ratios['coop_text_step']:.3f}x | <= {TARGETS['coop_text_step']}x | "
+                  f"{'yes' if met['coop_text_step'] else 'no'} |",
+                  f"| CoOp evaluation vs bare image encoding (images/s) | "
+                  f"{next(r['eval_ips'] for r in rows if r['learner'] == 'coop'):.1f} | {bare_ips:.1f} | "
+                  f"{ratios['eval_throughput']:.3f}x | >= {TARGETS['eval_throughput']}x | "
+                  f"{'yes' if met['eval_throughput'] else 'no'} |",
+                  f"| CoCoOp training memory at batch {options.cocoop_batch}, {memory_kind} | {_mb(memory_ours)} | "
+                  f"{_mb(memory_naive)} | {ratios['cocoop_memory']:.3f}x | <= {TARGETS['cocoop_memory']}x | "
+                  f"{'yes' if met['cocoop_memory'] else 'no'} |", "",
+                  f"Ours vs naive CoOp text features: max abs difference {exact:.2e} (the cut after EOT is exact). "
+                  f"Learners run with their defaults; the CoCoOp comparison uses text_chunk_size "
+                  f"{options.cocoop_chunk} and activation checkpointing"
+                  + ("" if device.type == "cuda" else " (its memory adds the one chunk recomputed at a time "
+                     "during backward to what the forward keeps)") + ".", ""]
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
