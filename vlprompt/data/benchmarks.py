@@ -306,6 +306,7 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-def build_split_file(benchmark: Benchmark, dataset_dir: Path, image_dir: Path, path: Path) -> None:
-    """Build ``benchmark``'s split from its own files and write it to ``path`` (never over an existing file)."""
-    write_split_file(path, benchmark.build(dataset_dir, image_dir))
+def build_split_file(benchmark: Benchmark, dataset_dir: Path, image_dir: Path, path: Path) -> bool:
+    """Build ``benchmark``'s split from its own files and write it to ``path``; an existing file is kept (another
+    rank may have built it first: the build is deterministic). True if this call wrote it."""
+    return write_split_file(path, benchmark.build(dataset_dir, image_dir))

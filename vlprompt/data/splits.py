@@ -55,21 +55,37 @@ def _split_json(split: dict[str, Sequence[Item]]) -> dict:
     return {name: [list(item) for item in split[name]] for name in SPLITS if name in split}
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so readers (other ranks) never see half a file."""
+def _write_json_atomically(path: Path, data: dict, replace: bool = True) -> bool:
+    """Write to a temporary file beside ``path``, then move it there, so readers (other ranks) never see half a
+    file. With ``replace=False`` an existing ``path`` is kept (returns False): no two writers clobber each other."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream)
-    os.replace(temporary, path)
+    if replace:
+        os.replace(temporary, path)
+        return True
+    try:
+        os.link(temporary, path)  # atomic, and fails if the file exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: check, then move (a narrow race, same content)
+        if path.exists():
+            return False
+        os.replace(temporary, path)
+        return True
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
-def write_split_file(path: Path, split: dict[str, Sequence[Item]]) -> None:
-    """Write a split file in CoOp's format; an existing file is never replaced."""
-    path = Path(path)
-    if path.exists():
-        raise ConfigError(f"split file {str(path)!r} already exists; delete it to have it built again")
-    _write_json_atomically(path, _split_json(split))
+def write_split_file(path: Path, split: dict[str, Sequence[Item]]) -> bool:
+    """Write a split file in CoOp's format unless one exists (never replaced); True if this call wrote it.
+
+    Several processes (DDP ranks) may build the same split at once; the first one to finish writes it.
+    """
+    return _write_json_atomically(Path(path), _split_json(split), replace=False)
 
 
 def classnames_of(items: Iterable[Item]) -> list[str]:
