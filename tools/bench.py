@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of every learner, measured side by side with a naive baseline and bare open_clip.
 
-    python tools/bench.py                      # ViT-B/16 shape, random init, CPU: about 5 minutes on 2 cores
+    python tools/bench.py                      # ViT-B/16 shape, random init, CPU: about 7 minutes on 2 cores
     python tools/bench.py --device cuda --precision bf16-mixed --classes 100 1000   # on a GPU
 
 Everything runs in one process on the same model, data and settings, so the ratios compare like with like on

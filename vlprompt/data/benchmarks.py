@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from vlprompt.data.splits import PREPARATION_NOTES, Item, write_split_file
+from vlprompt.data.splits import PREPARATION_NOTES, Item, group_by_label, write_split_file
 from vlprompt.errors import ConfigError
 
 SPLIT_SEED = 1
@@ -53,18 +53,27 @@ def _listdir(path: Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))
 
 
-def _lines(path: Path) -> list[str]:
+def _subfolders(path: Path, ignored: Sequence[str] = ()) -> list[str]:
+    """Sorted visible sub-directories of ``path`` (class folders), except ``ignored``."""
+    return [name for name in _listdir(path) if name not in ignored and (path / name).is_dir()]
+
+
+def _raw_file(path: Path) -> Path:
+    """``path``, one of the data set's own files that a missing split file is built from."""
     if not path.is_file():
         raise ConfigError(f"{str(path)!r} does not exist and no split file was found; see {PREPARATION_NOTES}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    text = _raw_file(path).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def _loadmat(path: Path):
-    if not path.is_file():
-        raise ConfigError(f"{str(path)!r} does not exist and no split file was found; see {PREPARATION_NOTES}")
     from scipy.io import loadmat  # only needed to build StanfordCars' and Flowers102's split files
 
-    return loadmat(str(path))
+    return loadmat(str(_raw_file(path)))
 
 
 def _split_per_class(groups: Mapping[int, Sequence[Item]], rng: random.Random, p_train=0.5, p_val=0.2) -> Split:
@@ -85,11 +94,8 @@ def _split_per_class(groups: Mapping[int, Sequence[Item]], rng: random.Random, p
 
 def _split_train_val(trainval: Sequence[Item], rng: random.Random, p_val=0.2) -> tuple[list[Item], list[Item]]:
     """Dassl's ``split_trainval``: per label in order of first appearance, a shuffled 20% goes to val."""
-    groups: dict[int, list[Item]] = {}
-    for item in trainval:
-        groups.setdefault(item.label, []).append(item)
     train, val = [], []
-    for items in groups.values():
+    for items in group_by_label(trainval).values():
         n_val = round(len(items) * p_val)
         if n_val <= 0:
             raise ConfigError(f"class {items[0].classname!r} has only {len(items)} training images; an 80/20 "
@@ -107,9 +113,8 @@ def class_folders(ignored: Sequence[str] = (), renames: Mapping[str, str] = {}) 
 
     def build(dataset_dir: Path, image_dir: Path) -> Split:
         rng = random.Random(SPLIT_SEED)
-        categories = [c for c in _listdir(image_dir) if c not in ignored and (image_dir / c).is_dir()]
         groups = {label: [Item(f"{c}/{f}", label, renames.get(c, c)) for f in _listdir(image_dir / c)]
-                  for label, c in enumerate(categories)}
+                  for label, c in enumerate(_subfolders(image_dir, ignored))}
         return _split_per_class(groups, rng)
 
     return build
@@ -147,15 +152,10 @@ def _stanford_cars(dataset_dir: Path, image_dir: Path) -> Split:
 
 def _oxford_flowers(dataset_dir: Path, image_dir: Path) -> Split:
     labels = _loadmat(dataset_dir / "imagelabels.mat")["labels"][0]
-    names_path = dataset_dir / "cat_to_name.json"
-    if not names_path.is_file():
-        raise ConfigError(f"{str(names_path)!r} does not exist and no split file was found; see {PREPARATION_NOTES}")
-    names = json.loads(names_path.read_text())
-    groups: dict[int, list[Item]] = {}
-    for index, label in enumerate(labels):
-        groups.setdefault(int(label), []).append(
-            Item(f"image_{index + 1:05d}.jpg", int(label) - 1, names[str(int(label))]))
-    return _split_per_class(groups, random.Random(SPLIT_SEED))
+    names = json.loads(_raw_file(dataset_dir / "cat_to_name.json").read_text())
+    items = [Item(f"image_{index + 1:05d}.jpg", int(label) - 1, names[str(int(label))])
+             for index, label in enumerate(labels)]
+    return _split_per_class(group_by_label(items), random.Random(SPLIT_SEED))
 
 
 def _sun397(dataset_dir: Path, image_dir: Path) -> Split:
@@ -232,8 +232,7 @@ def _imagenet(dataset_dir: Path, image_dir: Path) -> Split:
     names = read_imagenet_classnames(dataset_dir / "classnames.txt")
     parts = {}
     for part in ("train", "val"):
-        folders = [f for f in _listdir(image_dir / part) if (image_dir / part / f).is_dir()]
-        parts[part] = _image_folders(image_dir / part, folders, names, prefix=f"{part}/")
+        parts[part] = _image_folders(image_dir / part, _subfolders(image_dir / part), names, prefix=f"{part}/")
     return {"train": parts["train"], "val": parts["val"], "test": parts["val"]}
 
 
@@ -248,8 +247,7 @@ def imagenet_variant(numbered_folders: bool = False, ignored: Sequence[str] = ()
             items = [Item(f"{label}/{image}", label, names[wnids[label]])
                      for label in range(len(wnids)) for image in _listdir(image_dir / str(label))]
         else:
-            folders = [f for f in _listdir(image_dir) if f not in ignored and (image_dir / f).is_dir()]
-            items = _image_folders(image_dir, folders, names)
+            items = _image_folders(image_dir, _subfolders(image_dir, ignored), names)
         return {"train": [], "val": [], "test": items}
 
     return build

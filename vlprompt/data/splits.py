@@ -8,7 +8,6 @@ import math
 import os
 import random
 import tempfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -98,16 +97,21 @@ def classnames_of(items: Iterable[Item]) -> list[str]:
     return [names[label] for label in range(len(names))]
 
 
+def group_by_label(items: Iterable[Item]) -> dict[int, list[Item]]:
+    """Items per label, labels in order of first appearance (Dassl's ``split_dataset_by_label`` order)."""
+    groups: dict[int, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return groups
+
+
 def sample_few_shot(items: Sequence[Item], shots: int, rng: random.Random) -> list[Item]:
     """Dassl's ``generate_fewshot_dataset``: per label, in order of first appearance, ``rng.sample(items, K)``.
 
     Labels with fewer than ``shots`` images keep all of them (Dassl's ``repeat=False``).
     """
-    by_label: "OrderedDict[int, list[Item]]" = OrderedDict()
-    for item in items:
-        by_label.setdefault(item.label, []).append(item)
     selected = []
-    for group in by_label.values():
+    for group in group_by_label(items).values():
         selected.extend(rng.sample(group, shots) if len(group) >= shots else group)
     return selected
 

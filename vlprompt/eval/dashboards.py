@@ -86,15 +86,13 @@ def log_suite_summary(options: WandbOptions, name: str, group: str, save_dir: Pa
     """One wandb run holding a suite's aggregated table (mean, std over seeds) and its plots."""
     import wandb
 
-    columns = ["protocol", "learner", "source", "shots", "dataset", "metric", "mean", "std", "seeds"]
-    data = [[r["protocol"], r["learner"], r.get("source") or "", r["shots"], r["dataset"], key,
-             r[key]["mean"], r[key]["std"], " ".join(map(str, r["seeds"]))]
-            for r in rows for key in ("base_acc", "novel_acc", "hm", "acc") if key in r]
+    from vlprompt.eval.report import TABLE_COLUMNS, metric_keys, table_rows
+
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=options.project, entity=options.entity, name=name, group=group, job_type="suite-summary",
                      dir=str(save_dir), reinit="finish_previous")
-    run.log({"suite/table": wandb.Table(columns=columns, data=data), "suite/report": wandb.Html(f"<pre>{markdown}</pre>"),
+    run.log({"suite/table": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(rows)), "suite/report": wandb.Html(f"<pre>{markdown}</pre>"),
              **{f"suite/{path.stem}": wandb.Image(str(path)) for path in images}})
     run.summary.update({f"{r['dataset']}/shots{r['shots']}/{key}": r[key]["mean"] for r in rows
-                        for key in ("base_acc", "novel_acc", "hm", "acc") if key in r})
+                        for key in metric_keys(r["protocol"])})
     run.finish()

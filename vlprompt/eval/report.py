@@ -50,7 +50,7 @@ def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
         groups[(m["protocol"], m["learner"], m["shots"], m.get("source"), m["dataset"])].append(m)
     rows = []
     for (protocol, learner, shots, source, dataset), runs in sorted(groups.items(), key=lambda g: str(g[0])):
-        keys = ("base_acc", "novel_acc", "hm") if protocol == "base2novel" else ("acc",)
+        keys = metric_keys(protocol)
         row = {"protocol": protocol, "learner": learner, "shots": shots, "source": source, "dataset": dataset,
                "seeds": sorted(r["seed"] for r in runs)}
         row.update({key: _summary([r[key] for r in runs], ci) for key in keys})
@@ -90,12 +90,27 @@ def _columns(protocol: str) -> list[tuple[str, str]]:
     return [("acc", "Acc")]
 
 
+def metric_keys(protocol: str) -> list[str]:
+    """The metrics a run of ``protocol`` reports: ``base_acc``, ``novel_acc``, ``hm``, or ``acc``."""
+    return [key for key, _ in _columns(protocol)]
+
+
+#: Columns of :func:`table_rows` (and of ``report.csv``).
+TABLE_COLUMNS = ["protocol", "learner", "source", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95"]
+
+
+def table_rows(rows: Sequence[dict]) -> list[list]:
+    """One row per (aggregated row, metric) in :data:`TABLE_COLUMNS` order; ``std``/``ci95`` None if absent."""
+    return [[r["protocol"], r["learner"], r["source"] or "", r["shots"], r["dataset"], " ".join(map(str, r["seeds"])),
+             key, r[key]["mean"], r[key]["std"], r[key].get("ci95")] for r in rows for key in metric_keys(r["protocol"])]
+
+
 def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
     """``{"md": ..., "csv": ..., "tex": ...}`` for the aggregated rows."""
     md, tex = [], []
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["protocol", "learner", "source", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95"])
+    writer.writerow(TABLE_COLUMNS)
     for protocol in sorted({r["protocol"] for r in rows}):
         columns = _columns(protocol)
         header = ["learner", "shots", "dataset", *(title for _, title in columns)]
@@ -105,19 +120,16 @@ def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         tex += [r"\begin{tabular}{lll" + "r" * len(columns) + "}", r"\toprule", " & ".join(header) + r" \\",
                 r"\midrule"]
-        for r in (r for r in rows if r["protocol"] == protocol):
+        protocol_rows = [r for r in rows if r["protocol"] == protocol]
+        for r in protocol_rows:
             learner = f"{r['learner']} from {r['source']}" if r["source"] else r["learner"]
             cells = [learner, str(r["shots"]), r["dataset"], *(_cell(r[key], ci) for key, _ in columns)]
             md.append("| " + " | ".join(cells) + " |")
             tex_cells = [c.replace("_", r"\_") for c in cells[:3]] + [_cell(r[key], ci, latex=True)
                                                                     for key, _ in columns]
             tex.append(" & ".join(tex_cells) + r" \\")
-            for key, _ in columns:
-                stat = r[key]
-                writer.writerow([protocol, r["learner"], r["source"] or "", r["shots"], r["dataset"],
-                                 " ".join(map(str, r["seeds"])),
-                                 key, f"{stat['mean']:.4f}", "" if stat["std"] is None else f"{stat['std']:.4f}",
-                                 f"{stat['ci95']:.4f}" if "ci95" in stat else ""])
+        for *cells, mean, std, ci95 in table_rows(protocol_rows):
+            writer.writerow([*cells, *("" if value is None else f"{value:.4f}" for value in (mean, std, ci95))])
         md.append("")
         tex += [r"\bottomrule", r"\end{tabular}", ""]
     return {"md": "\n".join(md), "csv": buffer.getvalue(), "tex": "\n".join(tex)}

@@ -29,7 +29,7 @@ from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATIO
 from vlprompt.errors import ConfigError
 from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
-from vlprompt.eval.report import aggregate, write_report
+from vlprompt.eval.report import aggregate, metric_keys, write_report
 from vlprompt.learners import get_learner_class, list_learners
 
 #: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
@@ -95,6 +95,13 @@ def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Pa
             "--trainer.logger.init_args.name", "logs", "--trainer.enable_model_summary", "false", *overrides]
 
 
+def _config_record(learner_config: Path, clip_config: Optional[Path], data_config: Path,
+                   overrides: Sequence[str]) -> dict:
+    """What a run was configured with, kept in its ``metrics.json``."""
+    return {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
+            "data": str(data_config), "overrides": list(overrides)}
+
+
 def _write_metrics(directory: Path, metrics: dict) -> None:
     # Written last, and atomically: its presence is what marks the run as finished.
     directory.mkdir(parents=True, exist_ok=True)
@@ -126,10 +133,9 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     else:
         raise ConfigError(f"protocol {protocol!r} is not a single-data-set protocol; use run_transfer")
     metrics["seconds"] = round(time.time() - started, 1)
-    metrics["config"] = {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
-                         "data": str(data_config), "overrides": list(overrides)}
+    metrics["config"] = _config_record(learner_config, clip_config, data_config, overrides)
     if wandb:
-        finish_wandb_run({key: metrics[key] for key in ("base_acc", "novel_acc", "hm", "acc") if key in metrics})
+        finish_wandb_run({key: metrics[key] for key in metric_keys(protocol)})
     _write_metrics(run_dir, metrics)
     return metrics
 
@@ -158,8 +164,8 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
         metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
                    "shots": shots, "protocol": protocol, "source": source_name,
                    "acc": cli_test_accuracy([*test_args, *checkpoint]),
-                   "config": {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
-                              "data": str(data_config), "source": str(source), "overrides": list(overrides)}}
+                   "config": {**_config_record(learner_config, clip_config, data_config, overrides),
+                              "source": str(source)}}
         results.append(metrics)
     if wandb:
         targets_only = [m["acc"] for m in results if m["dataset"] != source_name]
