@@ -14,6 +14,7 @@ $(BIN)/vlprompt: setup.cfg pyproject.toml
 install: $(BIN)/vlprompt
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 demo: install

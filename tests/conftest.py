@@ -54,3 +54,13 @@ def image_batch():
 def model_weights(clip) -> dict[str, torch.Tensor]:
     """A copy of every CLIP tensor (parameters and buffers)."""
     return {k: v.detach().clone() for k, v in clip.model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    """A small ToyShapes data set (4 train, 2 val, 2 test images per class); tests that damage it copy it first."""
+    from vlprompt.toy import write_toy_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_toy_dataset("ToyShapes", root, train_per_class=4, val_per_class=2, test_per_class=2)
+    return root

@@ -13,18 +13,10 @@ import yaml
 
 import vlprompt
 from vlprompt.cli import create_cli, main, one_line_error
-from vlprompt.toy import write_toy_dataset
 
 from conftest import REPO
 
 CONFIGS = REPO / "configs"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    write_toy_dataset("ToyShapes", root, train_per_class=4, val_per_class=2, test_per_class=2)
-    return root
 
 
 def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -38,6 +30,7 @@ def base_args(learner: str, shapes: Path) -> list:
             "--data.shots", 4, "--data.batch_size", 8]
 
 
+@pytest.mark.slow
 def test_fit_then_test_writes_small_checkpoint_and_metrics(shapes, tmp_path):
     fit = run_cli("fit", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--trainer.max_epochs", 2,
                   "--seed_everything", 1, cwd=tmp_path)
@@ -83,6 +76,7 @@ def test_print_config_resolves_registered_learner_names(shapes, capsys):
     assert config["model"]["init_args"]["lambda_kg"] == 8.0
 
 
+@pytest.mark.slow
 def test_tools_train_is_the_same_entry_point_and_errors_have_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, REPO / "tools" / "train.py", "fit", "--data.shotz", "1"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)

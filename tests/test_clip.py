@@ -130,7 +130,7 @@ def test_pretrained_tags_are_passed_to_open_clip(monkeypatch):
     """A pretrained tag goes to open_clip unchanged (it downloads for users online); offline it fails clearly."""
     seen = {}
 
-    def fake_create_model(name, pretrained=None, cache_dir=None):
+    def fake_create_model(name, pretrained=None, cache_dir=None, **options):
         seen.update(name=name, pretrained=pretrained)
         raise RuntimeError("Failed to download file (network unreachable)")
 

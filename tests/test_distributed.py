@@ -54,6 +54,7 @@ def test_accuracy(log_dir: Path) -> float:
 test_accuracy.__test__ = False  # a helper, not a test
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_test_every_image_exactly_once(toy_data, tmp_path):
     logs = tmp_path / "logs"
     fit = vlprompt("fit", "coop", toy_data, logs, "fit", 2, "--trainer.max_epochs", "2")
@@ -66,6 +67,7 @@ def test_two_processes_train_and_test_every_image_exactly_once(toy_data, tmp_pat
     assert per_class[0] == per_class[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", [n for n in TRAINABLE if n != "coop"])
 def test_two_process_training_completes(learner, toy_data, tmp_path):
     fit = vlprompt("fit", learner, toy_data, tmp_path / "logs", learner, 2, "--trainer.max_epochs", "1")

@@ -100,6 +100,7 @@ def test_recorded_zero_shot_accuracy_is_reached(toy_clip):
         assert abs(measured[name] - accuracy) <= 1.0, (name, measured[name], accuracy)
 
 
+@pytest.mark.slow
 def test_a_short_coop_run_beats_zero_shot_on_the_base_classes(toy_clip, tmp_path):
     name = "ToyShapes"
     root = ensure_toy_dataset(name, tmp_path)
@@ -115,6 +116,7 @@ def test_a_short_coop_run_beats_zero_shot_on_the_base_classes(toy_clip, tmp_path
     assert learned > zeroshot + 2, (learned, zeroshot)
 
 
+@pytest.mark.slow
 def test_data_writer_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "vlprompt.toy", tmp_path, "--names", "ToyPalette"],
                          capture_output=True, text=True, timeout=120)

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import inspect
 import re
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -20,9 +22,11 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.eval.dashboards import PerClassAccuracyReport, SaveAndLogConfig
-from vlprompt.errors import VlpromptError
+from vlprompt.errors import CheckpointMismatchError, VlpromptError
+from vlprompt.files import ensure_writable
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
-from vlprompt.learners.registry import hyperparameter_names
+from vlprompt.learners.checkpoint import read_checkpoint
+from vlprompt.learners.registry import hyperparameter_names, learner_name_of
 
 TRAINER_DEFAULTS = {
     # Few-shot epochs are short (16 shots x 100 classes / 32 = 50 steps), Lightning's default of 50 is too sparse.
@@ -107,6 +111,81 @@ class VlpromptCLI(LightningCLI):
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.link_arguments("data.templates", "model.init_args.templates", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # Kept to tell explicit command-line overrides from values that came from config files.
+        self.command_line = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(
+            args, dict) else []
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint that is unreadable or disagrees with the configured learner or an explicit
+        ``--model`` override, before Lightning merges the checkpoint's hyper-parameters over the config."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in CHECKPOINT_ALIASES and not str(ckpt_path).startswith("registry:"):
+            checkpoint = read_checkpoint(ckpt_path)
+            check_configuration_matches_checkpoint(self.config[subcommand]["model"], checkpoint, str(ckpt_path),
+                                                   explicit_model_overrides(self.command_line))
+        super()._parse_ckpt_path()
+
+    def _check_output_directory(self) -> None:
+        logger = self.trainer.logger
+        directory = getattr(logger, "save_dir", None) or self.trainer.default_root_dir
+        ensure_writable(Path(directory), "the output directory (--trainer.logger.init_args.save_dir)")
+
+    def before_fit(self) -> None:
+        self._check_output_directory()
+
+    def before_validate(self) -> None:
+        self._check_output_directory()
+
+    def before_test(self) -> None:
+        self._check_output_directory()
+
+
+#: ``--ckpt_path`` values Lightning resolves itself (no file to check).
+CHECKPOINT_ALIASES = ("last", "best", "hpc")
+
+
+def explicit_model_overrides(command_line: Sequence[str]) -> list[str]:
+    """Learner hyper-parameters set on the command line (``--model.init_args.n_ctx 8`` gives ``n_ctx``)."""
+    names = []
+    for token in command_line:
+        if not token.startswith("--model."):
+            continue
+        parts = token[2:].split("=", 1)[0].split(".")[1:]
+        if parts and parts[0] in ("init_args", "dict_kwargs"):
+            parts = parts[1:]
+        if len(parts) == 1 and parts[0] not in names:
+            names.append(parts[0])
+    return names
+
+
+def _comparable(value):
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_configuration_matches_checkpoint(model_config, checkpoint: dict, path: str,
+                                           explicit: Sequence[str]) -> None:
+    """One line when the configured learner or an explicit override disagrees with what the checkpoint holds."""
+    saved = checkpoint["vlprompt"]["learner"]
+    class_path = str(model_config.get("class_path") or "")
+    configured = learner_name_of(class_path) or class_path
+    if configured and configured != saved:
+        raise CheckpointMismatchError(
+            f"--ckpt_path {path} holds a {saved!r} learner, but the configuration names {configured!r}; use "
+            f"--config configs/learners/{saved}.yaml (or --model {saved}), or vlprompt.load_learner(path)")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    init_args = {}
+    for part in ("init_args", "dict_kwargs"):
+        values = model_config.get(part) or {}
+        init_args.update(values.as_dict() if hasattr(values, "as_dict") else values)
+    for name in explicit:
+        if name in hparams and name in init_args and _comparable(init_args[name]) != _comparable(hparams[name]):
+            raise CheckpointMismatchError(
+                f"--model.init_args.{name} {init_args[name]!r} disagrees with --ckpt_path {path}, which was trained "
+                f"with {name}={hparams[name]!r}; drop the override (the checkpoint's hyper-parameters are used)")
+
 
 def resolve_learner_names(args: Sequence[str]) -> list[str]:
     """Let ``--model coop`` name a registered learner; class paths and config files pass through."""
@@ -159,19 +238,32 @@ def main(args: Optional[Sequence[str]] = None) -> None:
             sys.argv[1:] = resolve_learner_names(sys.argv[1:])
         create_cli(args)
     except Exception as err:  # noqa: BLE001 - only user mistakes are reported briefly, the rest re-raised
-        cause = _user_mistake(err)
-        if cause is None:
+        message = user_error_message(err)
+        if message is None:
             raise
-        sys.stderr.write(f"vlprompt: error: {cause}\n")
+        sys.stderr.write(f"vlprompt: error: {message}\n")
         sys.exit(2)
 
 
-def _user_mistake(err: BaseException) -> Optional[VlpromptError]:
-    """The VlpromptError behind ``err``, also when jsonargparse wrapped it while instantiating classes."""
+#: Operating-system errors that mean "this place cannot be written", whatever was being written.
+_STORAGE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+                   errno.EROFS: "write elsewhere", errno.EACCES: "check its permissions or write elsewhere",
+                   errno.EPERM: "check its permissions or write elsewhere"}
+
+
+def user_error_message(err: BaseException) -> Optional[str]:
+    """One line for a user mistake or a storage fault behind ``err`` (also when jsonargparse or a DataLoader
+    worker wrapped it), or None for a bug, which keeps its traceback."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VlpromptError):
-            return err
+            # A DataLoader worker re-raises the error with the worker's traceback in its message; keep the last line.
+            text = str(err).strip()
+            if "Original Traceback" in text:
+                text = text.splitlines()[-1].split(": ", 1)[-1]
+            return text
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRORS and err.filename:
+            return f"cannot use {str(err.filename)!r}: {err.strerror}; {_STORAGE_ERRORS[err.errno]}"
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -15,3 +15,11 @@ class ConfigError(VlpromptError, ValueError):
 
 class CheckpointMismatchError(VlpromptError):
     """A checkpoint that does not belong to the learner or CLIP it is loaded into."""
+
+
+class TrainingDivergedError(VlpromptError):
+    """Training produced a non-finite loss or parameter; nothing it learned is a result."""
+
+
+class UnreadableImageError(ConfigError):
+    """An image listed in a split file that is missing, damaged or in a pixel format that cannot be converted."""

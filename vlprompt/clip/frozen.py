@@ -12,11 +12,15 @@ learner still moves the backbone.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -24,7 +28,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, VisionTransformer
+from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
 from torch import nn
 
 from vlprompt.errors import ConfigError
@@ -36,6 +40,9 @@ SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "pretrained"
 SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors"}
 
 DeepPrompts = Mapping[int, torch.Tensor]
+
+#: Entries OpenAI's CLIP checkpoints hold besides the weights; they mark a file as OpenAI's format.
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 _registered_config_paths: set[str] = set()
 _config_tmpdir: Optional[str] = None
@@ -162,6 +169,11 @@ class FrozenCLIP(nn.Module):
         return dict(open_clip.get_model_preprocess_cfg(self._model))
 
     @property
+    def uses_quick_gelu(self) -> bool:
+        """Whether the transformer blocks use QuickGELU (OpenAI's activation) rather than GELU."""
+        return any(isinstance(module, QuickGELU) for module in self._model.modules())
+
+    @property
     def logit_scale(self) -> torch.Tensor:
         return self._model.logit_scale.exp()
 
@@ -172,6 +184,7 @@ class FrozenCLIP(nn.Module):
             "embed_dim": self.embed_dim,
             "visual": type(self._model.visual).__name__,
             "image_size": list(open_clip.get_model_preprocess_cfg(self._model).get("size", ()) or ()),
+            "quick_gelu": self.uses_quick_gelu,
         }
         if self._text is not None:
             arch.update(text_width=self.text_width, text_layers=self.text_layers, context_length=self.context_length,
@@ -376,28 +389,105 @@ def shipped_weights_path(model_name: str, tag: str, must_exist: bool = True) -> 
 
 
 def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optional[str]) -> nn.Module:
+    """The open_clip model with the activation its weights were trained with, whatever name the user gave.
+
+    OpenAI's weights were trained with QuickGELU, but open_clip's plain names (``ViT-B-16``) build GELU models;
+    features then differ silently. The activation is taken from the pretrained tag's record (``quick_gelu``), or,
+    for a local file in OpenAI's format (their TorchScript archive, or a state dict holding OpenAI's metadata
+    entries), set to QuickGELU. ``local-dir:``/``hf-hub:`` configs and config dicts say it themselves.
+    """
     if (model_name, pretrained) in SHIPPED_WEIGHTS:
         pretrained = str(shipped_weights_path(model_name, pretrained))
     schema = model_name.split(":", 1)[0] if ":" in model_name else None
-    if schema is None and model_name.replace("/", "-") not in open_clip.list_models():
+    clean_name = model_name.replace("/", "-")
+    if schema is None and clean_name not in open_clip.list_models():
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else "; see open_clip.list_models()"
         raise ConfigError(f"unknown CLIP architecture {model_name!r}{hint}")
-    if pretrained and schema is None and not os.path.isfile(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(model_name.replace("/", "-"))
-        if pretrained not in tags:
+    quick_gelu, openai_state = False, None
+    if pretrained and schema is None:
+        tag_cfg = open_clip.get_pretrained_cfg(clean_name, pretrained)
+        if tag_cfg:
+            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+        elif os.path.isfile(pretrained):
+            openai_state = openai_state_dict(pretrained)
+            quick_gelu = openai_state is not None
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(clean_name)
             looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
             if looks_like_path:
                 raise ConfigError(f"pretrained checkpoint {pretrained!r} does not exist; pass an existing file path")
-            raise ConfigError(f"{pretrained!r} is not a pretrained tag of {model_name} nor a file; tags: {', '.join(tags) or 'none'}")
+            raise ConfigError(f"{pretrained!r} is not a pretrained tag of {model_name} nor a file; "
+                              f"tags: {', '.join(tags) or 'none'}")
+    # open_clip's own QuickGELU switch; without it a quick_gelu tag only earns a UserWarning.
+    options = {"force_quick_gelu": True} if quick_gelu else {}
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+        if openai_state is None:
+            model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, **options)
+        else:  # loaded below; open_clip's "initialized randomly" warning would be wrong
+            with _without_log_records("No pretrained weights loaded"):
+                model = open_clip.create_model(model_name, cache_dir=cache_dir, **options)
     except RuntimeError as err:
         if "download" in str(err).lower():
             raise ConfigError(
                 f"could not download weights {pretrained!r} for {model_name} (offline?); "
                 "pass a local checkpoint file as pretrained") from err
         raise
+    if openai_state is not None:
+        try:
+            model.load_state_dict(openai_state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise ConfigError(f"the OpenAI weights in {pretrained!r} do not fit architecture {model_name!r} ({first}); "
+                              "name the architecture they were trained as") from None
+    return model
+
+
+@contextlib.contextmanager
+def _without_log_records(text: str):
+    """Drop root-logger records containing ``text`` while the block runs."""
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return text not in record.getMessage()
+
+    drop, root = Drop(), logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def openai_state_dict(path: Union[str, Path]) -> Optional[dict[str, torch.Tensor]]:
+    """The weights of an OpenAI-format CLIP checkpoint, without OpenAI's metadata entries; None for other files.
+
+    OpenAI ships TorchScript archives (loaded with ``torch.jit.load``, as open_clip does for them; only the
+    tensors are read); a state dict saved from one keeps the entries :data:`OPENAI_METADATA_KEYS`. Other state
+    dicts carry no record of their activation: for OpenAI weights saved that way, name the ``-quickgelu``
+    architecture.
+    """
+    path = str(path)
+    if path.endswith((".safetensors", ".npz", ".npy")):
+        return None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            is_torchscript = any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+        if is_torchscript:
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format OpenAI ships
+                warnings.simplefilter("ignore", FutureWarning)
+                state = dict(torch.jit.load(path, map_location="cpu").state_dict())
+            if not all(key in state for key in OPENAI_METADATA_KEYS):
+                raise ConfigError(f"{path!r} is a TorchScript archive but not an OpenAI CLIP checkpoint; pass a state "
+                                  "dict or OpenAI's original file")
+            return {k: v for k, v in state.items() if k not in OPENAI_METADATA_KEYS}
+    try:  # mmap: only the keys are read here; open_clip reads the tensors of a non-OpenAI file itself
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ConfigError(f"pretrained checkpoint {path!r} cannot be read ({type(err).__name__}); pass a PyTorch "
+                          "state dict, a .safetensors file or OpenAI's original file") from None
+    if isinstance(state, dict) and all(key in state for key in OPENAI_METADATA_KEYS):
+        return {k: v for k, v in state.items() if k not in OPENAI_METADATA_KEYS}
+    return None
 
 
 def _check_deep_prompts(deep_prompts: Optional[DeepPrompts], n_layers: int) -> DeepPrompts:

@@ -8,11 +8,11 @@ from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
+from vlprompt.data.images import check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
                                   subsample_classes)
 from vlprompt.errors import ConfigError
@@ -31,8 +31,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        with Image.open(self.image_dir / item.path) as image:
-            return self.transform(image.convert("RGB")), item.label
+        return self.transform(read_rgb(self.image_dir / item.path)), item.label
 
 
 class MarkedPadding(Dataset):
@@ -89,7 +88,8 @@ class ImageSplitDataModule(pl.LightningDataModule):
         split_file: split file, relative to ``root`` (default: the benchmark's, else ``split.json``).
         image_dir: directory the split's relative paths start from, relative to ``root`` (default: the
             benchmark's, else ``images``).
-        shots: images per class for training (val gets ``min(shots, 4)``); ``-1`` uses all.
+        shots: images per class for training (val gets ``min(shots, 4)``); ``-1`` uses all; 0 and other
+            negative numbers are refused.
         seed: few-shot sampling seed (the run seed).
         subsample: ``all`` classes, or the ``base`` / ``novel`` half.
         templates: the dataset's hand-written prompt templates, ``{}`` is the class name (default: the
@@ -124,6 +124,9 @@ class ImageSplitDataModule(pl.LightningDataModule):
         cached_views: int = 1,
     ):
         super().__init__()
+        if shots == 0 or shots < -1:
+            raise ConfigError(f"data.shots must be a number of images per class (1 or more), or -1 for all of them; "
+                              f"got {shots}")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ConfigError(f"dataset directory {str(self.root)!r} does not exist; see {PREPARATION_NOTES}")
@@ -147,6 +150,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                               f"{augment}); without augmentation every view is the same")
         self.cache_image_features, self.cached_views = cache_image_features, cached_views
         self.datasets: dict[str, ImageListDataset] = {}
+        self._checked: set[str] = set()
 
     def _preprocess(self) -> tuple[int, Sequence[float], Sequence[float]]:
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -173,10 +177,9 @@ class ImageSplitDataModule(pl.LightningDataModule):
                                   f"data set and test on this one")
             if not self.image_dir.is_dir():
                 raise ConfigError(f"image directory {str(self.image_dir)!r} does not exist; see {PREPARATION_NOTES}")
-            missing = [i.path for i in items if not (self.image_dir / i.path).is_file()]
-            if missing:
-                raise ConfigError(f"{len(missing)} {name} images listed in the split file are missing under "
-                                  f"{str(self.image_dir)!r} (first: {missing[0]}); see {PREPARATION_NOTES}")
+            if name not in self._checked:  # Lightning calls setup again for every test: check each list once
+                check_images(self.image_dir, [item.path for item in items], name)
+                self._checked.add(name)
             self.datasets[name] = ImageListDataset(self.image_dir, items, self.transform(train=name == "train"))
 
     def _loader(self, name: str, train: bool) -> DataLoader:

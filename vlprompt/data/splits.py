@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import posixpath
 import random
-import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 from vlprompt.errors import ConfigError
+from vlprompt.files import write_json_atomically
 
 SPLITS = ("train", "val", "test")
 SUBSAMPLES = ("all", "base", "novel")
@@ -38,45 +38,36 @@ def read_split_file(path: Path) -> dict[str, list[Item]]:
     missing = [s for s in SPLITS if s not in raw] if isinstance(raw, dict) else list(SPLITS)
     if missing:
         raise ConfigError(f"split file {str(path)!r} lacks {missing}; it needs train, val and test lists")
-    split = {}
+    split, names = {}, {}
     for name in SPLITS:
         items = []
         for entry in raw[name]:
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
                     and isinstance(entry[1], int) and isinstance(entry[2], str)):
                 raise ConfigError(f"split file {str(path)!r}: {name} entry {entry!r} is not [relpath, label, classname]")
-            items.append(Item(*entry))
+            item = Item(*entry)
+            _check_entry(path, name, item, names)
+            items.append(item)
         split[name] = items
     return split
 
 
+def _check_entry(path: Path, split: str, item: Item, names: dict[int, str]) -> None:
+    """Refuse what would silently give wrong prompts or read files outside the data set."""
+    where = f"split file {str(path)!r}: {split} entry {list(item)!r}"
+    relpath = posixpath.normpath(item.path.replace("\\", "/"))
+    if not item.path or posixpath.isabs(relpath) or relpath == ".." or relpath.startswith("../"):
+        raise ConfigError(f"{where} points outside the image folder; relpaths must stay inside data.image_dir")
+    if not item.classname.strip():
+        raise ConfigError(f"{where} has an empty class name; write each class's name as the prompt should read it")
+    known = names.setdefault(item.label, item.classname)
+    if known != item.classname:
+        raise ConfigError(f"{where} names label {item.label} {item.classname!r}, but another entry names it "
+                          f"{known!r}; give each label one class name")
+
+
 def _split_json(split: dict[str, Sequence[Item]]) -> dict:
     return {name: [list(item) for item in split[name]] for name in SPLITS if name in split}
-
-
-def _write_json_atomically(path: Path, data: dict, replace: bool = True) -> bool:
-    """Write to a temporary file beside ``path``, then move it there, so readers (other ranks) never see half a
-    file. With ``replace=False`` an existing ``path`` is kept (returns False): no two writers clobber each other."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream)
-    if replace:
-        os.replace(temporary, path)
-        return True
-    try:
-        os.link(temporary, path)  # atomic, and fails if the file exists
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links: check, then move (a narrow race, same content)
-        if path.exists():
-            return False
-        os.replace(temporary, path)
-        return True
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def write_split_file(path: Path, split: dict[str, Sequence[Item]]) -> bool:
@@ -84,7 +75,7 @@ def write_split_file(path: Path, split: dict[str, Sequence[Item]]) -> bool:
 
     Several processes (DDP ranks) may build the same split at once; the first one to finish writes it.
     """
-    return _write_json_atomically(Path(path), _split_json(split), replace=False)
+    return write_json_atomically(Path(path), _split_json(split), replace=False)
 
 
 def classnames_of(items: Iterable[Item]) -> list[str]:
@@ -119,11 +110,14 @@ def sample_few_shot(items: Sequence[Item], shots: int, rng: random.Random) -> li
 def few_shot_split(split: dict[str, list[Item]], shots: int, seed: int) -> dict[str, list[Item]]:
     """Train with ``shots`` per class and val with ``min(shots, 4)``, from one RNG seeded with ``seed``.
 
-    ``shots <= 0`` keeps everything. The RNG is a ``random.Random(seed)``, which draws the same numbers as
+    ``shots == -1`` keeps everything; 0 and other negative numbers are refused. The RNG is a
+    ``random.Random(seed)``, which draws the same numbers as
     the reference's ``random.seed(seed)`` followed by module-level ``random.sample``.
     """
-    if shots <= 0:
+    if shots == -1:
         return dict(split)
+    if shots < 1:
+        raise ConfigError(f"shots must be 1 or more images per class, or -1 for all of them; got {shots}")
     rng = random.Random(seed)
     train = sample_few_shot(split["train"], shots, rng)
     val = sample_few_shot(split["val"], min(shots, 4), rng)
@@ -140,7 +134,7 @@ def cached_few_shot_split(split: dict[str, list[Item]], shots: int, seed: int, s
     the split file's format (no pickle) and remembers the split file's sha256, so an edited split file makes
     it stale and it is drawn again. A directory that cannot be written only skips the cache.
     """
-    if shots <= 0:
+    if shots < 1:
         return few_shot_split(split, shots, seed)
     split_path = Path(split_path)
     cache = split_path.parent / FEW_SHOT_DIR / f"shot_{shots}-seed_{seed}.json"
@@ -154,7 +148,7 @@ def cached_few_shot_split(split: dict[str, list[Item]], shots: int, seed: int, s
                 "test": split["test"]}
     selected = few_shot_split(split, shots, seed)
     try:
-        _write_json_atomically(cache, {"split_sha256": source, **_split_json({k: selected[k] for k in ("train", "val")})})
+        write_json_atomically(cache, {"split_sha256": source, **_split_json({k: selected[k] for k in ("train", "val")})})
     except OSError:
         pass  # a read-only data set still trains; the selection is the same without the file
     return selected

@@ -91,7 +91,8 @@ def log_suite_summary(options: WandbOptions, name: str, group: str, save_dir: Pa
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=options.project, entity=options.entity, name=name, group=group, job_type="suite-summary",
                      dir=str(save_dir), reinit="finish_previous")
-    run.log({"suite/table": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(rows)), "suite/report": wandb.Html(f"<pre>{markdown}</pre>"),
+    run.log({"suite/table": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(rows)),
+             "suite/report": wandb.Html(f"<pre>{markdown}</pre>"),
              **{f"suite/{path.stem}": wandb.Image(str(path)) for path in images}})
     run.summary.update({f"{r['dataset']}/shots{r['shots']}/{key}": r[key]["mean"] for r in rows
                         for key in metric_keys(r["protocol"])})

@@ -22,10 +22,37 @@ from vlprompt.eval.accuracy import harmonic_mean
 AVERAGE = "Average"
 
 
+#: What every metrics.json holds besides its accuracies.
+REQUIRED_KEYS = ("learner", "dataset", "seed", "shots", "protocol")
+
+
+def load_metrics(path: Path) -> dict:
+    """One run's ``metrics.json``, or a one-line :class:`ConfigError` naming the file when it is damaged or holds
+    something that is not an accuracy (a diverged run never writes one; a hand-edited or truncated file can)."""
+    fix = "delete it to run that configuration again"
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{str(path)!r} is damaged ({type(err).__name__}: {str(err)[:80]}); {fix}") from None
+    if not isinstance(metrics, dict) or any(key not in metrics for key in REQUIRED_KEYS):
+        raise ConfigError(f"{str(path)!r} is damaged (it lacks {', '.join(REQUIRED_KEYS)}); {fix}")
+    missing = [key for key in metric_keys(metrics["protocol"]) if key not in metrics]
+    bad = [key for key in metric_keys(metrics["protocol"]) if key in metrics and not _is_accuracy(metrics[key])]
+    if missing or bad:
+        raise ConfigError(f"{str(path)!r} is damaged ({'no ' + ', '.join(missing) if missing else ''}"
+                          f"{'; ' if missing and bad else ''}{', '.join(f'{k}={metrics[k]!r}' for k in bad)}"
+                          f"{' is not an accuracy in 0..100' if bad else ''}); {fix}")
+    return metrics
+
+
+def _is_accuracy(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100
+
+
 def collect(runs_dir: Path) -> list[dict]:
     if not runs_dir.is_dir():
         raise ConfigError(f"runs directory {str(runs_dir)!r} does not exist")
-    metrics = [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("metrics.json"))]
+    metrics = [load_metrics(p) for p in sorted(runs_dir.rglob("metrics.json"))]
     if not metrics:
         raise ConfigError(f"no metrics.json below {str(runs_dir)!r}; run `vlprompt suite` first")
     return metrics

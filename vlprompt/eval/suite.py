@@ -14,13 +14,14 @@ started again, and a run without one (interrupted) is redone from scratch.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 
@@ -29,8 +30,11 @@ from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATIO
 from vlprompt.errors import ConfigError
 from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
-from vlprompt.eval.report import aggregate, metric_keys, write_report
-from vlprompt.learners import get_learner_class, list_learners
+from vlprompt.eval.report import aggregate, load_metrics, metric_keys, write_report
+from vlprompt.eval.runlock import RunLock
+from vlprompt.files import ensure_writable, write_json_atomically
+from vlprompt.learners import get_learner_class
+from vlprompt.learners.registry import learner_name_of
 
 #: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
 #: ImageNet -> V2/Sketch/A/R).
@@ -68,20 +72,28 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def _learner_class(path: Path):
     """The learner class a learner YAML names (``model.class_path``)."""
-    class_path = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("class_path")
+    class_path = ((_read_yaml(path)).get("model") or {}).get("class_path")
     if not class_path:
         raise ConfigError(f"{str(path)!r} names no learner (model.class_path); use a file from configs/learners/")
-    module, _, name = str(class_path).rpartition(".")
-    for registered in list_learners():
-        cls = get_learner_class(registered)
-        if cls.__name__ == name and (not module or cls.__module__.startswith(module)):
-            return cls
-    raise ConfigError(f"{str(path)!r} names {class_path!r}, which is not a registered learner")
+    name = learner_name_of(str(class_path))
+    if name is None:
+        raise ConfigError(f"{str(path)!r} names {class_path!r}, which is not a registered learner")
+    return get_learner_class(name)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({' '.join(str(err).split())[:160]})") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"config file {str(path)!r} must be a mapping of keys (model:, data:, trainer:)")
+    return content or {}
 
 
 def _dataset_name(path: Path) -> str:
     """The benchmark's name (``data.dataset``), else the data set's folder name (``data.root``), else the YAML's."""
-    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    data = _read_yaml(path).get("data") or {}
     if data.get("dataset"):
         return str(data["dataset"])
     return Path(str(data["root"])).name if data.get("root") else path.stem
@@ -104,10 +116,7 @@ def _config_record(learner_config: Path, clip_config: Optional[Path], data_confi
 
 def _write_metrics(directory: Path, metrics: dict) -> None:
     # Written last, and atomically: its presence is what marks the run as finished.
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / (METRICS_FILE + ".partial")
-    partial.write_text(json.dumps(metrics, indent=2) + "\n")
-    partial.replace(directory / METRICS_FILE)
+    write_json_atomically(directory / METRICS_FILE, metrics, indent=2)
 
 
 def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
@@ -182,15 +191,81 @@ def _check_files(paths: Sequence[Optional[Path]]) -> None:
             raise ConfigError(f"config file {str(path)!r} does not exist")
 
 
-def _resume(run_dir: Path, expected: Sequence[Path]) -> Optional[list[dict]]:
-    """The finished run's metrics, or ``None`` after clearing what an interrupted run left behind."""
-    if all(path.is_file() for path in expected):
-        print(f"[suite] done already: {run_dir}")
-        return [json.loads(path.read_text()) for path in expected]
-    if run_dir.exists():  # an interrupted run: start it again from nothing
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+@dataclass
+class _Run:
+    """One configuration of a suite: where it lives, the metrics files that mark it finished, how to run it."""
+
+    run_dir: Path
+    expected: list[Path]
+    title: str
+    execute: Callable[[], list[dict]]
+
+
+#: Seconds between looks at runs that another suite process is running.
+WAIT_POLL_SECONDS = 2.0
+
+
+def _finished(run: _Run) -> Optional[list[dict]]:
+    if all(path.is_file() for path in run.expected):
+        return [load_metrics(path) for path in run.expected]
     return None
+
+
+def _run_if_free(run: _Run) -> tuple[Optional[list[dict]], str]:
+    """``(metrics, how)``: finished already, run here now, or ``(None, "busy")`` while another process owns it."""
+    done = _finished(run)
+    if done is not None:
+        return done, "done already"
+    with RunLock(run.run_dir) as lock:
+        if not lock.acquired:
+            return None, "busy"
+        done = _finished(run)  # finished by its owner between our first look and the lock
+        if done is not None:
+            return done, "done already"
+        if lock.previous_owner:
+            owner = lock.previous_owner
+            print(f"[suite] taking over {run.run_dir} from pid {owner.get('pid')} on {owner.get('host')}, "
+                  "which stopped before finishing it")
+        if run.run_dir.exists():  # an interrupted run (its owner is gone): start it again from nothing
+            shutil.rmtree(run.run_dir)
+        run.run_dir.mkdir(parents=True)
+        print(f"[suite] running {run.title} -> {run.run_dir}")
+        return run.execute(), "ran"
+
+
+def _run_all(runs: Sequence[_Run]) -> list[dict]:
+    """Run every configuration not finished yet; configurations another suite process is running are waited for
+    (and taken over if that process stops), so concurrent suites on one runs directory share the work."""
+    outcomes: dict[int, list[dict]] = {}
+    counts = {"ran": 0, "done already": 0, "by another process": 0}
+    waiting = []
+    for index, run in enumerate(runs):
+        done, how = _run_if_free(run)
+        if done is None:
+            waiting.append(index)
+            continue
+        outcomes[index] = done
+        counts[how] += 1
+        if how == "done already":
+            print(f"[suite] done already: {run.run_dir}")
+    announced = set()
+    while waiting:
+        for index in list(waiting):
+            run = runs[index]
+            done, how = _run_if_free(run)
+            if done is None:
+                if index not in announced:
+                    print(f"[suite] waiting for {run.run_dir}: run by {RunLock(run.run_dir).describe_owner()}")
+                    announced.add(index)
+                continue
+            outcomes[index] = done
+            counts["by another process" if how == "done already" else how] += 1
+            waiting.remove(index)
+        if waiting:
+            time.sleep(WAIT_POLL_SECONDS)
+    print(f"[suite] {len(runs)} configurations finished: {counts['ran']} here, {counts['by another process']} by "
+          f"another suite process, {counts['done already']} earlier")
+    return [metrics for index in range(len(runs)) for metrics in outcomes[index]]
 
 
 def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
@@ -200,7 +275,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
-    ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`).
+    ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`). Several suite
+    processes may share ``runs``: each configuration is run by one of them (:class:`RunLock`).
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -209,34 +285,31 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
         source = _standard_config(default_source)
     data_configs = list(data_configs) or [_standard_config(name) for name in default_data]
     _check_files([learner_config, clip_config, source, *data_configs])
+    ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     learner = _learner_class(learner_config).registry_name
-    results = []
+    planned = []
     if protocol in TRANSFER_PROTOCOLS:
         names = [_dataset_name(c) for c in [source, *data_configs]]
         for k in shots:
             for seed in seeds:
                 run_dir = runs / protocol / learner / f"from-{names[0]}" / f"shots{k}_seed{seed}"
-                done = _resume(run_dir, [run_dir / name / METRICS_FILE for name in names])
-                if done is None:
-                    print(f"[suite] running {protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} "
-                          f"seed={seed} -> {run_dir}")
-                    done = run_transfer(protocol, learner_config, clip_config, source, data_configs, seed, k,
-                                        run_dir, overrides, wandb)
-                results += done
-        return results
+                planned.append(_Run(
+                    run_dir, [run_dir / name / METRICS_FILE for name in names],
+                    f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
+                    functools.partial(run_transfer, protocol, learner_config, clip_config, source, data_configs, seed,
+                                      k, run_dir, overrides, wandb)))
+        return _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         for k in shots:
             for seed in seeds:
                 run_dir = runs / protocol / learner / dataset / f"shots{k}_seed{seed}"
-                done = _resume(run_dir, [run_dir / METRICS_FILE])
-                if done is None:
-                    print(f"[suite] running {protocol} {learner} {dataset} shots={k} seed={seed} -> {run_dir}")
-                    done = [run_one(protocol, learner_config, clip_config, data_config, seed, k, run_dir, overrides,
-                                    wandb)]
-                results += done
-    return results
+                one = functools.partial(run_one, protocol, learner_config, clip_config, data_config, seed, k, run_dir,
+                                        overrides, wandb)
+                planned.append(_Run(run_dir, [run_dir / METRICS_FILE],
+                                    f"{protocol} {learner} {dataset} shots={k} seed={seed}", lambda one=one: [one()]))
+    return _run_all(planned)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 
 #: Bumped when the layout of ``checkpoint["vlprompt"]`` changes.
 CHECKPOINT_FORMAT = 1
@@ -166,10 +166,23 @@ class PromptLearner(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images, labels = batch
         loss, logits = self.training_loss(images, labels)
+        # One host sync per step (the progress bar reads the loss anyway); a NaN step would poison the prompts.
+        if not torch.isfinite(loss):
+            self._diverged(f"the loss is {loss.item()}")
         self.train_acc(_correct(logits, labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        bad = non_finite_tensors(self.named_parameters())
+        if bad:
+            self._diverged(f"learned parameters {', '.join(bad)} are not finite")
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDivergedError(
+            f"training diverged at epoch {self.current_epoch}, step {self.global_step}: {what}; the run is unfinished "
+            f"and reports no result. Lower the learning rate (--model.init_args.lr, now {self.hparams.get('lr', 'unset')})")
 
     def validation_step(self, batch, batch_idx):
         images, labels, real = _evaluation_batch(batch)
@@ -215,6 +228,9 @@ class PromptLearner(pl.LightningModule):
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = non_finite_tensors(checkpoint["state_dict"].items())
+        if bad:  # never leave a checkpoint that would evaluate as chance accuracy
+            self._diverged(f"learned parameters {', '.join(bad)} are not finite")
         checkpoint["vlprompt"] = {
             "format": CHECKPOINT_FORMAT,
             "learner": self.registry_name,
@@ -240,12 +256,19 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
             f"checkpoint holds a {meta['learner']!r} learner, not {learner.registry_name!r}; "
             f"load it with --model {meta['learner']} or vlprompt.load_learner(path)")
     saved, current = meta["clip"]["arch"], learner.clip.identity["arch"]
-    if saved != current:
-        diff = ", ".join(f"{k}: {saved.get(k)} vs {current.get(k)}" for k in sorted(set(saved) | set(current))
-                         if saved.get(k) != current.get(k))
+    # Keys absent on one side (checkpoints older than a recorded fact) are not compared.
+    diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
+                     if saved[k] != current[k])
+    if diff:
         raise CheckpointMismatchError(
             f"checkpoint was trained on a different CLIP architecture ({diff}); use the CLIP it was trained on "
             f"({meta['clip']['source']['name']!r})")
+
+
+def non_finite_tensors(named_tensors) -> list[str]:
+    """Names of the tensors holding NaN or infinity."""
+    return [name for name, tensor in named_tensors
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def _evaluation_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

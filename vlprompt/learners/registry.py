@@ -11,7 +11,7 @@ import difflib
 import importlib
 import inspect
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from vlprompt.errors import ConfigError
 
@@ -64,6 +64,17 @@ def get_learner_class(name: str) -> type["PromptLearner"]:
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
         raise ConfigError(f"unknown learner {name!r}; {hint}")
     return _REGISTRY[name]
+
+
+def learner_name_of(class_path: str) -> Optional[str]:
+    """The registered name of the learner class at ``class_path`` (``vlprompt.learners.coop.CoOp`` or ``CoOp``)."""
+    module, _, name = str(class_path).rpartition(".")
+    for registered in list_learners():
+        cls = _REGISTRY[registered]
+        if cls.__name__ == name and (not module or cls.__module__ == module or cls.__module__.startswith(module + ".")
+                                     or f"{cls.__module__}.{cls.__qualname__}" == class_path):
+            return registered
+    return None
 
 
 def hyperparameter_names(cls: type) -> list[str]:
