@@ -12,7 +12,8 @@ import torch
 import yaml
 
 import vlprompt
-from vlprompt.cli import create_cli, main, one_line_error
+from vlprompt.cli import create_cli, one_line_error
+from vlprompt.commands import main
 
 from conftest import REPO
 
@@ -20,7 +21,7 @@ CONFIGS = REPO / "configs"
 
 
 def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlprompt.cli", *map(str, args)], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vlprompt", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 

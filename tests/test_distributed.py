@@ -79,7 +79,7 @@ def test_learners_that_may_leave_prompts_unused_must_say_so_under_ddp(tiny_clip)
     from pytorch_lightning.strategies import DDPStrategy
 
     from vlprompt.errors import ConfigError
-    from vlprompt.learners import CoOp
+    CoOp = get_learner_class("coop")
 
     class RoutedCoOp(CoOp):  # stands for a learner whose router may skip some prompts in a step
         may_leave_parameters_unused = True

@@ -19,7 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import vlprompt
-from vlprompt.cli import main, user_error_message
+from vlprompt.commands import main
+from vlprompt.errors import user_error_message
 from vlprompt.data import ImageSplitDataModule, Item, read_split_file
 from vlprompt.data.images import check_images, read_rgb
 from vlprompt.data.splits import cached_few_shot_split, write_split_file
@@ -347,7 +348,7 @@ def test_a_lock_file_left_by_a_dead_process_is_taken_over(shapes, tmp_path, caps
 
 SUITE_SCRIPT = textwrap.dedent("""
     import sys
-    from vlprompt.cli import main
+    from vlprompt.commands import main
     main(sys.argv[1:])
 """)
 

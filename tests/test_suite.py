@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.cli import main
+from vlprompt.commands import main
 from vlprompt.eval.report import aggregate, tables
 from vlprompt.eval.suite import standard_data
 from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS

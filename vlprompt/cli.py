@@ -3,14 +3,14 @@
     vlprompt fit --config configs/learners/coop.yaml --config configs/data/toy/ToyShapes.yaml \\
         --model.init_args.n_ctx 8 --trainer.max_epochs 5
     vlprompt test --config ... --ckpt_path runs/coop/version_0/checkpoints/last.ckpt
-    vlprompt suite base2novel --learner ... --data ...      (vlprompt.eval.suite)
-    vlprompt report runs/suite                              (vlprompt.eval.report)
+
+The protocols (``vlprompt suite``, ``vlprompt report``) sit above this module; :mod:`vlprompt.commands` is the
+``vlprompt`` program that dispatches to them or to :func:`main` here.
 """
 
 from __future__ import annotations
 
 import difflib
-import errno
 import inspect
 import re
 import sys
@@ -21,8 +21,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
-from vlprompt.eval.dashboards import PerClassAccuracyReport, SaveAndLogConfig
-from vlprompt.errors import CheckpointMismatchError, VlpromptError
+from vlprompt.callbacks import PerClassAccuracyReport, SaveAndLogConfig
+from vlprompt.errors import CheckpointMismatchError, report_user_errors
 from vlprompt.files import ensure_writable
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
@@ -104,12 +104,15 @@ class VlpromptCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The learned prompts of the last epoch are what papers evaluate, so keep `last.ckpt`.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
+        # Saved at the end of each training epoch, after epoch-level weight averaging (Gaussian prompt aggregation)
+        # has taken that epoch in, so the final last.ckpt holds the whole aggregate even when validation runs.
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True})
         # Every test also reports accuracy per class (a CSV beside the logs; a table on wandb).
         parser.add_lightning_class_args(PerClassAccuracyReport, "per_class")
         # Class names and hand templates belong to the dataset; the learner receives them.
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.link_arguments("data.templates", "model.init_args.templates", apply_on="instantiate")
+        parser.link_arguments("data.class_descriptions", "model.init_args.descriptions", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # Kept to tell explicit command-line overrides from values that came from config files.
@@ -225,48 +228,11 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    """The ``vlprompt`` command; user mistakes end with one ``vlprompt: error:`` line and exit status 2."""
-    try:
-        argv = list(sys.argv[1:] if args is None else args)
-        if argv and argv[0] in ("suite", "report"):
-            # Protocol runs and reports sit on top of the LightningCLI subcommands.
-            from vlprompt.eval import report, suite
-
-            (suite if argv[0] == "suite" else report).main([str(a) for a in argv[1:]])
-            return
+    """``vlprompt fit|validate|test|predict``; user mistakes end with one ``vlprompt: error:`` line and exit 2."""
+    with report_user_errors():
         if args is None:
             sys.argv[1:] = resolve_learner_names(sys.argv[1:])
         create_cli(args)
-    except Exception as err:  # noqa: BLE001 - only user mistakes are reported briefly, the rest re-raised
-        message = user_error_message(err)
-        if message is None:
-            raise
-        sys.stderr.write(f"vlprompt: error: {message}\n")
-        sys.exit(2)
-
-
-#: Operating-system errors that mean "this place cannot be written", whatever was being written.
-_STORAGE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-                   errno.EROFS: "write elsewhere", errno.EACCES: "check its permissions or write elsewhere",
-                   errno.EPERM: "check its permissions or write elsewhere"}
-
-
-def user_error_message(err: BaseException) -> Optional[str]:
-    """One line for a user mistake or a storage fault behind ``err`` (also when jsonargparse or a DataLoader
-    worker wrapped it), or None for a bug, which keeps its traceback."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, VlpromptError):
-            # A DataLoader worker re-raises the error with the worker's traceback in its message; keep the last line.
-            text = str(err).strip()
-            if "Original Traceback" in text:
-                text = text.splitlines()[-1].split(": ", 1)[-1]
-            return text
-        if isinstance(err, OSError) and err.errno in _STORAGE_ERRORS and err.filename:
-            return f"cannot use {str(err.filename)!r}: {err.strerror}; {_STORAGE_ERRORS[err.errno]}"
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Errors that describe a user mistake rather than a bug.
+"""Errors that describe a user mistake rather than a bug, and how commands report them.
 
-The CLI prints these as one line (no traceback) and exits non-zero; everything else is a bug and keeps its
+Commands print these as one line (no traceback) and exit with status 2; everything else is a bug and keeps its
 traceback.
 """
+
+import contextlib
+import errno
+import sys
+from typing import Iterator, Optional
 
 
 class VlpromptError(Exception):
@@ -23,3 +28,40 @@ class TrainingDivergedError(VlpromptError):
 
 class UnreadableImageError(ConfigError):
     """An image listed in a split file that is missing, damaged or in a pixel format that cannot be converted."""
+
+
+#: Operating-system errors that mean "this place cannot be written", whatever was being written.
+_STORAGE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+                   errno.EROFS: "write elsewhere", errno.EACCES: "check its permissions or write elsewhere",
+                   errno.EPERM: "check its permissions or write elsewhere"}
+
+
+def user_error_message(err: BaseException) -> Optional[str]:
+    """One line for a user mistake or a storage fault behind ``err`` (also when jsonargparse or a DataLoader
+    worker wrapped it), or None for a bug, which keeps its traceback."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VlpromptError):
+            # A DataLoader worker re-raises the error with the worker's traceback in its message; keep the last line.
+            text = str(err).strip()
+            if "Original Traceback" in text:
+                text = text.splitlines()[-1].split(": ", 1)[-1]
+            return text
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRORS and err.filename:
+            return f"cannot use {str(err.filename)!r}: {err.strerror}; {_STORAGE_ERRORS[err.errno]}"
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def report_user_errors() -> Iterator[None]:
+    """Run a command: a user mistake or storage fault ends it with one ``vlprompt: error:`` line and exit 2."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - only user mistakes are reported briefly, the rest re-raised
+        message = user_error_message(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"vlprompt: error: {message}\n")
+        sys.exit(2)

@@ -121,6 +121,10 @@ class FrozenCLIP(nn.Module):
         self._visual_is_vit = isinstance(model.visual, VisionTransformer)
 
     # -- nn.Module plumbing ---------------------------------------------------------------------------------
+    def __deepcopy__(self, memo) -> "FrozenCLIP":
+        # Frozen weights are shared, never copied: weight averaging and meta-learning deep-copy whole learners.
+        return self
+
     def _apply(self, fn, recurse=True):
         self._model._apply(fn)
         return super()._apply(fn, recurse)

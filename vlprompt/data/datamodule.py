@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
+from vlprompt.data.descriptions import read_descriptions
 from vlprompt.data.images import check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
                                   subsample_classes)
@@ -103,6 +104,9 @@ class ImageSplitDataModule(pl.LightningDataModule):
             augmentation it changes the recipe: ``cached_views`` random views per image are drawn once and
             each step picks one of them, instead of a fresh crop every epoch.
         cached_views: augmented views per training image kept in the cache (needs ``augment``).
+        descriptions: a JSON file ``{"class name": ["sentence", ...]}`` of per-class descriptions, relative to
+            ``root`` or absolute; it must describe every class of the data set (``base``/``novel`` take their
+            half). Learners that use descriptions receive them with the class names.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         image_size: Optional[int] = None,
         cache_image_features: bool = False,
         cached_views: int = 1,
+        descriptions: Optional[str] = None,
     ):
         super().__init__()
         if shots == 0 or shots < -1:
@@ -143,6 +148,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.classnames = [name.replace("_", " ") for name in
                            classnames_of(item for items in self.split.values() for item in items)]
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
+        self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.image_size, self.subsample = augment, image_size, subsample
         if cached_views < 1 or (cached_views > 1 and not augment):
@@ -154,7 +160,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
 
     def _preprocess(self) -> tuple[int, Sequence[float], Sequence[float]]:
         model = self.trainer.lightning_module if self.trainer is not None else None
-        cfg = model.clip.preprocess_cfg if model is not None and hasattr(model, "clip") else {}
+        cfg = getattr(model, "preprocess_cfg", None) or {}
         size = self.image_size or cfg.get("size", 224)
         size = size[0] if isinstance(size, (tuple, list)) else size
         return size, cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
@@ -217,7 +223,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                 # Its own generator: encoding must not draw from the global RNG that shuffles the training batches.
                 loader = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
                                     generator=torch.Generator().manual_seed(len(views)))
-                views.append(torch.cat([learner.clip.encode_image(images.to(learner.device), normalize=True).float()
+                views.append(torch.cat([learner.image_features(images.to(learner.device)).float()
                                         for images, _ in loader]).cpu())
         labels = torch.tensor([item.label for item in dataset.items])
         cached = CachedImageFeatures(torch.stack(views), labels)

@@ -1,5 +1,5 @@
-"""What a run reports beyond ``test/acc``: per-class accuracy (a file, and a table on wandb), the resolved
-config on experiment trackers, and the wandb side of ``vlprompt suite --wandb``.
+"""The wandb side of ``vlprompt suite --wandb``: one wandb run per suite run, grouped, and a summary run.
+(Per-run reporting, per-class accuracy and the resolved config, is in :mod:`vlprompt.callbacks`.)
 
 wandb is never required: it is imported only when a wandb logger or ``--wandb`` is asked for, and works
 offline (``WANDB_MODE=offline``; ``wandb sync`` uploads later).
@@ -7,49 +7,9 @@ offline (``WANDB_MODE=offline``; ``wandb sync`` uploads later).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
-
-import pytorch_lightning as pl
-from pytorch_lightning.cli import SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
-PER_CLASS_COLUMNS = ["class", "accuracy"]
-
-
-class PerClassAccuracyReport(pl.Callback):
-    """After each test: ``per_class_<dataset>_<subsample>.csv`` in the log directory, and the same table on wandb."""
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        per_class = getattr(pl_module, "per_class_test_accuracy", None)
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
-        if not per_class or not trainer.is_global_zero:
-            return
-        datamodule = trainer.datamodule
-        tag = "_".join(str(part) for part in (getattr(datamodule, "dataset_name", "test"),
-                                               getattr(datamodule, "subsample", "all")))
-        rows = [[name, round(accuracy, 4)] for name, accuracy in per_class.items()]
-        if log_dir:
-            path = Path(log_dir) / f"per_class_{tag}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as stream:
-                csv.writer(stream).writerows([PER_CLASS_COLUMNS, *rows])
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table(key=f"per_class/{tag}", columns=PER_CLASS_COLUMNS, data=rows)
-
-
-class SaveAndLogConfig(SaveConfigCallback):
-    """Lightning's ``config.yaml`` in the log directory, and the resolved config on experiment trackers
-    (a CSV run already keeps that file beside its metrics)."""
-
-    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        config = self.config.as_dict()
-        for logger in trainer.loggers:
-            if not isinstance(logger, CSVLogger):
-                logger.log_hyperparams({"config": config})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from vlprompt.errors import ConfigError
 from vlprompt.eval.accuracy import harmonic_mean
+from vlprompt.eval.arguments import OneLineArgumentParser
 
 AVERAGE = "Average"
 
@@ -216,8 +217,6 @@ def write_report(rows: Sequence[dict], out: Path, ci: bool = False) -> tuple[dic
 
 
 def main(argv: Sequence[str]) -> None:
-    from vlprompt.eval.suite import OneLineArgumentParser
-
     parser = OneLineArgumentParser(prog="vlprompt report", description="Aggregate metrics.json files over seeds.")
     parser.add_argument("runs", type=Path, help="directory searched for metrics.json files")
     parser.add_argument("--ci", action="store_true", help="report 95%% confidence intervals instead of std")

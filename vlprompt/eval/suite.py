@@ -13,10 +13,8 @@ started again, and a run without one (interrupted) is redone from scratch.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from vlprompt.cli import create_cli
+from vlprompt.eval.arguments import OneLineArgumentParser
 from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
 from vlprompt.errors import ConfigError
 from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
@@ -60,14 +59,6 @@ def _standard_config(name: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"no data config {str(path)!r} for the default data set {name}; pass --data (and --source)")
     return path
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """Usage mistakes end with one ``<prog>: error: ...`` line and exit status 2 (``--help`` shows the usage)."""
-
-    def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
-        sys.exit(2)
 
 
 def _learner_class(path: Path):

@@ -7,7 +7,6 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric
@@ -15,24 +14,37 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
+from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
+from vlprompt.learners.references import FrozenReferences
 
-#: Bumped when the layout of ``checkpoint["vlprompt"]`` changes.
-CHECKPOINT_FORMAT = 1
+#: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``).
+CHECKPOINT_FORMAT = 2
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 class PromptLearner(pl.LightningModule):
     """Base class of all learners.
 
-    A learner holds a :class:`~vlprompt.clip.FrozenCLIP` (never trained, never saved) and the parameters it
-    learns. ``forward(images)`` returns logits of shape ``(batch, n_classes)``; :meth:`set_classnames` switches
-    to other classes (base to novel) without touching what was learned.
+    A learner holds one or more frozen models (:class:`~vlprompt.clip.FrozenCLIP`: ``clip``, and for example a
+    ``teacher``) and the parameters it learns. Frozen models are never trained, never saved in hyper-parameters
+    or checkpoints (a checkpoint records each one's identity, and :func:`~vlprompt.load_learner` rebuilds them),
+    and shared, not copied, by ``copy.deepcopy`` (weight averaging and meta-learning copy learners).
+    ``forward(images)`` returns logits of shape ``(batch, n_classes)``; :meth:`set_classnames` switches to other
+    classes (base to novel) with their templates and descriptions, without touching what was learned.
+
+    A subclass provides ``forward``, and to change the loss: :meth:`training_outputs` (what a training forward
+    produces) and :meth:`loss_terms` (named, weighted terms; each is logged as ``train/<name>``). Per-part
+    learning rates: :meth:`parameter_groups`. Meta-learning: set ``automatic_optimization = False`` and write
+    ``training_step`` with ``self.manual_backward`` (Lightning's manual optimisation), logging through
+    :meth:`log_loss`.
 
     Args:
         clip: the frozen backbone.
         classnames: class names, in label order.
         templates: hand-written prompt templates with one ``{}`` for the class name (the dataset's templates);
             used by learners that need hand-crafted text features.
+        descriptions: ``{class name: [sentence, ...]}`` for learners that use per-class descriptions (the data
+            module's ``data.descriptions`` file); every class needs at least one.
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
@@ -51,12 +63,15 @@ class PromptLearner(pl.LightningModule):
     #: Whether image features come from the frozen image tower unchanged, so the data module may cache them
     #: (``data.cache_image_features``); learners with visual prompts set it to False.
     frozen_image_features: ClassVar[bool] = True
+    #: Trainable parameters on ViT-B/16 as the paper reports them (or as computed from its reference code).
+    paper_trainable_parameters: ClassVar[Optional[int]] = None
 
     def __init__(
         self,
         clip: FrozenCLIP,
         classnames: Sequence[str],
         templates: Optional[Sequence[str]] = None,
+        descriptions: Optional[dict[str, list[str]]] = None,
         lr: float = 0.002,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -66,18 +81,15 @@ class PromptLearner(pl.LightningModule):
         super().__init__()
         if not isinstance(clip, FrozenCLIP):
             raise ConfigError(f"clip must be a vlprompt FrozenCLIP (vlprompt.load_clip(...)), got {type(clip).__name__}")
-        classnames = list(classnames or [])
-        if not classnames:
-            raise ConfigError("a learner needs at least one class name (classnames=[...])")
-        templates = list(templates or DEFAULT_TEMPLATES)
-        bad = [t for t in templates if t.count("{}") != 1]
-        if bad:
-            raise ConfigError(f"templates need exactly one '{{}}' for the class name: {bad}")
         self.save_hyperparameters(ignore=["clip"])
+        # Frozen models given under other names (a teacher) are not hyper-parameters either.
+        for name in [k for k, v in self.hparams.items() if isinstance(v, FrozenCLIP)]:
+            del self.hparams[name]
+            self._hparams_initial.pop(name, None)
         self.clip = clip
-        self.classnames = classnames
-        self.templates = templates
+        self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None
+        self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         #: ``{classname: accuracy in percent}`` of the last test run.
         self.per_class_test_accuracy: dict[str, float] = {}
@@ -86,34 +98,60 @@ class PromptLearner(pl.LightningModule):
     def _on_classnames_changed(self) -> None:
         """Rebuild whatever depends on the class names (token ids, frozen text features)."""
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, logits)`` for a training batch; cross-entropy unless the paper adds terms."""
-        logits = self(images)
-        return F.cross_entropy(logits, labels), logits
+    def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+        """What a training forward produces for the loss terms; the logits, unless a term needs more."""
+        return StepOutputs(logits=self(images), labels=labels)
+
+    def loss_terms(self) -> list[LossTerm]:
+        """The loss as named, weighted terms; cross-entropy unless the paper adds terms."""
+        return [LossTerm("ce", 1.0, cross_entropy)]
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Loss:
+        """The loss of a training batch: its total, its weighted terms by name, and the step's outputs."""
+        return combine(self.loss_terms(), self.training_outputs(images, labels))
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups; one group at the learner's ``lr`` unless a learner trains parts at their
+        own rates (a group may carry ``lr``)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        """Switch to other classes; learned parameters are kept as they are."""
-        classnames = list(classnames)
-        if not classnames:
-            raise ConfigError("set_classnames needs at least one class name")
-        self.classnames = classnames
+    def set_classnames(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
+                       descriptions: Optional[dict[str, list[str]]] = None) -> None:
+        """Switch to other classes (and their data set's templates and descriptions, when given); learned
+        parameters are kept as they are."""
+        self.classnames, self.templates, self.descriptions = _class_texts(
+            classnames, templates or self.templates, descriptions if descriptions is not None else self.descriptions)
         self._text_cache = None
+        self.references.clear()
         self._on_classnames_changed()
 
-    @torch.no_grad()
-    def hand_text_features(self, templates: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """Normalised text features of the hand templates, ensembled over templates (mean, renormalised)."""
-        templates = list(templates or self.templates)
-        features = 0
-        for template in templates:
-            ids = self.clip.tokenize([template.format(name) for name in self.classnames])
-            features = features + self.clip.encode_text(ids, normalize=True)
-        return F.normalize(features / len(templates), dim=-1)
+    @property
+    def frozen_models(self) -> dict[str, FrozenCLIP]:
+        """Every frozen model the learner holds, by attribute name (``clip`` first)."""
+        return {name: module for name, module in self.named_children() if isinstance(module, FrozenCLIP)}
+
+    @property
+    def preprocess_cfg(self) -> dict:
+        """Image size, mean and std the learner's inputs need (its student CLIP's); the data module asks this."""
+        return self.clip.preprocess_cfg
+
+    def hand_text_features(self, templates: Optional[Sequence[str]] = None, normalize_each: bool = True) -> torch.Tensor:
+        """Frozen ``C x D`` text features of the hand templates, ensembled (see
+        :meth:`FrozenReferences.template_ensemble`); computed once per class set and device."""
+        return self.references.template_ensemble(self.clip, self.classnames, list(templates or self.templates),
+                                                 normalize_each)
+
+    def description_features(self) -> torch.Tensor:
+        """Frozen ``C x D`` text features of each class's descriptions, ensembled per class."""
+        if self.descriptions is None:
+            raise ConfigError(f"{self.registry_name} needs per-class descriptions; pass data.descriptions "
+                              "(a JSON file {\"class name\": [\"sentence\", ...]})")
+        return self.references.description_ensemble(self.clip, self.classnames, self.descriptions)
 
     def cached_text_features(self, compute) -> torch.Tensor:
         """``compute()`` in training; in evaluation the result is computed once and reused.
@@ -131,9 +169,7 @@ class PromptLearner(pl.LightningModule):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised features of the frozen image tower; a ``B x D`` batch already is such features (the data
         module's cache, see ``ImageSplitDataModule(cache_image_features=True)``)."""
-        if images.ndim == 2:
-            return images
-        return self.clip.encode_image(images, normalize=True)
+        return self.references.image_features(self.clip, images)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""
@@ -165,14 +201,22 @@ class PromptLearner(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        loss, logits = self.training_loss(images, labels)
+        loss = self.training_loss(images, labels)
+        self.log_loss(loss)
+        return loss.total
+
+    def log_loss(self, loss: Loss) -> None:
+        """Stop on a non-finite loss; log ``train/loss``, each term as ``train/<name>`` and ``train/acc``."""
         # One host sync per step (the progress bar reads the loss anyway); a NaN step would poison the prompts.
-        if not torch.isfinite(loss):
-            self._diverged(f"the loss is {loss.item()}")
-        self.train_acc(_correct(logits, labels))
-        self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        if not torch.isfinite(loss.total):
+            self._diverged(f"the loss is {loss.total.item()}")
+        labels = loss.outputs.labels
+        self.train_acc(_correct(loss.outputs.logits.detach(), labels))
+        self.log("train/loss", loss.total, prog_bar=True, batch_size=labels.shape[0])
+        if len(loss.terms) > 1:
+            for name, value in loss.terms.items():
+                self.log(f"train/{name}", value, batch_size=labels.shape[0])
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
-        return loss
 
     def on_train_epoch_end(self) -> None:
         bad = non_finite_tensors(self.named_parameters())
@@ -212,9 +256,9 @@ class PromptLearner(pl.LightningModule):
 
     def configure_optimizers(self):
         self._require_trainable()  # Lightning asks for optimizers before on_fit_start
-        params = [p for p in self.parameters() if p.requires_grad]
         hp = self.hparams
-        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
+                                    weight_decay=hp.weight_decay)
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
 
         def factor(epoch: int) -> float:
@@ -235,6 +279,7 @@ class PromptLearner(pl.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "learner": self.registry_name,
             "clip": self.clip.identity,
+            "frozen": {name: model.identity for name, model in self.frozen_models.items()},
             "classnames": list(self.classnames),
         }
 
@@ -246,6 +291,25 @@ class PromptLearner(pl.LightningModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def _class_texts(classnames: Sequence[str], templates: Optional[Sequence[str]],
+                 descriptions: Optional[dict[str, list[str]]]) -> tuple[list[str], list[str], Optional[dict]]:
+    """Checked class names, templates and descriptions (restricted to the classes)."""
+    classnames = list(classnames or [])
+    if not classnames:
+        raise ConfigError("a learner needs at least one class name (classnames=[...])")
+    templates = list(templates or DEFAULT_TEMPLATES)
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ConfigError(f"templates need exactly one '{{}}' for the class name: {bad}")
+    if descriptions is not None:
+        missing = [name for name in classnames if not descriptions.get(name)]
+        if missing:
+            raise ConfigError(f"the descriptions lack {len(missing)} classes: {', '.join(map(repr, missing[:5]))}"
+                              f"{' ...' if len(missing) > 5 else ''}; every class needs at least one sentence")
+        descriptions = {name: list(descriptions[name]) for name in classnames}
+    return classnames, templates, descriptions
+
+
 def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner) -> None:
     """Refuse a checkpoint written by another learner or on another CLIP architecture."""
     meta = checkpoint.get("vlprompt")
@@ -255,14 +319,18 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
         raise CheckpointMismatchError(
             f"checkpoint holds a {meta['learner']!r} learner, not {learner.registry_name!r}; "
             f"load it with --model {meta['learner']} or vlprompt.load_learner(path)")
-    saved, current = meta["clip"]["arch"], learner.clip.identity["arch"]
-    # Keys absent on one side (checkpoints older than a recorded fact) are not compared.
-    diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
-                     if saved[k] != current[k])
-    if diff:
-        raise CheckpointMismatchError(
-            f"checkpoint was trained on a different CLIP architecture ({diff}); use the CLIP it was trained on "
-            f"({meta['clip']['source']['name']!r})")
+    saved_models = meta.get("frozen") or {"clip": meta["clip"]}
+    for name, model in learner.frozen_models.items():
+        if name not in saved_models:
+            continue
+        saved, current = saved_models[name]["arch"], model.identity["arch"]
+        # Keys absent on one side (checkpoints older than a recorded fact) are not compared.
+        diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
+                         if saved[k] != current[k])
+        if diff:
+            raise CheckpointMismatchError(
+                f"checkpoint was trained with a different {name} architecture ({diff}); use the model it was "
+                f"trained on ({saved_models[name]['source']['name']!r})")
 
 
 def non_finite_tensors(named_tensors) -> list[str]:

@@ -42,21 +42,25 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
 
 
 def load_learner(path: Union[str, Path], clip: Optional[FrozenCLIP] = None,
-                 map_location: Union[str, torch.device] = "cpu") -> PromptLearner:
+                 map_location: Union[str, torch.device] = "cpu", **frozen: FrozenCLIP) -> PromptLearner:
     """Rebuild the learner saved in a checkpoint (``vlprompt fit`` writes them).
 
-    The checkpoint holds the learner name, its hyper-parameters, the class names, the CLIP identity and the
-    learned tensors. ``clip`` defaults to rebuilding the CLIP it names (its architecture and pretrained
-    source); pass one to reuse an already loaded backbone. Loading uses ``torch.load(weights_only=True)``.
+    The checkpoint holds the learner name, its hyper-parameters, the class names, the identity of every frozen
+    model and the learned tensors. Each frozen model is rebuilt from its recorded source (architecture and
+    pretrained weights) unless it is passed: ``clip=`` (and, for learners with more, by name: ``teacher=``) to
+    reuse an already loaded one. Loading uses ``torch.load(weights_only=True)``.
     """
     checkpoint = read_checkpoint(path, map_location)
     meta = checkpoint["vlprompt"]
     cls = get_learner_class(meta["learner"])
-    if clip is None:
-        clip = FrozenCLIP(**meta["clip"]["source"])
-    accepted = set(hyperparameter_names(cls)) - {"clip", "classnames"}
+    if clip is not None:
+        frozen["clip"] = clip
+    for name, identity in (meta.get("frozen") or {"clip": meta["clip"]}).items():
+        if name not in frozen:
+            frozen[name] = FrozenCLIP(**identity["source"])
+    accepted = set(hyperparameter_names(cls)) - {"classnames"} - set(frozen)
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-    learner = cls(clip=clip, classnames=meta["classnames"], **hparams)
+    learner = cls(classnames=meta["classnames"], **frozen, **hparams)
     check_checkpoint_matches(checkpoint, learner)
     learner.load_state_dict(checkpoint["state_dict"])
     return learner.to(map_location)

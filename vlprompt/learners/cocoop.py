@@ -38,6 +38,7 @@ class CoCoOp(PromptLearner):
     """
 
     image_independent_text = False
+    paper_trainable_parameters = 35_360
 
     def __init__(
         self,

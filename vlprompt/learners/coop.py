@@ -32,6 +32,8 @@ class CoOp(PromptLearner):
     ``warmup_epochs``, ``warmup_lr``, ``lr``).
     """
 
+    paper_trainable_parameters = 2_048
+
     def __init__(
         self,
         clip: FrozenCLIP,

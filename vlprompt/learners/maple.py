@@ -34,6 +34,7 @@ class MaPLe(PromptLearner):
     """
 
     frozen_image_features = False  # visual prompts change the image features
+    paper_trainable_parameters = 3_555_072
 
     def __init__(
         self,

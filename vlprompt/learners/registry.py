@@ -1,8 +1,9 @@
 """The learner registry: a name for every learner class, filled by the ``@register_learner`` decorator.
 
-The built-in learner modules are listed here and imported when the registry is first read, so the registry
-is complete whatever the caller imported; no module has to be imported "for its side effect". Third-party
-learners register through the ``vlprompt.learners`` entry-point group (``name = package.module:Class``).
+When the registry is first read it imports every module of the :mod:`vlprompt.learners` package, so a new
+learner is one new file with a ``@register_learner`` class: nothing else lists it, and the registry is complete
+whatever the caller imported. Third-party learners register through the ``vlprompt.learners`` entry-point
+group (``name = package.module:Class``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import pkgutil
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -17,9 +19,6 @@ from vlprompt.errors import ConfigError
 
 if TYPE_CHECKING:
     from vlprompt.learners.base import PromptLearner
-
-#: Modules under ``vlprompt.learners`` that define built-in learners (checked by the test suite).
-BUILTIN_MODULES = ("zeroshot", "coop", "cocoop", "kgcoop", "maple")
 
 _REGISTRY: dict[str, type["PromptLearner"]] = {}
 _loaded = False
@@ -43,7 +42,8 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in BUILTIN_MODULES:
+    package = importlib.import_module("vlprompt.learners")
+    for module in sorted(info.name for info in pkgutil.iter_modules(package.__path__)):
         importlib.import_module(f"vlprompt.learners.{module}")
     for entry in entry_points(group="vlprompt.learners"):
         cls = entry.load()
@@ -77,19 +77,26 @@ def learner_name_of(class_path: str) -> Optional[str]:
     return None
 
 
-def hyperparameter_names(cls: type) -> list[str]:
-    """Keyword arguments a learner class accepts: its ``__init__``'s, and its parents' where it forwards
-    ``**kwargs`` to them (learners pass the shared optimiser settings on to :class:`PromptLearner`)."""
-    names: list[str] = []
+def hyperparameter_defaults(cls: type) -> dict[str, object]:
+    """Keyword arguments a learner class accepts, with their defaults (``inspect.Parameter.empty`` when
+    required): its ``__init__``'s, and its parents' where it forwards ``**kwargs`` to them (learners pass the
+    shared optimiser settings on to :class:`PromptLearner`). The nearest class's default wins."""
+    defaults: dict[str, object] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.name not in names
-                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        for p in params:
+            if p.name != "self" and p.name not in defaults and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                defaults[p.name] = p.default
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return names
+    return defaults
+
+
+def hyperparameter_names(cls: type) -> list[str]:
+    """The keyword arguments of :func:`hyperparameter_defaults`, in order."""
+    return list(hyperparameter_defaults(cls))
 
 
 def build_learner(name: str, clip, classnames, **hparams) -> "PromptLearner":

@@ -23,9 +23,11 @@ class ZeroShotCLIP(PromptLearner):
     """
 
     needs_training = False
+    paper_trainable_parameters = 0
 
-    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None):
-        super().__init__(clip, classnames, templates)
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
+                 descriptions: Optional[dict[str, list[str]]] = None):
+        super().__init__(clip, classnames, templates, descriptions)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.hand_text_features)

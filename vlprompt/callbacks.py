@@ -1,0 +1,106 @@
+"""Lightning callbacks vlprompt runs use: per-class accuracy reports, the resolved config on experiment trackers,
+and Gaussian prompt aggregation (PromptSRC's epoch-level weight averaging, usable with any learner).
+
+They sit below the learners (PromptSRC adds the aggregation itself) and the command line (:mod:`vlprompt.cli`
+adds the reports), and know nothing of either: a learner is any LightningModule here.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+PER_CLASS_COLUMNS = ["class", "accuracy"]
+
+
+class PerClassAccuracyReport(pl.Callback):
+    """After each test: ``per_class_<dataset>_<subsample>.csv`` in the log directory, and the same table on wandb."""
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        per_class = getattr(pl_module, "per_class_test_accuracy", None)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if not per_class or not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        tag = "_".join(str(part) for part in (getattr(datamodule, "dataset_name", "test"),
+                                               getattr(datamodule, "subsample", "all")))
+        rows = [[name, round(accuracy, 4)] for name, accuracy in per_class.items()]
+        if log_dir:
+            path = Path(log_dir) / f"per_class_{tag}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as stream:
+                csv.writer(stream).writerows([PER_CLASS_COLUMNS, *rows])
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key=f"per_class/{tag}", columns=PER_CLASS_COLUMNS, data=rows)
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the log directory, and the resolved config on experiment trackers
+    (a CSV run already keeps that file beside its metrics)."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        config = self.config.as_dict()
+        for logger in trainer.loggers:
+            if not isinstance(logger, CSVLogger):
+                logger.log_hyperparams({"config": config})
+
+
+class GaussianPromptAggregation(WeightAveraging):
+    """Gaussian prompt aggregation (Khattak et al., "Self-regulating Prompts", ICCV 2023): what is evaluated and
+    saved is ``sum_e w_e theta_e`` over the epochs ``e = 1..E`` of the fit, with ``w_e`` a Gaussian density of the
+    epoch (``mean``, ``std``) normalised to sum to 1.
+
+    Built on Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging`: the aggregate is updated at the
+    end of every epoch as a running weighted mean (after epoch ``e`` it is ``sum_{i<=e} w_i theta_i / sum_{i<=e}
+    w_i``, so after the last epoch it is the normalised sum), validation sees the aggregate, ``last.ckpt`` holds
+    it as its ``state_dict`` (the current prompts go to ``current_model_state``, so resuming a fit mid-way keeps
+    both), and the learner ends the fit holding it. The reference instead scales and sums whole state dicts at
+    each epoch end; the result is the same up to floating-point rounding. The weights are computed in log space,
+    so epochs far from ``mean`` never make 0/0. Only learned parameters are averaged (buffers are token ids).
+
+    Add it to any learner with ``--trainer.callbacks+=vlprompt.callbacks.GaussianPromptAggregation``
+    (``--trainer.callbacks.mean``, ``--trainer.callbacks.std``); PromptSRC adds it itself.
+    """
+
+    def __init__(self, mean: float = 15.0, std: float = 1.0):
+        if not std > 0:
+            raise ValueError(f"GaussianPromptAggregation std must be positive, got {std}")
+        super().__init__(use_buffers=False, avg_fn=self._average)
+        self.mean, self.std = float(mean), float(std)
+        self._epoch = 0
+
+    def log_weight(self, epoch: int) -> float:
+        """Log of the unnormalised Gaussian weight of ``epoch`` (1-based); the constant factor cancels."""
+        return -((epoch - self.mean) ** 2) / (2 * self.std ** 2)
+
+    def weights(self, epochs: int) -> list[float]:
+        """The normalised weights ``w_1 .. w_E`` (they sum to 1)."""
+        logs = [self.log_weight(e) for e in range(1, epochs + 1)]
+        top = max(logs)
+        raw = [math.exp(value - top) for value in logs]
+        return [value / sum(raw) for value in raw]
+
+    def fraction(self, epoch: int) -> float:
+        """``w_e / sum_{i<=e} w_i``: how far the running aggregate moves towards epoch ``e``'s parameters."""
+        logs = [self.log_weight(e) for e in range(1, epoch + 1)]
+        top = max(logs)
+        return math.exp(logs[-1] - top) / sum(math.exp(value - top) for value in logs)
+
+    def should_update(self, step_idx: Optional[int] = None, epoch_idx: Optional[int] = None) -> bool:
+        return epoch_idx is not None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch = trainer.current_epoch + 1
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _average(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        return averaged + self.fraction(self._epoch) * (current - averaged)

@@ -1,0 +1,73 @@
+"""What learners compare against, computed with the frozen weights once per class set and device.
+
+Hand-template ensembles, per-class description ensembles and frozen image features all come from the frozen
+models the learner already holds: there is no second copy of CLIP in memory (the reference repos of KgCoOp,
+PromptSRC and BiomedCoOp each keep one). Text references are cached until the class set changes or the model
+moves to another device; image references are per batch and never cached.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlprompt.clip import FrozenCLIP
+from vlprompt.errors import ConfigError
+
+
+class FrozenReferences:
+    """A cache of frozen text features, keyed by model, class names, texts and device."""
+
+    def __init__(self):
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def _cached(self, key: tuple, compute) -> torch.Tensor:
+        if key not in self._cache:
+            with torch.no_grad():
+                self._cache[key] = compute()
+        return self._cache[key]
+
+    def template_ensemble(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Sequence[str],
+                          normalize_each: bool = True) -> torch.Tensor:
+        """``C x D`` normalised text features of every class, ensembled over ``templates``.
+
+        ``normalize_each``: the mean of per-template normalised features, renormalised (CLIP's prompt
+        ensembling); otherwise the mean of the raw features, normalised (PromptSRC's reference).
+        """
+        key = ("templates", id(clip), tuple(classnames), tuple(templates), normalize_each, str(clip.device))
+        return self._cached(key, lambda: _ensemble(clip, [[t.format(name) for t in templates] for name in classnames],
+                                                   normalize_each))
+
+    def description_ensemble(self, clip: FrozenCLIP, classnames: Sequence[str],
+                             descriptions: Mapping[str, Sequence[str]], normalize_each: bool = True) -> torch.Tensor:
+        """``C x D`` normalised text features of each class's descriptions, ensembled per class."""
+        missing = [name for name in classnames if not descriptions.get(name)]
+        if missing:
+            raise ConfigError(f"no descriptions for classes {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                              "add them to the data.descriptions file")
+        texts = [list(descriptions[name]) for name in classnames]
+        key = ("descriptions", id(clip), tuple(classnames), tuple(map(tuple, texts)), normalize_each, str(clip.device))
+        return self._cached(key, lambda: _ensemble(clip, texts, normalize_each))
+
+    @staticmethod
+    @torch.no_grad()
+    def image_features(clip: FrozenCLIP, images: torch.Tensor) -> torch.Tensor:
+        """Normalised frozen image features of a batch (``B x D`` input is taken as such features already)."""
+        return images if images.ndim == 2 else clip.encode_image(images, normalize=True)
+
+
+#: Texts encoded per forward pass when building references.
+TEXT_BATCH = 1024
+
+
+def _ensemble(clip: FrozenCLIP, texts_per_class: Sequence[Sequence[str]], normalize_each: bool) -> torch.Tensor:
+    flat = [text for texts in texts_per_class for text in texts]
+    encoded = torch.cat([clip.encode_text(clip.tokenize(flat[i:i + TEXT_BATCH]), normalize=normalize_each)
+                         for i in range(0, len(flat), TEXT_BATCH)])
+    per_class = encoded.split([len(texts) for texts in texts_per_class])
+    return F.normalize(torch.stack([features.mean(dim=0) for features in per_class]), dim=-1)
