@@ -65,7 +65,7 @@ def test_prompt_tokens_match_the_tokenizer(tiny_clip):
     tokens = tiny_clip.prompt_tokens(["a photo of a", "red circle", "."])
     expected = tiny_clip.tokenize(["a photo of a red circle."])[0].cpu()
     assert torch.equal(tokens.ids, expected)
-    assert tokens.spans[0] == (1, 5) and tokens.eot == int(expected.argmax())
+    assert tokens.spans[0] == (1, 5) and tokens.length == int(expected.argmax()) + 1
     with pytest.raises(ConfigError, match="longer than the context length"):
         tiny_clip.prompt_tokens(["word " * 80])
 

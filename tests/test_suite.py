@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -139,16 +140,29 @@ def test_transfer_protocols_default_to_the_papers_data_sets(tmp_path, monkeypatc
     assert exit_info.value.code != 0 and "data/imagenet" in err and "\n" not in err and "Traceback" not in err
 
 
-def wandb_records(path: Path) -> dict:
+def wandb_records(path: Path, timeout: float = 60.0) -> dict:
     """What an offline wandb run recorded: its run settings, config, history keys and final summary.
 
     Offline runs keep everything in ``run-<id>.wandb``, a LevelDB-style log of protobuf records (32 KiB
     blocks; each chunk has a 7-byte header: checksum, little-endian length, type 1 full / 2 first / 3 middle /
-    4 last), after a 7-byte file header starting ``:W&B``.
+    4 last), after a 7-byte file header starting ``:W&B``. wandb's writer is another process that may still be
+    flushing when ``wandb.finish()`` returns, so the file is read again until it holds the run record and the
+    exit record that ends every finished run (the test used to read it too early now and then).
     """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _parse_wandb_log(path.read_bytes())
+        if found["run"] is not None and found["exit"]:
+            return found
+        if time.monotonic() > deadline:
+            present = sorted(key for key, value in found.items() if value)
+            raise AssertionError(f"{path} holds no complete run after {timeout:.0f} s (present: {present})")
+        time.sleep(0.2)
+
+
+def _parse_wandb_log(data: bytes) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = path.read_bytes()
     assert data[:4] == b":W&B"
     block, position, pending, records = 32768, 7, b"", []
     while position + 7 <= len(data):
@@ -157,6 +171,8 @@ def wandb_records(path: Path) -> dict:
         if left < 7 or (length == 0 and kind == 0):  # block trailer or zero padding
             position += left
             continue
+        if position + 7 + length > len(data):  # a chunk still being written
+            break
         pending += data[position + 7:position + 7 + length]
         position += 7 + length
         if kind in (1, 4):
@@ -164,10 +180,11 @@ def wandb_records(path: Path) -> dict:
             record.ParseFromString(pending)
             records.append(record)
             pending = b""
+
     def name(item) -> str:
         return item.key or "/".join(item.nested_key)
 
-    found = {"summary": {}, "config": set(), "history": set(), "run": None}
+    found = {"summary": {}, "config": set(), "history": set(), "run": None, "exit": False}
     for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "summary":
@@ -179,6 +196,8 @@ def wandb_records(path: Path) -> dict:
         elif kind == "run":
             found["run"] = record.run
             found["config"] |= {name(item) for item in record.run.config.update}
+        elif kind == "exit":
+            found["exit"] = True
     return found
 
 
@@ -195,7 +214,8 @@ def test_wandb_offline_suite_groups_runs_and_records_summary_tables_and_a_summar
     run_dir = runs / "base2novel" / "coop" / "ToyShapes" / "shots4_seed1"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (offline_run,) = run_dir.glob("wandb/offline-run-*")  # fit, base test and novel test share one run
-    found = wandb_records(next(offline_run.glob("run-*.wandb")))
+    (log,) = offline_run.glob("run-*.wandb")
+    found = wandb_records(log)
     assert found["run"].run_group == "base2novel/coop/ToyShapes" and found["run"].job_type == "base2novel"
     assert {"config", "lr", "n_ctx"} <= found["config"]  # the resolved CLI config, and the learner's hparams
     assert {"train/loss", "train/acc", "epoch"} <= found["history"]
@@ -206,7 +226,8 @@ def test_wandb_offline_suite_groups_runs_and_records_summary_tables_and_a_summar
     table = json.loads(next(offline_run.glob("files/media/table/per_class/ToyShapes_base*.table.json")).read_text())
     assert table["columns"] == ["class", "accuracy"] and len(table["data"]) == 13  # ceil(25 / 2) base classes
     (summary_run,) = (runs / "base2novel" / "coop" / "report").glob("wandb/offline-run-*")
-    summary = wandb_records(next(summary_run.glob("run-*.wandb")))
+    (summary_log,) = summary_run.glob("run-*.wandb")
+    summary = wandb_records(summary_log)
     assert summary["run"].job_type == "suite-summary"
     assert summary["summary"]["ToyShapes/shots4/hm"] == pytest.approx(metrics["hm"])
     assert list(summary_run.glob("files/media/table/suite/table_*.table.json"))

@@ -28,9 +28,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
+from open_clip.transformer import QuickGELU
 from torch import nn
 
+from vlprompt.clip.towers import DeepPrompts, TextTower, VisionTower, text_tower_of, vision_tower_of
 from vlprompt.errors import ConfigError
 
 #: Architectures shipped with vlprompt, as open_clip model-config JSON files.
@@ -38,8 +39,6 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 #: Weights shipped with vlprompt: ``(architecture, pretrained shortcut) -> file`` in :data:`SHIPPED_WEIGHTS_DIR`.
 SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "pretrained"
 SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors"}
-
-DeepPrompts = Mapping[int, torch.Tensor]
 
 #: Entries OpenAI's CLIP checkpoints hold besides the weights; they mark a file as OpenAI's format.
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -78,14 +77,15 @@ def _register_config_dict(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """Token ids for one prompt assembled from text pieces.
+    """Token ids for one prompt assembled from text pieces, padded to the context length.
 
-    ``spans[i]`` is the ``[start, end)`` token range of piece ``i``; ``eot`` is the pooling position.
+    ``spans[i]`` is the ``[start, end)`` token range of piece ``i``; ``length`` counts the real tokens (special
+    tokens included, padding not).
     """
 
     ids: torch.Tensor
     spans: tuple[tuple[int, int], ...]
-    eot: int
+    length: int
 
 
 class FrozenCLIP(nn.Module):
@@ -96,7 +96,8 @@ class FrozenCLIP(nn.Module):
             vlprompt architecture (``configs`` in :data:`MODEL_CONFIG_DIR`), or a model-config dict
             (``embed_dim``, ``vision_cfg``, ``text_cfg``) for custom or tiny test models.
         pretrained: an open_clip pretrained tag (downloaded, needs network) or a local checkpoint path. ``None``
-            gives random weights. Ignored by open_clip for ``hf-hub:``/``local-dir:`` names.
+            gives random weights, towers included (no pretrained Hugging Face or timm tower is downloaded).
+            Ignored by open_clip for ``hf-hub:``/``local-dir:`` names.
         cache_dir: where open_clip caches downloads.
     """
 
@@ -117,8 +118,8 @@ class FrozenCLIP(nn.Module):
         # Stored outside nn.Module's registries on purpose, see the module docstring.
         object.__setattr__(self, "_model", model)
         self.tokenizer = open_clip.get_tokenizer(model_name)
-        self._text = _TextTower.of(model)
-        self._visual_is_vit = isinstance(model.visual, VisionTransformer)
+        self._text: Optional[TextTower] = text_tower_of(model, self.tokenizer)
+        self._vision: Optional[VisionTower] = vision_tower_of(model)
 
     # -- nn.Module plumbing ---------------------------------------------------------------------------------
     def __deepcopy__(self, memo) -> "FrozenCLIP":
@@ -145,27 +146,32 @@ class FrozenCLIP(nn.Module):
 
     @property
     def text_width(self) -> int:
-        return self._require_text().token_embedding.embedding_dim
+        return self._require_text().width
 
     @property
     def text_layers(self) -> int:
-        return len(self._require_text().transformer.resblocks)
+        return self._require_text().layers
 
     @property
     def context_length(self) -> int:
         return self._require_text().context_length
 
     @property
+    def supports_learned_text(self) -> bool:
+        """Whether learned token embeddings can enter the text tower (not CoCa's, for instance)."""
+        return self._text is not None
+
+    @property
     def supports_visual_prompts(self) -> bool:
-        return self._visual_is_vit
+        return self._vision is not None
 
     @property
     def vision_width(self) -> int:
-        return self._require_vit("report its width").transformer.width
+        return self._require_vit("report its width").width
 
     @property
     def vision_layers(self) -> int:
-        return len(self._require_vit("report its depth").transformer.resblocks)
+        return self._require_vit("report its depth").layers
 
     @property
     def preprocess_cfg(self) -> dict:
@@ -192,24 +198,28 @@ class FrozenCLIP(nn.Module):
         }
         if self._text is not None:
             arch.update(text_width=self.text_width, text_layers=self.text_layers, context_length=self.context_length,
-                        vocab_size=self._text.token_embedding.num_embeddings)
-        if self._visual_is_vit:
+                        vocab_size=self._text.vocab_size)
+        if self._vision is not None:
             arch.update(vision_width=self.vision_width, vision_layers=self.vision_layers)
         return {"source": dict(self.source), "arch": arch}
 
-    def _require_text(self) -> "_TextTower":
+    def _require_text(self) -> TextTower:
         if self._text is None:
+            text = getattr(self._model, "text", None)
             raise ConfigError(
-                f"the text tower of this CLIP ({type(self._model).__name__}) is not an open_clip TextTransformer; "
-                "prompt learners need an open_clip text tower")
+                f"the text tower of this CLIP ({type(text or self._model).__name__}) cannot take learned tokens "
+                "(CoCa pools a class token appended after the text); use zeroshot, or a CLIP with an open_clip or "
+                "Hugging Face text tower")
         return self._text
 
-    def _require_vit(self, purpose: str) -> VisionTransformer:
-        if not self._visual_is_vit:
+    def _require_vit(self, purpose: str) -> VisionTower:
+        if self._vision is None:
+            visual = self._model.visual
+            kind = type(getattr(visual, "trunk", None) or visual).__name__
             raise ConfigError(
-                f"visual prompts need a ViT image tower, but this CLIP's is {type(self._model.visual).__name__} and "
-                f"cannot {purpose}; use a text-only learner (coop, cocoop, kgcoop, zeroshot) or a ViT backbone")
-        return self._model.visual
+                f"visual prompts need a ViT image tower, but this CLIP's is {kind} and cannot {purpose}; use a "
+                "text-only learner (coop, cocoop, kgcoop, zeroshot) or a ViT backbone (open_clip or timm)")
+        return self._vision
 
     # -- text side -----------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -217,54 +227,55 @@ class FrozenCLIP(nn.Module):
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Frozen token embeddings of ``ids`` (no positional embedding)."""
-        return self._require_text().token_embedding(ids)
+        return self._require_text().embed(ids)
 
     def prompt_tokens(self, pieces: Sequence[Union[str, Sequence[int]]]) -> PromptTokens:
-        """Token ids of ``[SOT] piece_0 piece_1 ... [EOT]`` and where each piece landed.
+        """Token ids of ``[start tokens] piece_0 piece_1 ... [end tokens]`` and where each piece landed.
 
-        A piece is text or already-encoded BPE ids. Text pieces are encoded separately; CLIP's BPE never merges
-        across white space, so the result equals tokenizing the joined text while telling the caller which
+        A piece is text or already-encoded ids. Text pieces are encoded separately (the tokenizers split on
+        white space first, so the result equals tokenizing the joined text) while telling the caller which
         positions came from which piece (for example the context words a learner replaces with vectors).
         """
-        self._require_text()
-        tok = self.tokenizer
-        if not all(hasattr(tok, a) for a in ("encode", "sot_token_id", "eot_token_id")):
-            raise ConfigError(f"learned text prompts need open_clip's BPE tokenizer; {type(tok).__name__} is not supported")
-        ids, spans = [tok.sot_token_id], []
+        tokens = self._require_text().pieces
+        ids, spans = list(tokens.prefix), []
         for piece in pieces:
-            encoded = (tok.encode(piece) if piece else []) if isinstance(piece, str) else list(piece)
+            encoded = tokens.encode(piece) if isinstance(piece, str) else list(piece)
             spans.append((len(ids), len(ids) + len(encoded)))
             ids.extend(encoded)
-        ids.append(tok.eot_token_id)
+        ids.extend(tokens.suffix)
         if len(ids) > self.context_length:
             text = " ".join(p if isinstance(p, str) else "<ids>" for p in pieces)
             raise ConfigError(
                 f"prompt {text!r} is {len(ids)} tokens, longer than the context length {self.context_length}; "
                 "use fewer context tokens or a shorter class name")
-        padded = torch.zeros(self.context_length, dtype=torch.long)
+        padded = torch.full((self.context_length,), tokens.pad_id, dtype=torch.long)
         padded[: len(ids)] = torch.tensor(ids)
-        return PromptTokens(ids=padded, spans=tuple(spans), eot=len(ids) - 1)
+        return PromptTokens(ids=padded, spans=tuple(spans), length=len(ids))
+
+    def prompt_batch(self, prompts: Sequence[PromptTokens]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(ids, pool_index, attention_mask)`` of prompts, on this model's device, cut after the last real token
+        where that is exact (a causal mask, or padding masked out) and kept whole where it is not (SigLIP)."""
+        tower = self._require_text()
+        length = max(p.length for p in prompts) if tower.cut_after_last_token else self.context_length
+        ids = torch.stack([p.ids[:length] for p in prompts]).to(self.device)
+        return ids, tower.pool_index(ids), tower.attention_mask(ids)
 
     def encode_words(self, text: str) -> list[int]:
-        """BPE ids of ``text`` without SOT/EOT."""
-        return list(self.tokenizer.encode(text))
+        """Token ids of ``text`` without special tokens."""
+        return self._require_text().pieces.encode(text)
 
     def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
         """Position whose final hidden state becomes the text feature, per sequence."""
-        tower = self._require_text()
-        if tower.pool_type == "argmax":
-            return ids.argmax(dim=-1)
-        if tower.pool_type == "eos":
-            return (ids == tower.eos_id).int().argmax(dim=-1)
-        if tower.pool_type == "last":
-            return torch.full(ids.shape[:1], ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-        if tower.pool_type == "first":
-            return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
-        raise ConfigError(f"text pool type {tower.pool_type!r} has no pooled feature; prompt learners need one")
+        return self._require_text().pool_index(ids)
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text features of token ids, through the same path as learned prompts."""
-        features = self.encode_text_embeddings(self.embed_tokens(ids), self.pool_index(ids))
+        """Text features of token ids, through the same path as learned prompts (open_clip's own
+        ``encode_text`` for towers that cannot take learned tokens)."""
+        if self._text is None:
+            features = self._model.encode_text(ids)
+        else:
+            features = self.encode_text_embeddings(self.embed_tokens(ids), self.pool_index(ids),
+                                                   attention_mask=self._text.attention_mask(ids))
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text_embeddings(
@@ -273,34 +284,19 @@ class FrozenCLIP(nn.Module):
         pool_index: torch.Tensor,
         deep_prompts: Optional[DeepPrompts] = None,
         prompt_start: int = 1,
+        attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Text features of token embeddings (``N x L x width``), some of which may be learned.
 
         Args:
             embeds: token embeddings without positional embedding.
-            pool_index: pooling position per sequence (the EOT token), as from :meth:`pool_index`.
+            pool_index: pooling position per sequence, as from :meth:`prompt_batch` or :meth:`pool_index`.
             deep_prompts: ``{layer: prompts}`` with ``layer >= 1``; before that layer the ``n`` positions
                 starting at ``prompt_start`` are replaced by ``prompts`` (``n x width`` or ``N x n x width``).
-            prompt_start: first position of the replaced span (1 = right after SOT).
-
-        With a causal mask nothing after the last pooling position can influence the pooled features, so the
-        sequence is cut there: exact, and much cheaper than the full context.
+            prompt_start: first position of the replaced span (1 = right after the start token).
+            attention_mask: ``N x L``, 1 for real tokens (Hugging Face towers need it; others ignore it).
         """
-        tower = self._require_text()
-        if tower.attn_mask is not None:
-            length = int(pool_index.max()) + 1
-            mask = tower.attn_mask[:length, :length]
-        else:
-            length, mask = embeds.shape[1], None
-        x = embeds[:, :length] + tower.positional_embedding[:length]
-        deep_prompts = _check_deep_prompts(deep_prompts, len(tower.transformer.resblocks))
-        for layer, block in enumerate(tower.transformer.resblocks):
-            if layer in deep_prompts:
-                x = _replace_span(x, prompt_start, deep_prompts[layer])
-            x = block(x, attn_mask=mask)
-        x = tower.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
-        return tower.project(pooled)
+        return self._require_text().encode(embeds, pool_index, attention_mask, deep_prompts or {}, prompt_start)
 
     # -- image side ----------------------------------------------------------------------------------------------
     def encode_image(
@@ -326,61 +322,7 @@ class FrozenCLIP(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def _encode_image_with_prompts(self, images, prompts, deep_prompts):
-        visual = self._require_vit("take visual prompts")
-        batch = images.shape[0]
-        x = visual.conv1(images).flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.patch_dropout(x)
-        n_prompts = prompts.shape[-2]
-        x = torch.cat([x, _expand_batch(prompts, batch).to(x.dtype)], dim=1)
-        x = visual.ln_pre(x)
-        deep_prompts = _check_deep_prompts(deep_prompts, len(visual.transformer.resblocks))
-        for layer, block in enumerate(visual.transformer.resblocks):
-            if layer in deep_prompts:
-                x = _replace_span(x, x.shape[1] - n_prompts, deep_prompts[layer])
-            x = block(x)
-        # Prompt tokens are dropped before pooling so average pooling sees only the image's own tokens.
-        pooled, _ = visual._pool(x[:, :-n_prompts])
-        return pooled @ visual.proj if visual.proj is not None else pooled
-
-
-class _TextTower:
-    """The open_clip text-tower pieces, wherever the model keeps them (CLIP vs CustomTextCLIP).
-
-    Everything is read from the owning module on access, so buffers replaced by ``.to(device)`` are never stale.
-    """
-
-    def __init__(self, owner: nn.Module, pool_type: str, eos_id: Optional[int]):
-        self.owner, self.pool_type, self.eos_id = owner, pool_type, eos_id
-
-    @classmethod
-    def of(cls, model: nn.Module) -> Optional["_TextTower"]:
-        if isinstance(model, open_clip.CLIP):
-            tower = cls(model, model.text_pool_type, getattr(model, "text_eos_id", None))
-        elif isinstance(getattr(model, "text", None), TextTransformer) and model.text.cls_emb is None:
-            # (an appended CoCa class token would move pooling away from EOT, so such towers are left out)
-            tower = cls(model.text, model.text.pool_type, model.text.eos_id)
-        else:
-            return None
-        if not tower.transformer.batch_first:
-            raise ConfigError("this open_clip text transformer is sequence-first; vlprompt needs open_clip>=3 (batch-first)")
-        return tower
-
-    token_embedding = property(lambda self: self.owner.token_embedding)
-    positional_embedding = property(lambda self: self.owner.positional_embedding)
-    transformer = property(lambda self: self.owner.transformer)
-    ln_final = property(lambda self: self.owner.ln_final)
-    attn_mask = property(lambda self: self.owner.attn_mask)
-    context_length = property(lambda self: self.owner.context_length)
-
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        proj = self.owner.text_projection
-        if proj is None:
-            return pooled
-        if isinstance(proj, nn.Linear):
-            return proj(pooled)
-        return pooled @ proj
+        return self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
 
 
 def shipped_weights_path(model_name: str, tag: str, must_exist: bool = True) -> Path:
@@ -426,6 +368,8 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
     # open_clip's own QuickGELU switch; without it a quick_gelu tag only earns a UserWarning.
     options = {"force_quick_gelu": True} if quick_gelu else {}
     try:
+        if not pretrained:  # random means random: no tower weights downloaded either
+            options.update(pretrained_text=False, pretrained_image=False)
         if openai_state is None:
             model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, **options)
         else:  # loaded below; open_clip's "initialized randomly" warning would be wrong
@@ -492,27 +436,6 @@ def openai_state_dict(path: Union[str, Path]) -> Optional[dict[str, torch.Tensor
     if isinstance(state, dict) and all(key in state for key in OPENAI_METADATA_KEYS):
         return {k: v for k, v in state.items() if k not in OPENAI_METADATA_KEYS}
     return None
-
-
-def _check_deep_prompts(deep_prompts: Optional[DeepPrompts], n_layers: int) -> DeepPrompts:
-    if not deep_prompts:
-        return {}
-    bad = [layer for layer in deep_prompts if not 1 <= layer < n_layers]
-    if bad:
-        raise ConfigError(f"deep prompts for layers {bad} are out of range 1..{n_layers - 1} "
-                          "(layer 0 prompts are the input prompts)")
-    return deep_prompts
-
-
-def _expand_batch(prompts: torch.Tensor, batch: int) -> torch.Tensor:
-    return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
-
-
-def _replace_span(x: torch.Tensor, start: int, prompts: torch.Tensor) -> torch.Tensor:
-    """``x`` with positions ``start .. start+n`` replaced by ``prompts``, differentiably (no in-place write)."""
-    prompts = _expand_batch(prompts, x.shape[0]).to(x.dtype)
-    end = start + prompts.shape[1]
-    return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
 
 
 def load_clip(name: Union[str, dict], pretrained: Optional[str] = None, **kwargs) -> FrozenCLIP:

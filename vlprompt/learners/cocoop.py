@@ -83,8 +83,7 @@ class CoCoOp(PromptLearner):
         return F.normalize(torch.cat(features), dim=-1)
 
     def _encode_chunk(self, ctx: torch.Tensor) -> torch.Tensor:
-        embeds = self.prompts.embeddings(ctx).flatten(0, 1)
-        return self.clip.encode_text_embeddings(embeds, self.prompts.pool_index.repeat(ctx.shape[0]))
+        return self.prompts.encode(self.clip, self.prompts.embeddings(ctx).flatten(0, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         image_features = self.image_features(images)

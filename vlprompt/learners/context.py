@@ -66,6 +66,7 @@ class ContextPrompts(nn.Module):
         if class_specific:
             init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(init)
+        self._prefix_length = clip.prompt_tokens([""]).spans[0][0]  # the tokenizer's start tokens
         self.build(clip, classnames)
 
     @property
@@ -73,7 +74,7 @@ class ContextPrompts(nn.Module):
         """Position of the first context token, the same in every prompt (only for ``end``)."""
         if self.class_token_position != "end":
             raise ConfigError("deep prompts need class_token_position 'end'")
-        return 1
+        return self._prefix_length
 
     def build(self, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
         """(Re)build token ids and frozen embeddings for ``classnames``; the context is untouched."""
@@ -86,14 +87,24 @@ class ContextPrompts(nn.Module):
             tokens = clip.prompt_tokens(pieces)
             rows.append(tokens)
             positions.append([p for i in learned for p in range(*tokens.spans[i])])
-        length = max(t.eot for t in rows) + 1  # nothing after the last EOT can reach a pooled feature
-        ids = torch.stack([t.ids[:length] for t in rows]).to(clip.device)
+        ids, pool_index, attention_mask = clip.prompt_batch(rows)
         with torch.no_grad():
             embeds = clip.embed_tokens(ids)
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("token_embeds", embeds, persistent=False)
         self.register_buffer("ctx_positions", torch.tensor(positions, device=clip.device), persistent=False)
-        self.register_buffer("pool_index", clip.pool_index(ids), persistent=False)
+        self.register_buffer("pool_index", pool_index, persistent=False)
+        self.register_buffer("attention_mask", attention_mask, persistent=False)
+
+    def encode(self, clip: FrozenCLIP, embeddings: Optional[torch.Tensor] = None, deep_prompts=None) -> torch.Tensor:
+        """Text features (not normalised) of the class prompts: ``embeddings`` defaults to :meth:`embeddings`;
+        a ``(B*C) x L x width`` batch of per-image prompts repeats the pooling positions and mask per image."""
+        embeddings = self.embeddings() if embeddings is None else embeddings
+        repeat = embeddings.shape[0] // self.pool_index.shape[0]
+        mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
+        start = self.prompt_start if deep_prompts else 1
+        return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
+                                           prompt_start=start, attention_mask=mask)
 
     def _pieces(self, name: str) -> tuple[list, list[int]]:
         """Prompt pieces for one class and the indices of the learned ones."""

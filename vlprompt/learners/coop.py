@@ -53,7 +53,7 @@ class CoOp(PromptLearner):
 
     def text_features(self) -> torch.Tensor:
         """Normalised class text features from the learned context (``C x D``)."""
-        features = self.clip.encode_text_embeddings(self.prompts.embeddings(), self.prompts.pool_index)
+        features = self.prompts.encode(self.clip)
         return F.normalize(features, dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

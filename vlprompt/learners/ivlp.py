@@ -74,8 +74,7 @@ class IVLP(PromptLearner):
     def text_features(self) -> torch.Tensor:
         """Normalised class text features with the deep text prompts (``C x D``)."""
         deep = {layer + 1: prompt for layer, prompt in enumerate(self.deep_text_prompts)}
-        features = self.clip.encode_text_embeddings(self.prompts.embeddings(), self.prompts.pool_index,
-                                                    deep_prompts=deep, prompt_start=self.prompts.prompt_start)
+        features = self.prompts.encode(self.clip, deep_prompts=deep)
         return F.normalize(features, dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -67,9 +67,7 @@ class MaPLe(PromptLearner):
         return {layer + 1: prompt for layer, prompt in enumerate(self.deep_text_prompts)}
 
     def text_features(self) -> torch.Tensor:
-        features = self.clip.encode_text_embeddings(self.prompts.embeddings(), self.prompts.pool_index,
-                                                    deep_prompts=self._deep_text(),
-                                                    prompt_start=self.prompts.prompt_start)
+        features = self.prompts.encode(self.clip, deep_prompts=self._deep_text())
         return F.normalize(features, dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,365 @@
+"""Text and vision towers behind small interfaces, so learned tokens, deep text prompts and visual prompts go
+through the same calls on every open_clip family that can take them.
+
+Text towers (:func:`text_tower_of`):
+
+- :class:`OpenCLIPTextTower`: open_clip's ``TextTransformer`` with either tokenizer it ships: CLIP's BPE (start
+  and end tokens, causal mask, pooled at the end token: the sequence is cut after the last end token, exactly)
+  or a Hugging Face tokenizer (SigLIP/SigLIP2's SentencePiece: no causal mask, pooled at the last position of
+  the sequence padded to the context length, so nothing is cut).
+- :class:`HFTextTower`: open_clip's ``HFTextEncoder`` (BERT, RoBERTa, ... such as BiomedCLIP's PubMedBERT): fed
+  token embeddings plus an attention mask (the model's embedding layer adds positions and token types), then
+  its own pooler and projection; deep prompts replace the prompt span at the input of encoder layers.
+
+Vision towers (:func:`vision_tower_of`): open_clip's ``VisionTransformer`` and timm ``VisionTransformer`` trunks
+(open_clip's ``TimmModel``, SigLIP's included): prompt tokens appended after the patch tokens before the
+pre-norm, replaced at the input of deeper blocks and dropped before pooling; timm ``Eva`` trunks (EVA-02) take
+them after the class token instead, outside the rotary position embedding. Other image towers (ResNets,
+ConvNeXt, ...) take none, and text towers that cannot take learned tokens (CoCa's, whose class token is
+appended after the text) still encode token ids for zero-shot through open_clip's own ``encode_text``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from open_clip.hf_model import HFTextEncoder, arch_dict
+from open_clip.transformer import TextTransformer, VisionTransformer
+from torch import nn
+
+from vlprompt.errors import ConfigError
+
+DeepPrompts = Mapping[int, torch.Tensor]
+
+
+class PieceTokenizer:
+    """Token ids of text pieces without special tokens, and the special tokens around a whole prompt.
+
+    Works for open_clip's BPE ``SimpleTokenizer`` and its ``HFTokenizer`` wrapper alike; pieces are encoded
+    separately so callers know which positions came from which piece (both tokenizers split on white space
+    first, so this equals tokenizing the joined text; a test checks it per family).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        if all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):  # CLIP's BPE
+            self.prefix, self.suffix, self.pad_id = [tokenizer.sot_token_id], [tokenizer.eot_token_id], 0
+            self._encode = tokenizer.encode
+            return
+        inner = getattr(tokenizer, "tokenizer", None)
+        if inner is None or getattr(tokenizer, "tokenizer_mode", "") == "clips":
+            raise ConfigError(f"learned text prompts need a BPE or Hugging Face tokenizer; {type(tokenizer).__name__} "
+                              "is not supported")
+        clean = getattr(tokenizer, "clean_fn", lambda text: text)
+        self._encode = lambda text: list(inner(clean(text), add_special_tokens=False)["input_ids"])
+        marker = self._encode("x")
+        full = list(inner(clean("x"), add_special_tokens=True)["input_ids"])
+        start = next((i for i in range(len(full) - len(marker) + 1) if full[i:i + len(marker)] == marker), None)
+        if start is None:
+            raise ConfigError(f"cannot tell where {type(inner).__name__} puts its special tokens")
+        self.prefix, self.suffix = full[:start], full[start + len(marker):]
+        if getattr(tokenizer, "strip_sep_token", False):
+            self.suffix = [0 if i == inner.sep_token_id else i for i in self.suffix]
+        self.pad_id = inner.pad_token_id if inner.pad_token_id is not None else 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._encode(text)) if text else []
+
+
+class TextTower:
+    """What prompt learners need from a text encoder. ``encode`` takes token embeddings (some learned)."""
+
+    #: Whether a prompt span may be cut after its last real token (causal mask, or padding masked out).
+    cut_after_last_token: bool = True
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._pieces: Optional[PieceTokenizer] = None
+
+    @property
+    def pieces(self) -> PieceTokenizer:
+        """Built on first use, so a tokenizer learned prompts cannot use still serves zero-shot."""
+        if self._pieces is None:
+            self._pieces = PieceTokenizer(self.tokenizer)
+        return self._pieces
+
+    width: int
+    layers: int
+    context_length: int
+    vocab_size: int
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attention_mask(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def encode(self, embeds: torch.Tensor, pool_index: torch.Tensor, attention_mask: Optional[torch.Tensor],
+               deep_prompts: DeepPrompts, prompt_start: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OpenCLIPTextTower(TextTower):
+    """open_clip's ``TextTransformer``, wherever the model keeps it (``CLIP`` or ``CustomTextCLIP.text``).
+
+    Everything is read from the owning module on access, so buffers replaced by ``.to(device)`` are never stale.
+    """
+
+    def __init__(self, owner: nn.Module, pool_type: str, eos_id: Optional[int], tokenizer):
+        super().__init__(tokenizer)
+        self.owner, self.pool_type, self.eos_id = owner, pool_type, eos_id
+        if not self.owner.transformer.batch_first:
+            raise ConfigError("this open_clip text transformer is sequence-first; vlprompt needs open_clip>=3")
+        if pool_type not in ("argmax", "eos", "last", "first"):
+            raise ConfigError(f"text pool type {pool_type!r} has no pooled feature; prompt learners need one")
+        # Without a causal mask every position sees every other, padding included: nothing may be cut.
+        self.cut_after_last_token = self.owner.attn_mask is not None
+
+    width = property(lambda self: self.owner.token_embedding.embedding_dim)
+    layers = property(lambda self: len(self.owner.transformer.resblocks))
+    context_length = property(lambda self: self.owner.context_length)
+    vocab_size = property(lambda self: self.owner.token_embedding.num_embeddings)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.owner.token_embedding(ids)
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (ids == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "last":
+            return torch.full(ids.shape[:1], ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
+
+    def encode(self, embeds, pool_index, attention_mask, deep_prompts, prompt_start):
+        owner = self.owner
+        if owner.attn_mask is not None:
+            # With a causal mask nothing after the last pooling position reaches a pooled feature: cut there.
+            length = int(pool_index.max()) + 1
+            mask = owner.attn_mask[:length, :length]
+        else:
+            length, mask = embeds.shape[1], None
+        x = embeds[:, :length] + owner.positional_embedding[:length].to(embeds.dtype)
+        blocks = owner.transformer.resblocks
+        deep_prompts = check_deep_prompts(deep_prompts, len(blocks))
+        for layer, block in enumerate(blocks):
+            if layer in deep_prompts:
+                x = replace_span(x, prompt_start, deep_prompts[layer])
+            x = block(x, attn_mask=mask)
+        x = owner.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        proj = owner.text_projection
+        if proj is None:
+            return pooled
+        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+
+class HFTextTower(TextTower):
+    """open_clip's ``HFTextEncoder``: a Hugging Face encoder fed token embeddings and an attention mask."""
+
+    def __init__(self, encoder: HFTextEncoder, tokenizer):
+        super().__init__(tokenizer)
+        self.encoder = encoder
+        names = arch_dict.get(encoder.config.model_type, {}).get("config_names", {})
+        self._layer_attr = names.get("layer_attr", "layer")
+
+    width = property(lambda self: self.encoder.transformer.get_input_embeddings().embedding_dim)
+    layers = property(lambda self: len(self._layers()))
+    vocab_size = property(lambda self: self.encoder.transformer.get_input_embeddings().num_embeddings)
+
+    @property
+    def context_length(self) -> int:
+        """The tokenizer's context length (the config's ``context_length``), within the model's positions."""
+        return min(getattr(self.tokenizer, "context_length", None) or self.encoder.context_length,
+                   self.encoder.context_length)
+
+    def _layers(self) -> nn.ModuleList:
+        body = self.encoder.transformer
+        body = getattr(body, "encoder", body)
+        for name in (self._layer_attr, "layer", "layers", "block"):
+            if isinstance(getattr(body, name, None), nn.ModuleList):
+                return getattr(body, name)
+        raise ConfigError(f"cannot find the layers of {type(body).__name__} for deep text prompts")
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.transformer.get_input_embeddings()(ids)
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        # The tower's own pooler decides (first token, mean over the mask, ...); kept for a uniform interface.
+        return torch.zeros(ids.shape[:1], dtype=torch.long, device=ids.device)
+
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids != self.encoder.config.pad_token_id).long()
+
+    def encode(self, embeds, pool_index, attention_mask, deep_prompts, prompt_start):
+        if attention_mask is None:
+            raise ValueError("a Hugging Face text tower needs the attention mask of the prompts")
+        layers = self._layers()
+        deep_prompts = check_deep_prompts(deep_prompts, len(layers))
+        handles = []
+        for layer, prompts in deep_prompts.items():
+            def replace(module, args, kwargs, prompts=prompts):
+                if args:
+                    return (replace_span(args[0], prompt_start, prompts), *args[1:]), kwargs
+                kwargs["hidden_states"] = replace_span(kwargs["hidden_states"], prompt_start, prompts)
+                return args, kwargs
+            handles.append(layers[layer].register_forward_pre_hook(replace, with_kwargs=True))
+        try:
+            out = self.encoder.transformer(inputs_embeds=embeds, attention_mask=attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self.encoder.proj(self.encoder.pooler(out, attention_mask))
+
+
+def text_tower_of(model: nn.Module, tokenizer) -> Optional[TextTower]:
+    """The tower learned tokens can enter, or None (then only token ids are encoded, by open_clip itself)."""
+    text = getattr(model, "text", None)
+    if isinstance(text, HFTextEncoder):
+        return HFTextTower(text, tokenizer)
+    if isinstance(text, TextTransformer):
+        if text.cls_emb is not None:  # CoCa: a class token appended after the text is what is pooled
+            return None
+        return OpenCLIPTextTower(text, text.pool_type, text.eos_id, tokenizer)
+    if hasattr(model, "token_embedding") and hasattr(model, "text_pool_type"):  # open_clip.CLIP
+        return OpenCLIPTextTower(model, model.text_pool_type, getattr(model, "text_eos_id", None), tokenizer)
+    return None
+
+
+class VisionTower:
+    """A ViT whose token sequence can take learned prompt tokens."""
+
+    width: int
+    layers: int
+
+    def encode(self, images: torch.Tensor, prompts: torch.Tensor, deep_prompts: DeepPrompts) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OpenCLIPViT(VisionTower):
+    def __init__(self, visual: VisionTransformer):
+        self.visual = visual
+
+    width = property(lambda self: self.visual.transformer.width)
+    layers = property(lambda self: len(self.visual.transformer.resblocks))
+
+    def encode(self, images, prompts, deep_prompts):
+        visual = self.visual
+        batch = images.shape[0]
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        n_prompts = prompts.shape[-2]
+        x = torch.cat([x, expand_batch(prompts, batch).to(x.dtype)], dim=1)
+        x = visual.ln_pre(x)
+        deep_prompts = check_deep_prompts(deep_prompts, len(visual.transformer.resblocks))
+        for layer, block in enumerate(visual.transformer.resblocks):
+            if layer in deep_prompts:
+                x = replace_span(x, x.shape[1] - n_prompts, deep_prompts[layer])
+            x = block(x)
+        # Prompt tokens are dropped before pooling so average pooling sees only the image's own tokens.
+        pooled, _ = visual._pool(x[:, :-n_prompts])
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+class TimmViT(VisionTower):
+    """A timm ``VisionTransformer`` trunk inside open_clip's ``TimmModel`` (its pooling and projection head)."""
+
+    def __init__(self, visual: nn.Module):
+        self.visual, self.trunk = visual, visual.trunk
+
+    width = property(lambda self: self.trunk.embed_dim)
+    layers = property(lambda self: len(self.trunk.blocks))
+
+    def encode(self, images, prompts, deep_prompts):
+        trunk = self.trunk
+        x = trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images)))
+        n_prompts = prompts.shape[-2]
+        x = trunk.norm_pre(torch.cat([x, expand_batch(prompts, x.shape[0]).to(x.dtype)], dim=1))
+        deep_prompts = check_deep_prompts(deep_prompts, len(trunk.blocks))
+        for layer, block in enumerate(trunk.blocks):
+            if layer in deep_prompts:
+                x = replace_span(x, x.shape[1] - n_prompts, deep_prompts[layer])
+            x = block(x)
+        x = trunk.norm(x[:, :-n_prompts])
+        return self.visual.head(trunk.forward_head(x))
+
+
+class TimmEva(VisionTower):
+    """A timm ``Eva`` trunk (EVA-02) inside open_clip's ``TimmModel``.
+
+    EVA-02 rotates the queries and keys of the patch tokens (RoPE) after its prefix (class) tokens, so the prompt
+    tokens go right after the prefix tokens rather than at the end, and each block counts them as prefix tokens
+    while the prompts are in: the rotary embedding then meets exactly the patch grid it was made for.
+    """
+
+    def __init__(self, visual: nn.Module):
+        self.visual, self.trunk = visual, visual.trunk
+
+    width = property(lambda self: self.trunk.embed_dim)
+    layers = property(lambda self: len(self.trunk.blocks))
+
+    def encode(self, images, prompts, deep_prompts):
+        trunk = self.trunk
+        if getattr(trunk, "rope_mixed", False):
+            raise ConfigError("visual prompts on a timm Eva with depth-dependent (mixed) rotary embeddings are not "
+                              "supported; use an EVA-02 or a plain ViT")
+        prefix, n_prompts = trunk.num_prefix_tokens, prompts.shape[-2]
+        x, rope = trunk._pos_embed(trunk.patch_embed(images))
+        prompts = expand_batch(prompts, x.shape[0]).to(x.dtype)
+        x = trunk.norm_pre(torch.cat([x[:, :prefix], prompts, x[:, prefix:]], dim=1))
+        deep_prompts = check_deep_prompts(deep_prompts, len(trunk.blocks))
+        attentions = [block.attn for block in trunk.blocks]
+        for attention in attentions:
+            attention.num_prefix_tokens += n_prompts
+        try:
+            for layer, block in enumerate(trunk.blocks):
+                if layer in deep_prompts:
+                    x = replace_span(x, prefix, deep_prompts[layer])
+                x = block(x, rope=rope)
+        finally:
+            for attention in attentions:
+                attention.num_prefix_tokens -= n_prompts
+        x = trunk.norm(torch.cat([x[:, :prefix], x[:, prefix + n_prompts:]], dim=1))
+        return self.visual.head(trunk.forward_head(x))
+
+
+def vision_tower_of(model: nn.Module) -> Optional[VisionTower]:
+    visual = model.visual
+    if isinstance(visual, VisionTransformer):
+        return OpenCLIPViT(visual)
+    trunk = getattr(visual, "trunk", None)
+    kind = type(trunk).__name__
+    if kind == "VisionTransformer" and hasattr(trunk, "_pos_embed"):
+        return TimmViT(visual)
+    if kind == "Eva" and all(hasattr(block.attn, "num_prefix_tokens") for block in trunk.blocks):
+        return TimmEva(visual)
+    return None
+
+
+def check_deep_prompts(deep_prompts: Optional[DeepPrompts], n_layers: int) -> DeepPrompts:
+    if not deep_prompts:
+        return {}
+    bad = [layer for layer in deep_prompts if not 1 <= layer < n_layers]
+    if bad:
+        raise ConfigError(f"deep prompts for layers {bad} are out of range 1..{n_layers - 1} "
+                          "(layer 0 prompts are the input prompts)")
+    return deep_prompts
+
+
+def expand_batch(prompts: torch.Tensor, batch: int) -> torch.Tensor:
+    return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def replace_span(x: torch.Tensor, start: int, prompts: torch.Tensor) -> torch.Tensor:
+    """``x`` with positions ``start .. start+n`` replaced by ``prompts``, differentiably (no in-place write)."""
+    prompts = expand_batch(prompts, x.shape[0]).to(x.dtype)
+    end = start + prompts.shape[1]
+    return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
+
