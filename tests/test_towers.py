@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vlprompt
-from vlprompt.clip.towers import HFTextTower, OpenCLIPTextTower
+from vlprompt.clip.towers import HFTextTower, OpenCLIPTextTower, TimmViT
 from vlprompt.errors import ConfigError
 
 from conftest import CLASSNAMES
@@ -55,9 +55,11 @@ def write_word_tokenizer(directory: Path, prefix: list[str], suffix: list[str], 
 
 
 def tiny_bert_clip(tmp_path: Path, layers: int = 3) -> dict:
+    """Shaped like BiomedCLIP: a Hugging Face BERT text tower and a timm ViT image tower, both tiny and random."""
     bert = write_bert(tmp_path / "bert", layers)
     return {"embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "head_width": 16},
+            "vision_cfg": {"image_size": 224, "timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                           "timm_pool": "token", "timm_proj": "linear"},
             "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "linear",
                          "hf_pooler_type": "cls_pooler", "context_length": 32}}
 
@@ -73,12 +75,13 @@ def test_tiny_bert_text_tower_takes_learned_tokens_and_deep_prompts(tmp_path):
     torch.manual_seed(0)
     clip = vlprompt.load_clip(tiny_bert_clip(tmp_path))
     assert isinstance(clip._text, HFTextTower) and clip.text_width == 32 and clip.text_layers == 3
+    assert isinstance(clip._vision, TimmViT) and clip.vision_layers == 12
     assert_learned_path_equals_open_clip(clip)
     tokens = clip.prompt_tokens(["a photo of a", "red circle", "."])
     expected = clip.tokenize(["a photo of a red circle."])[0].cpu()
     assert torch.equal(tokens.ids, expected) and tokens.spans[0] == (1, 5)  # [CLS] first
     assert (expected != 0).sum() == tokens.length
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, 224, 224)
     zeroshot = vlprompt.build_learner("zeroshot", clip=clip, classnames=CLASSNAMES, templates=["a photo of a {}."])
     coop = vlprompt.build_learner("coop", clip=clip, classnames=CLASSNAMES).eval()
     with torch.no_grad():
@@ -86,10 +89,11 @@ def test_tiny_bert_text_tower_takes_learned_tokens_and_deep_prompts(tmp_path):
     coop.train()
     coop.training_loss(images, torch.tensor([0, 1])).total.backward()
     assert coop.prompts.ctx.grad.abs().sum() > 0
-    ivlp = vlprompt.build_learner("ivlp", clip=clip, classnames=CLASSNAMES, text_depth=3, vision_depth=2)
-    loss = ivlp.training_loss(images, torch.tensor([0, 1])).total
-    loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ivlp.deep_text_prompts)
+    for name, depth in (("ivlp", {"text_depth": 3, "vision_depth": 3}), ("maple", {"prompt_depth": 3})):
+        # deep text prompts on BERT, visual prompts on the timm ViT
+        learner = vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES, **depth)
+        learner.training_loss(images, torch.tensor([0, 1])).total.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.parameters())
 
 
 def test_deep_text_prompts_on_a_hugging_face_tower_replace_the_span_at_their_layer(tmp_path):

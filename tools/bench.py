@@ -151,7 +151,7 @@ def main() -> None:
 
                 def step():
                     with autocast:
-                        loss, _ = learner.training_loss(images, labels)
+                        loss = learner.training_loss(images, labels).total
                     loss.backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)

@@ -291,19 +291,13 @@ class TimmViT(VisionTower):
         return self.visual.head(trunk.forward_head(x))
 
 
-class TimmEva(VisionTower):
+class TimmEva(TimmViT):
     """A timm ``Eva`` trunk (EVA-02) inside open_clip's ``TimmModel``.
 
     EVA-02 rotates the queries and keys of the patch tokens (RoPE) after its prefix (class) tokens, so the prompt
     tokens go right after the prefix tokens rather than at the end, and each block counts them as prefix tokens
     while the prompts are in: the rotary embedding then meets exactly the patch grid it was made for.
     """
-
-    def __init__(self, visual: nn.Module):
-        self.visual, self.trunk = visual, visual.trunk
-
-    width = property(lambda self: self.trunk.embed_dim)
-    layers = property(lambda self: len(self.trunk.blocks))
 
     def encode(self, images, prompts, deep_prompts):
         trunk = self.trunk

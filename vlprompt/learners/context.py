@@ -102,7 +102,7 @@ class ContextPrompts(nn.Module):
         embeddings = self.embeddings() if embeddings is None else embeddings
         repeat = embeddings.shape[0] // self.pool_index.shape[0]
         mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
-        start = self.prompt_start if deep_prompts else 1
+        start = self.prompt_start if deep_prompts else self._prefix_length
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
                                            prompt_start=start, attention_mask=mask)
 
