@@ -173,6 +173,18 @@ def test_frozen_text_references_are_computed_once_per_class_set(tiny_clip, image
     assert len(calls) == 2
 
 
+def test_frozen_logits_of_a_teacher(tiny_clip, image_batch):
+    images, _ = image_batch
+    teacher = vlprompt.load_clip(tiny_config(text_cfg={"width": 64, "heads": 4}))
+    learner = build("coop", tiny_clip)
+    logits = learner.references.logits(teacher, images, CLASSNAMES, ["a photo of a {}."],
+                                       logit_scale=tiny_clip.logit_scale)
+    text = F.normalize(teacher.encode_text(teacher.tokenize([f"a photo of a {c}." for c in CLASSNAMES]),
+                                           normalize=True), dim=-1)
+    expected = tiny_clip.logit_scale * teacher.encode_image(images, normalize=True) @ text.t()
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 # -- class texts --------------------------------------------------------------------------------------------------------
 def test_descriptions_come_with_the_classes_and_switch_with_them(shapes, tmp_path, tiny_clip):
     split = json.loads((shapes / "split_zhou_ToyShapes.json").read_text())

@@ -1,14 +1,14 @@
 """What learners compare against, computed with the frozen weights once per class set and device.
 
-Hand-template ensembles, per-class description ensembles and frozen image features all come from the frozen
-models the learner already holds: there is no second copy of CLIP in memory (the reference repos of KgCoOp,
-PromptSRC and BiomedCoOp each keep one). Text references are cached until the class set changes or the model
-moves to another device; image references are per batch and never cached.
+Hand-template ensembles, per-class description ensembles, frozen image features and frozen (teacher) logits
+all come from the frozen models the learner already holds: there is no second copy of CLIP in memory (the
+reference repos of KgCoOp, PromptSRC and BiomedCoOp each keep one). Text references are cached until the class
+set changes or the model moves to another device; image references are per batch and never cached.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,15 @@ class FrozenReferences:
     def image_features(clip: FrozenCLIP, images: torch.Tensor) -> torch.Tensor:
         """Normalised frozen image features of a batch (``B x D`` input is taken as such features already)."""
         return images if images.ndim == 2 else clip.encode_image(images, normalize=True)
+
+    def logits(self, clip: FrozenCLIP, images: torch.Tensor, classnames: Sequence[str], templates: Sequence[str],
+               normalize_each: bool = True, logit_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A frozen model's zero-shot logits of a batch (a teacher's, or the student's own frozen ones):
+        ``logit_scale`` (the model's own by default; CasPL uses the student's) times the cosine similarity of
+        its image features and its template-ensemble class features."""
+        scale = clip.logit_scale if logit_scale is None else logit_scale
+        text = self.template_ensemble(clip, classnames, templates, normalize_each)
+        return scale * self.image_features(clip, images) @ text.t()
 
 
 #: Texts encoded per forward pass when building references.
