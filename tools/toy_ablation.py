@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Ablations on the toy world: a learner's base-to-novel accuracy with parts of its recipe switched off.
 
-    python tools/toy_ablation.py promptsrc ToyShapes          # PromptSRC's variants below, 3 seeds (~9 min)
+    python tools/toy_ablation.py promptsrc ToyShapes          # PromptSRC's variants below, 3 seeds: 6 minutes
     python tools/toy_ablation.py promptsrc ToyShapes --variant "no text term=--model.init_args.text_loss_weight 0"
 
 Each variant is a name and the ``vlprompt`` overrides it adds to the learner's recipe (its YAML, the shipped toy
