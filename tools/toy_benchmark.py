@@ -9,7 +9,9 @@ Zero-shot needs no seed (it does not see the shots); each trainable learner is t
 paper recipe (its ``configs/learners/<name>.yaml``: batch size, epochs, learning rate), except CoOp, whose 200
 epochs are scaled to 25 on the toy world (where its base accuracy has converged by then), and reported as mean
 and standard deviation over the seeds. The target checked is the toy world's: CoOp's mean base accuracy at
-least 5 points above zero-shot on every downstream data set. Exits with status 1 when it is missed.
+least 5 points above zero-shot on every downstream data set, and on the forgetting sets (base and novel classes
+drawn in different styles) CoOp's mean novel accuracy at least 5 points below zero-shot's, with zero-shot
+between 40% and 85%. Exits with status 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -81,7 +83,13 @@ def main() -> None:
     minutes = (time.time() - started) / 60
     gains = {name: statistics.mean(rows["coop"]["base_acc"]) - rows["zeroshot"]["base_acc"][0]
              for name, rows in results.items() if "coop" in rows}
-    met = all(gain >= TARGET_GAIN for gain in gains.values())
+    # On the forgetting sets CoOp must also lose novel accuracy, and zero-shot must be unsaturated.
+    forgetting = {name: {"novel_loss": rows["zeroshot"]["novel_acc"][0] - statistics.mean(rows["coop"]["novel_acc"]),
+                         "zero_shot": (rows["zeroshot"]["base_acc"][0], rows["zeroshot"]["novel_acc"][0])}
+                  for name, rows in results.items() if "coop" in rows and DATASETS[name].novel_styles}
+    forgetting_met = all(f["novel_loss"] >= TARGET_GAIN and all(40 <= a <= 85 for a in f["zero_shot"])
+                         for f in forgetting.values())
+    met = all(gain >= TARGET_GAIN for gain in gains.values()) and forgetting_met
     command = ("python tools/toy_benchmark.py " + " ".join(sys.argv[1:])).strip()
     seeds = " ".join(map(str, options.seeds))
     recipes = ", ".join(f"{learner} {recipe_epochs(learner)}" for learner in options.learners)
@@ -95,15 +103,23 @@ def main() -> None:
         "| data set | classes | styles | zero-shot |", "|---|---:|---|---:|",
         *(f"| {name} | {len(DATASETS[name].classes())} | {', '.join(DATASETS[name].styles)} | {acc:.1f} |"
           for name, acc in record["zero_shot_test_accuracy"].items()), "",
+        "(Recorded when the weights were pretrained; sets added since, such as ToySketchedBase, have their zero-shot "
+        "rows in the base-to-novel tables below.)", "",
         f"## Base-to-novel, 16 shots, mean ± std over seeds {seeds}", "",
         f"Each learner trains with its paper recipe (epochs: {recipes}). "
         "The domain-shifted copies of ToyShapes are test domains of the domain-generalisation protocol, never "
         "trained on, so they have no rows here.", "",
     ]
     if gains:
+        gains_met = all(gain >= TARGET_GAIN for gain in gains.values())
         lines += [f"Target: CoOp base accuracy at least {TARGET_GAIN:.0f} points above zero-shot on every downstream "
-                  f"data set ({'met' if met else 'NOT met'}: " +
+                  f"data set ({'met' if gains_met else 'NOT met'}: " +
                   ", ".join(f"{name} {gain:+.1f}" for name, gain in gains.items()) + ").", ""]
+    for name, found in forgetting.items():
+        lines += [f"Target on {name} (forgetting): CoOp novel accuracy at least {TARGET_GAIN:.0f} points below "
+                  f"zero-shot's, zero-shot between 40% and 85% on both halves ("
+                  f"{'met' if forgetting_met else 'NOT met'}: novel {-found['novel_loss']:+.1f}, zero-shot "
+                  f"{found['zero_shot'][0]:.1f} / {found['zero_shot'][1]:.1f}).", ""]
     for name, rows in results.items():
         lines += [f"### {name}", "", "| learner | Base | Novel | HM |", "|---|---:|---:|---:|"]
         lines += [f"| {learner} | " + " | ".join(mean_std(values[key]) for key in METRICS) + " |"
@@ -111,7 +127,7 @@ def main() -> None:
         lines.append("")
     average = {learner: {key: statistics.mean(statistics.mean(rows[learner][key]) for rows in results.values())
                          for key in METRICS} for learner in next(iter(results.values()))}
-    lines += ["### Average over the four data sets (means of the per-set means)", "",
+    lines += [f"### Average over the {len(results)} data sets (means of the per-set means)", "",
               "| learner | Base | Novel | HM | training time, all sets and seeds |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {learner} | " + " | ".join(f"{values[key]:.1f}" for key in METRICS) +
               f" | {seconds[learner] / 60:.1f} min |" if learner in seconds else

@@ -209,6 +209,8 @@ class ToyDataset:
     """A downstream data set: one class per combination of the ``varying`` concepts.
 
     Concepts not in ``varying`` are drawn at random per image; ``styles`` are the domains images are drawn in.
+    With ``novel_styles``, the novel half of the classes (labels from ``ceil(n/2)`` on, the CoOp/Dassl base/novel
+    rule) is drawn in those styles instead, in every split: a cue the base classes share and the novel ones lack.
     """
 
     name: str
@@ -216,6 +218,12 @@ class ToyDataset:
     values: dict = field(hash=False)
     styles: tuple[str, ...]
     template: str = "a photo of a {}."
+    novel_styles: tuple[str, ...] = ()
+
+    def styles_of(self, label: int) -> tuple[str, ...]:
+        """The styles class ``label`` is drawn in."""
+        novel = self.novel_styles and label >= math.ceil(len(self.classes()) / 2)
+        return self.novel_styles if novel else self.styles
 
     def classes(self) -> list[tuple[str, dict]]:
         """``(classname, fixed concepts)`` for every class, in label order."""
@@ -251,6 +259,12 @@ DATASETS = {
                             {"shape": ("circle", "square", "triangle", "star", "ring"), "background": BACKGROUNDS},
                             styles=("faded", "noisy")),
 }
+#: Base-to-novel forgetting: ToyShapes' classes, the base half sketched (a domain pretraining saw rarely) and the
+#: novel half photographed (its main domain). A context learned on the base classes adapts the prompts to
+#: sketches, which the novel classes never are, so it hurts them: CoOp gains on base and loses on novel, as it
+#: does on real CLIP (docs/toy-world.md).
+DATASETS["ToySketchedBase"] = ToyDataset("ToySketchedBase", DATASETS["ToyShapes"].varying, DATASETS["ToyShapes"].values,
+                                         styles=("sketch",), novel_styles=("photo",))
 #: Domain-shifted copies of ToyShapes (same classes, one style each, none of ToyShapes' own), for domain
 #: generalisation.
 DOMAIN_SHIFTS = {f"ToyShapes-{style.capitalize()}": style for style in ("noisy", "cluttered", "blurry")}
@@ -288,7 +302,7 @@ def write_toy_dataset(name: str, root, train_per_class: int = 24, val_per_class:
                 relpath = f"{folder}/{part}_{index:03d}.png"
                 path = root / "images" / relpath
                 path.parent.mkdir(parents=True, exist_ok=True)
-                style = rng.choice(spec.styles)
+                style = rng.choice(spec.styles_of(label))
                 render(sample_concept(fixed, rng), style, rng, size).save(path, optimize=False)
                 split[part].append([relpath, label, classname])
     (root / f"split_zhou_{name}.json").write_text(json.dumps(split, indent=1))
