@@ -121,3 +121,23 @@ def test_bf16_mixed_precision_trains_with_fp32_weights(shapes, tmp_path):
     assert cli.trainer.state.finished and cli.trainer.precision == "bf16-mixed"
     assert all(p.dtype == torch.float32 for p in cli.model.parameters())
     assert all(p.dtype == torch.float32 for p in cli.model.clip.model.parameters())
+
+
+def test_a_missing_config_file_is_named_and_option_prefixes_are_not_guessed(shapes, capsys):
+    code, _, err = run_in_process(["fit", "--config", "/nowhere/learner.yaml"], capsys)
+    assert code == 2 and "/nowhere/learner.yaml" in err and "does not exist" in err
+    code, _, err = run_in_process(["fit", *base_args("coop", shapes), "--trainer.max_epoch", "8", "--print_config"],
+                                  capsys)
+    assert code == 2 and "unknown key 'trainer.max_epoch'" in err and "trainer.max_epochs" in err
+
+
+def test_frozen_clip_reports_eval_mode_even_inside_a_training_learner(tiny_clip):
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"]).train()
+    assert learner.training and not tiny_clip.training and not tiny_clip.model.training
+
+
+def test_pretraining_tool_refuses_a_wrong_output_name_before_training(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "pretrain_toy_clip.py"), "--out",
+                             str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "must end in .safetensors" in result.stderr
+    assert not (tmp_path / "x.pt").exists()

@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="keep the checkpoint at --out and its training record; re-measure the accuracies")
     options = parser.parse_args()
+    if options.out.suffix != ".safetensors":  # checked before minutes of training, not after
+        sys.exit(f"pretrain_toy_clip: error: --out {options.out} must end in .safetensors (the weights are written "
+                 "in that format, and loaders pick the reader by the suffix)")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     record_path = options.out.with_suffix(".json")
     if options.evaluate_only:

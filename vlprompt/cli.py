@@ -84,7 +84,9 @@ def one_line_error(message: str, candidates: Sequence[str]) -> str:
             detail = f"expected {' or '.join(dict.fromkeys(expected))}"
         else:  # the first line that says something beyond the key
             lines = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
-            detail = lines[0] if lines else "invalid value"
+            # A one-line message says it after the key ('Parser key "config": File does not exist: ...').
+            same_line = message.splitlines()[0].split('": ', 1)[1].strip() if '": ' in message.splitlines()[0] else ""
+            detail = lines[0] if lines else same_line or "invalid value"
         got = f", got {given.group(1).strip()!r}" if given else ""
         return f"bad value for {key!r}: {detail}{got}"
     return " ".join(message.split())[:400]
@@ -146,6 +148,7 @@ class VlpromptCLI(LightningCLI):
         self._check_output_directory()
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: ``--ckpt_path`` values Lightning resolves itself (no file to check).
 CHECKPOINT_ALIASES = ("last", "best", "hpc")
 
@@ -223,6 +226,8 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
         args=None if args is None else resolve_learner_names(args),
         auto_configure_optimizers=False,
         parser_class=VlpromptArgumentParser,
+        # No prefix matching: a typo such as --trainer.max_epoch must not silently set max_epochs.
+        parser_kwargs={"allow_abbrev": False, **{name: {"allow_abbrev": False} for name in SUBCOMMANDS}},
         run=run,
     )
 

@@ -126,6 +126,11 @@ class FrozenCLIP(nn.Module):
         # Frozen weights are shared, never copied: weight averaging and meta-learning deep-copy whole learners.
         return self
 
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        # Frozen means eval mode for good, whatever the learner holding it is switched to.
+        self.training = False
+        return self
+
     def _apply(self, fn, recurse=True):
         self._model._apply(fn)
         return super()._apply(fn, recurse)
