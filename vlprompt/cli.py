@@ -85,7 +85,8 @@ def one_line_error(message: str, candidates: Sequence[str]) -> str:
         else:  # the first line that says something beyond the key
             lines = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
             # A one-line message says it after the key ('Parser key "config": File does not exist: ...').
-            same_line = message.splitlines()[0].split('": ', 1)[1].strip() if '": ' in message.splitlines()[0] else ""
+            first = message.splitlines()[0]
+            same_line = first.split('": ', 1)[1].strip() if '": ' in first else ""
             detail = lines[0] if lines else same_line or "invalid value"
         got = f", got {given.group(1).strip()!r}" if given else ""
         return f"bad value for {key!r}: {detail}{got}"

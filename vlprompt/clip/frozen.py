@@ -120,6 +120,8 @@ class FrozenCLIP(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self._text: Optional[TextTower] = text_tower_of(model, self.tokenizer)
         self._vision: Optional[VisionTower] = vision_tower_of(model)
+        # Fixed once built; checkpoints record it on every save, so it is not re-derived from the modules each time.
+        self._quick_gelu = any(isinstance(module, QuickGELU) for module in model.modules())
 
     # -- nn.Module plumbing ---------------------------------------------------------------------------------
     def __deepcopy__(self, memo) -> "FrozenCLIP":
@@ -186,7 +188,7 @@ class FrozenCLIP(nn.Module):
     @property
     def uses_quick_gelu(self) -> bool:
         """Whether the transformer blocks use QuickGELU (OpenAI's activation) rather than GELU."""
-        return any(isinstance(module, QuickGELU) for module in self._model.modules())
+        return self._quick_gelu
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -198,7 +200,7 @@ class FrozenCLIP(nn.Module):
         arch = {
             "embed_dim": self.embed_dim,
             "visual": type(self._model.visual).__name__,
-            "image_size": list(open_clip.get_model_preprocess_cfg(self._model).get("size", ()) or ()),
+            "image_size": list(self.preprocess_cfg.get("size", ()) or ()),
             "quick_gelu": self.uses_quick_gelu,
         }
         if self._text is not None:
@@ -314,8 +316,9 @@ class FrozenCLIP(nn.Module):
         """Image features, optionally with learned visual tokens.
 
         Args:
-            prompts: ``n x width`` or ``B x n x width`` tokens appended after the patch tokens, before ``ln_pre``.
-            deep_prompts: ``{layer: prompts}`` with ``layer >= 1``; before that layer the appended tokens are
+            prompts: ``n x width`` or ``B x n x width`` tokens put into the patch sequence before the pre-norm
+                (after the patch tokens; after the class token on EVA-02, see :mod:`vlprompt.clip.towers`).
+            deep_prompts: ``{layer: prompts}`` with ``layer >= 1``; before that layer the prompt tokens are
                 replaced (``n x width`` or ``B x n x width``).
         """
         if prompts is None:
@@ -323,11 +326,8 @@ class FrozenCLIP(nn.Module):
                 raise ConfigError("visual deep prompts need input visual prompts to replace")
             features = self._model.encode_image(images)
         else:
-            features = self._encode_image_with_prompts(images, prompts, deep_prompts)
+            features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
         return F.normalize(features, dim=-1) if normalize else features
-
-    def _encode_image_with_prompts(self, images, prompts, deep_prompts):
-        return self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
 
 
 def shipped_weights_path(model_name: str, tag: str, must_exist: bool = True) -> Path:
@@ -422,7 +422,8 @@ def openai_state_dict(path: Union[str, Path]) -> Optional[dict[str, torch.Tensor
     path = str(path)
     if path.endswith((".safetensors", ".npz", ".npy")):
         return None
-    if zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
         with zipfile.ZipFile(path) as archive:
             is_torchscript = any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
         if is_torchscript:
@@ -434,7 +435,7 @@ def openai_state_dict(path: Union[str, Path]) -> Optional[dict[str, torch.Tensor
                                   "dict or OpenAI's original file")
             return {k: v for k, v in state.items() if k not in OPENAI_METADATA_KEYS}
     try:  # mmap: only the keys are read here; open_clip reads the tensors of a non-OpenAI file itself
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ConfigError(f"pretrained checkpoint {path!r} cannot be read ({type(err).__name__}); pass a PyTorch "
                           "state dict, a .safetensors file or OpenAI's original file") from None

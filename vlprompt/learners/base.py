@@ -219,7 +219,10 @@ class PromptLearner(pl.LightningModule):
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        bad = non_finite_tensors(self.named_parameters())
+        self._refuse_non_finite(self.named_parameters())
+
+    def _refuse_non_finite(self, named_tensors) -> None:
+        bad = non_finite_tensors(named_tensors)
         if bad:
             self._diverged(f"learned parameters {', '.join(bad)} are not finite")
 
@@ -272,9 +275,8 @@ class PromptLearner(pl.LightningModule):
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        bad = non_finite_tensors(checkpoint["state_dict"].items())
-        if bad:  # never leave a checkpoint that would evaluate as chance accuracy
-            self._diverged(f"learned parameters {', '.join(bad)} are not finite")
+        # Never leave a checkpoint that would evaluate as chance accuracy.
+        self._refuse_non_finite(checkpoint["state_dict"].items())
         checkpoint["vlprompt"] = {
             "format": CHECKPOINT_FORMAT,
             "learner": self.registry_name,

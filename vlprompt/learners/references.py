@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.errors import ConfigError
 
 
 class FrozenReferences:
@@ -45,11 +44,8 @@ class FrozenReferences:
 
     def description_ensemble(self, clip: FrozenCLIP, classnames: Sequence[str],
                              descriptions: Mapping[str, Sequence[str]], normalize_each: bool = True) -> torch.Tensor:
-        """``C x D`` normalised text features of each class's descriptions, ensembled per class."""
-        missing = [name for name in classnames if not descriptions.get(name)]
-        if missing:
-            raise ConfigError(f"no descriptions for classes {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                              "add them to the data.descriptions file")
+        """``C x D`` normalised text features of each class's descriptions, ensembled per class (every class has
+        some: the learner checks its descriptions when it is given them)."""
         texts = [list(descriptions[name]) for name in classnames]
         key = ("descriptions", id(clip), tuple(classnames), tuple(map(tuple, texts)), normalize_each, str(clip.device))
         return self._cached(key, lambda: _ensemble(clip, texts, normalize_each))
