@@ -69,12 +69,64 @@ def run_in_process(args, capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_print_config_resolves_registered_learner_names(shapes, capsys):
-    code, out, _ = run_in_process(["fit", *base_args("coop", shapes), "--model", "kgcoop", "--print_config"], capsys)
-    assert code in (0, None)
-    config = yaml.safe_load(out)
+def print_config(args, capsys) -> dict:
+    code, out, err = run_in_process(["fit", *args, "--print_config"], capsys)
+    assert code in (0, None), err
+    return yaml.safe_load(out)
+
+
+def test_model_name_brings_that_learners_recipe_and_is_overridden_by_everything_else(shapes, capsys):
+    data = ["--config", CONFIGS / "data" / "toy" / "ToyShapes.yaml", "--data.root", shapes]
+    config = print_config(["--model", "kgcoop", "--config", CONFIGS / "clip" / "tiny-random.yaml", *data], capsys)
+    recipe = yaml.safe_load((CONFIGS / "learners" / "kgcoop.yaml").read_text())
     assert config["model"]["class_path"] == "vlprompt.learners.kgcoop.KgCoOp"
     assert config["model"]["init_args"]["lambda_kg"] == 8.0
+    assert config["data"]["batch_size"] == recipe["data"]["batch_size"] == 128
+    assert config["trainer"]["max_epochs"] == recipe["trainer"]["max_epochs"] == 100
+    # The CLIP config given before --model still wins over the recipe's ViT-B/16.
+    assert config["model"]["init_args"]["clip"]["init_args"]["pretrained"] is None
+    config = print_config([*data, "--model", "KgCoOp", "--trainer.max_epochs", "3",
+                           "--config", CONFIGS / "clip" / "tiny-random.yaml"], capsys)
+    assert config["trainer"]["max_epochs"] == 3 and config["data"]["batch_size"] == 128
+
+
+def test_model_name_that_contradicts_a_learner_config_is_refused(shapes, capsys):
+    code, _, err = run_in_process(["fit", *base_args("coop", shapes), "--model", "kgcoop"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--model kgcoop would train kgcoop with the recipe of" in err and "kgcoop.yaml instead of both" in err
+    # The learner's own YAML and its name agree: nothing to refuse.
+    config = print_config([*base_args("kgcoop", shapes), "--model", "kgcoop"], capsys)
+    assert config["model"]["class_path"] == "vlprompt.learners.kgcoop.KgCoOp"
+
+
+def test_null_pretrained_on_the_command_line_means_random_weights(shapes, capsys):
+    args = [*base_args("coop", shapes)[:2], "--config", CONFIGS / "clip" / "toy.yaml", *base_args("coop", shapes)[4:]]
+    cli = create_cli([*args, "--model.init_args.clip.init_args.pretrained", "null"], run=False)
+    clip = cli.model.clip
+    assert clip.source["pretrained"] is None
+    shipped = vlprompt.load_clip("vlprompt-tiny", pretrained="toy")
+    assert not torch.equal(clip.model.logit_scale, shipped.model.logit_scale) or not torch.equal(
+        clip.model.token_embedding.weight, shipped.model.token_embedding.weight)
+
+
+def test_help_lists_every_command_and_a_missing_or_unknown_one_is_named(capsys):
+    code, out, _ = run_in_process(["--help"], capsys)
+    assert code == 0 and all(name in out for name in ("fit", "validate", "test", "predict", "suite", "report"))
+    code, _, err = run_in_process([], capsys)
+    assert code == 2 and "suite" in err and "report" in err
+    code, _, err = run_in_process(["suit"], capsys)
+    assert code == 2 and err.strip() == ("vlprompt: error: unknown command 'suit'; choose from fit, validate, test, "
+                                         "predict, suite, report (vlprompt --help)")
+
+
+def test_help_of_protocol_commands_does_not_load_lightning():
+    for command in ("--help", "suite --help", "report --help"):
+        script = ("import sys\nfrom vlprompt.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+                  "    pass\nheavy = [m for m in ('torch', 'pytorch_lightning', 'open_clip') if m in sys.modules]\n"
+                  "print('HEAVY', heavy)")
+        result = subprocess.run([sys.executable, "-c", script, *command.split()], capture_output=True, text=True,
+                                timeout=60)
+        assert "HEAVY []" in result.stdout, (command, result.stdout[-500:], result.stderr[-500:])
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import open_clip
 import pytest
 import torch
 
 import vlprompt
-from vlprompt.clip import FrozenCLIP
+from vlprompt.clip import FrozenCLIP, frozen
 from vlprompt.errors import ConfigError
 
 from conftest import TINY_RESNET, model_weights, tiny_config
@@ -127,7 +128,8 @@ def test_loading_mistakes_are_clear(tmp_path):
 
 
 def test_pretrained_tags_are_passed_to_open_clip(monkeypatch):
-    """A pretrained tag goes to open_clip unchanged (it downloads for users online); offline it fails clearly."""
+    """A pretrained tag goes to open_clip unchanged (it downloads for users online); a failed download is one line
+    that says how to go on."""
     seen = {}
 
     def fake_create_model(name, pretrained=None, cache_dir=None, **options):
@@ -135,6 +137,24 @@ def test_pretrained_tags_are_passed_to_open_clip(monkeypatch):
         raise RuntimeError("Failed to download file (network unreachable)")
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
-    with pytest.raises(ConfigError, match="could not download weights 'openai' for ViT-B-32"):
+    monkeypatch.setattr(frozen, "_check_download_reachable", lambda *args: None)  # as if online
+    with pytest.raises(ConfigError, match="could not download the 'openai' weights of ViT-B-32 .*configs/clip/toy.yaml"):
         FrozenCLIP("ViT-B-32", pretrained="openai")
     assert seen == {"name": "ViT-B-32", "pretrained": "openai"}
+
+
+def test_offline_download_fails_at_once_naming_the_ways_on(monkeypatch, tmp_path):
+    """Offline (the hub's name does not resolve) no download is tried: no minute of retries."""
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("open_clip.create_model was called although the hub cannot be reached")
+
+    for variable in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(open_clip, "create_model", must_not_download)
+    with pytest.raises(ConfigError) as error:
+        FrozenCLIP("ViT-B-32", pretrained="openai", cache_dir=str(tmp_path))
+    assert "local checkpoint file" in str(error.value) and "--config configs/clip/toy.yaml" in str(error.value)

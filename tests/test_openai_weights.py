@@ -118,7 +118,8 @@ def test_documented_openai_tags_build_quick_gelu_models(name, monkeypatch):
         seen.update(kwargs)
         return nn.Module()
 
-    monkeypatch.setattr(frozen.open_clip, "create_model", create_model)
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    monkeypatch.setattr(frozen, "_check_download_reachable", lambda *args: None)
     frozen._create_model(name, "openai", None)
     assert seen.get("force_quick_gelu") is True and seen.get("pretrained") == "openai"
 

@@ -367,7 +367,8 @@ def test_two_suites_on_one_runs_directory_share_the_work(shapes, tmp_path):
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
-    ran = [line for out, _ in outputs for line in out.splitlines() if line.startswith("[suite] running")]
+    ran = [line for out, _ in outputs for line in out.splitlines()
+           if line.startswith("[suite] run ") and "(starting)" in line]
     assert len(ran) == 4 and len(set(ran)) == 4  # every configuration run once, by one of the two
     assert len(list((tmp_path / "runs").rglob("metrics.json"))) == 4
     assert not list((tmp_path / "runs").rglob("*.lock"))

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlprompt.commands import main
 from vlprompt.eval.report import aggregate, tables
@@ -44,7 +50,11 @@ def test_base2novel_suite_then_report_then_resume(toy_data_config, tmp_path, cap
     metrics = json.loads(metrics_files[0].read_text())
     assert {"learner", "dataset", "seed", "shots", "protocol", "base_acc", "novel_acc", "hm"} <= set(metrics)
     assert (metrics["learner"], metrics["dataset"], metrics["protocol"]) == ("coop", "ToyShapes", "base2novel")
-    assert 0 <= metrics["base_acc"] <= 100 and "running" in out
+    assert 0 <= metrics["base_acc"] <= 100
+    assert "[suite] run 1 of 2: base2novel coop ToyShapes shots=4 seed=1 (starting)" in out
+    assert "[suite] run 2 of 2:" in out and "left for 1 more" in out
+    # It ends with the table over seeds and where the full report comes from.
+    assert "| coop | 4 | ToyShapes |" in out and f"vlprompt report {runs}" in out.splitlines()[-1]
 
     main(["report", str(runs)])
     report = capsys.readouterr().out
@@ -52,12 +62,72 @@ def test_base2novel_suite_then_report_then_resume(toy_data_config, tmp_path, cap
     for name in ("report.md", "report.csv", "report.tex", "hm_per_dataset.png", "base_vs_novel.png"):
         assert (runs / "report" / name).stat().st_size > 0
 
-    # Restart: finished runs are skipped; an interrupted one (no metrics.json) is redone.
+    # Restart: finished runs are skipped; an interrupted one (no metrics.json) resumes from its last.ckpt, and one
+    # interrupted before its first checkpoint starts over.
     metrics_files[1].unlink()
+    out = suite(runs, toy_data_config, capsys)
+    checkpoint = metrics_files[1].parent / "checkpoints" / "last.ckpt"
+    assert out.count("done already") == 1 and f"(resuming from {checkpoint})" in out and metrics_files[1].is_file()
+    metrics_files[1].unlink()
+    shutil.rmtree(checkpoint.parent)
     (metrics_files[1].parent / "leftover.txt").write_text("partial")
     out = suite(runs, toy_data_config, capsys)
-    assert out.count("done already") == 1 and out.count("running") == 1
+    assert out.count("done already") == 1 and out.count("(starting)") == 1
     assert metrics_files[1].is_file() and not (metrics_files[1].parent / "leftover.txt").exists()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import pytorch_lightning as pl
+    from vlprompt.commands import main
+
+    class KillAtEpoch(pl.Callback):
+        # Dies like a preempted job: SIGKILL at the start of an epoch, after the previous one's last.ckpt was saved.
+        def __init__(self, epoch: int):
+            self.epoch = epoch
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.modules["killer"] = sys.modules[__name__]
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["coop", "promptsrc"])
+def test_killed_suite_run_resumes_from_last_ckpt_with_bit_identical_results(learner, toy_data_config, tmp_path):
+    """A run killed mid-fit and resumed ends exactly as an uninterrupted one: metrics and learned tensors (PromptSRC:
+    with its Gaussian aggregation over epochs)."""
+    def suite_process(runs: Path, *extra: str) -> subprocess.CompletedProcess:
+        args = ["suite", "base2novel", "--learner", str(CONFIGS / "learners" / f"{learner}.yaml"), "--clip",
+                str(CONFIGS / "clip" / "tiny-random.yaml"), "--data", str(toy_data_config), "--seeds", "1",
+                "--shots", "4", "--runs", str(runs), "--", "--trainer.max_epochs", "4", "--data.batch_size", "4",
+                "--trainer.enable_progress_bar", "false", *extra]
+        return subprocess.run([sys.executable, "-c", KILLER, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+
+    whole = suite_process(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = suite_process(tmp_path / "killed", "--trainer.callbacks+=killer.KillAtEpoch",
+                           "--trainer.callbacks.epoch", "2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = Path("base2novel") / learner / "ToyShapes" / "shots4_seed1"
+    assert not (tmp_path / "killed" / run / "metrics.json").exists()
+    assert torch.load(tmp_path / "killed" / run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    resumed = suite_process(tmp_path / "killed")
+    assert resumed.returncode == 0 and "(resuming from" in resumed.stdout, resumed.stderr[-3000:]
+
+    def result(runs: Path) -> tuple[dict, dict]:
+        metrics = json.loads((runs / run / "metrics.json").read_text())
+        state = torch.load(runs / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        return {key: metrics[key] for key in ("base_acc", "novel_acc", "hm")}, state
+
+    (whole_metrics, whole_state), (resumed_metrics, resumed_state) = result(tmp_path / "whole"), result(tmp_path / "killed")
+    assert resumed_metrics == whole_metrics
+    assert whole_state.keys() == resumed_state.keys()
+    assert all(torch.equal(whole_state[key], resumed_state[key]) for key in whole_state)
 
 
 def test_report_means_stds_and_average_hm():

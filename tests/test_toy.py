@@ -14,7 +14,7 @@ import torch
 import vlprompt
 from vlprompt.clip.frozen import shipped_weights_path
 from vlprompt.data import ImageSplitDataModule, read_split_file
-from vlprompt.eval import evaluate_accuracy
+from vlprompt.eval.accuracy import evaluate_accuracy
 from vlprompt.eval.toy import check_set_accuracies
 from vlprompt.errors import ConfigError
 from vlprompt.toy.world import (DATASETS, DOMAIN_SHIFTS, MANIFEST, WORLD_VERSION, ensure_toy_dataset,

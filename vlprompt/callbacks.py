@@ -43,9 +43,35 @@ class PerClassAccuracyReport(pl.Callback):
                 logger.log_table(key=f"per_class/{tag}", columns=PER_CLASS_COLUMNS, data=rows)
 
 
+def run_directory(trainer: pl.Trainer, fitting: bool) -> Path:
+    """The directory of this run: where a fit's ``checkpoints/`` go (Lightning's ``<save_dir>/<name>/<version>``
+    for every logger, wandb's ``<project>/<run id>`` included, or the parent of an explicit checkpoint dirpath);
+    the logger's directory for other stages."""
+    callback = trainer.checkpoint_callback
+    if fitting and callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath).parent
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
 class SaveAndLogConfig(SaveConfigCallback):
-    """Lightning's ``config.yaml`` in the log directory, and the resolved config on experiment trackers
-    (a CSV run already keeps that file beside its metrics)."""
+    """The resolved ``config.yaml`` in the run's directory, beside ``checkpoints/`` (for CSV and wandb runs
+    alike, so no run overwrites another's), and the resolved config on experiment trackers."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        directory = trainer.strategy.broadcast(str(run_directory(trainer, stage == "fit")))
+        if trainer.is_global_zero:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(Path(directory) / self.config_filename), skip_none=False,
+                             overwrite=self.overwrite, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = self.config.as_dict()

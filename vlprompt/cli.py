@@ -22,17 +22,24 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.callbacks import PerClassAccuracyReport, SaveAndLogConfig
-from vlprompt.errors import CheckpointMismatchError, report_user_errors
+from vlprompt.errors import CheckpointMismatchError, ConfigError, report_user_errors
 from vlprompt.files import ensure_writable
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
 from vlprompt.learners.registry import hyperparameter_names, learner_name_of
 
+#: Where runs go unless --trainer.default_root_dir says otherwise (a logger's own save_dir, when set, wins).
+DEFAULT_ROOT_DIR = "runs"
 TRAINER_DEFAULTS = {
     # Few-shot epochs are short (16 shots x 100 classes / 32 = 50 steps), Lightning's default of 50 is too sparse.
     "log_every_n_steps": 10,
-    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+    "default_root_dir": DEFAULT_ROOT_DIR,
+    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": DEFAULT_ROOT_DIR}},
 }
+#: Logger ``save_dir`` values that mean "not chosen": the default above and the loggers' own (wandb's ".").
+_UNCHOSEN_SAVE_DIRS = (None, "", ".", DEFAULT_ROOT_DIR)
+#: The learner recipes of a checkout: ``--model NAME`` brings ``NAME.yaml`` from here.
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs" / "learners"
 
 _UNKNOWN_PATTERNS = (
     re.compile(r"Option '([\w.]+)' is not accepted"),
@@ -134,19 +141,44 @@ class VlpromptCLI(LightningCLI):
                                                    explicit_model_overrides(self.command_line))
         super()._parse_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        # Lightning's convention: default_root_dir decides where a run goes, for the default CSV logger and for a
+        # logger (wandb) given without a save_dir of its own.
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
+        logger = trainer.get("logger")
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is not None and "save_dir" in init_args and init_args["save_dir"] in _UNCHOSEN_SAVE_DIRS:
+            init_args["save_dir"] = trainer.get("default_root_dir") or DEFAULT_ROOT_DIR
+
     def _check_output_directory(self) -> None:
         logger = self.trainer.logger
         directory = getattr(logger, "save_dir", None) or self.trainer.default_root_dir
-        ensure_writable(Path(directory), "the output directory (--trainer.logger.init_args.save_dir)")
+        ensure_writable(Path(directory), "the output directory (--trainer.default_root_dir)")
 
     def before_fit(self) -> None:
         self._check_output_directory()
 
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if self.trainer.is_global_zero and callback is not None and callback.last_model_path:
+            run_dir = Path(callback.last_model_path).parent.parent
+            config = f", config {run_dir / 'config.yaml'}" if (run_dir / "config.yaml").is_file() else ""
+            print(f"vlprompt: checkpoint {callback.last_model_path}{config}", flush=True)
+
     def before_validate(self) -> None:
         self._check_output_directory()
+        self._warn_if_untrained()
 
     def before_test(self) -> None:
         self._check_output_directory()
+        self._warn_if_untrained()
+
+    def _warn_if_untrained(self) -> None:
+        if not self.config[self.subcommand].get("ckpt_path") and getattr(self.model, "needs_training", False):
+            name = getattr(self.model, "registry_name", type(self.model).__name__)
+            sys.stderr.write(f"vlprompt: warning: {self.subcommand} of {name} without --ckpt_path scores its untrained "
+                             "prompts (their initialisation); pass --ckpt_path RUN/checkpoints/last.ckpt for the "
+                             "trained ones\n")
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -194,25 +226,71 @@ def check_configuration_matches_checkpoint(model_config, checkpoint: dict, path:
                 f"with {name}={hparams[name]!r}; drop the override (the checkpoint's hyper-parameters are used)")
 
 
-def resolve_learner_names(args: Sequence[str]) -> list[str]:
-    """Let ``--model coop`` name a registered learner; class paths and config files pass through."""
-    args = [str(arg) for arg in args]
+def _configured_learners(args: Sequence[str]) -> dict[str, str]:
+    """``{config file: learner name}`` for the ``--config`` files among ``args`` that name a learner."""
+    import yaml
+
+    named = {}
     for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):  # the parser reports unreadable files in its own words
+            continue
+        model = content.get("model") if isinstance(content, dict) else None
+        class_path = model.get("class_path") if isinstance(model, dict) else None
+        if class_path:
+            named[path] = learner_name_of(str(class_path)) or str(class_path)
+    return named
+
+
+def resolve_learner_names(args: Sequence[str]) -> list[str]:
+    """``--model NAME`` brings that learner's recipe (``configs/learners/NAME.yaml``: the paper's
+    hyper-parameters, batch size and epochs) as the first config file, so every other file and option overrides
+    it. Naming another learner than a ``--config`` file does is refused: it would train one learner with the
+    other's recipe. Class paths pass through, and a learner without a recipe in this checkout (a plug-in) gets
+    its class defaults."""
+    args = [str(arg) for arg in args]
+    for i, arg in enumerate(list(args)):
         if arg == "--model" and i + 1 < len(args):
-            index, value = i + 1, args[i + 1]
+            value, span = args[i + 1], 2
         elif arg.startswith("--model="):
-            index, value = i, arg.split("=", 1)[1]
+            value, span = arg.split("=", 1)[1], 1
         else:
             continue
         if not re.fullmatch(r"\w+", value):
             continue
-        class_names = {get_learner_class(n).__name__ for n in list_learners()}
-        if value in class_names:
-            continue
-        cls = get_learner_class(value)  # unknown names raise a ConfigError with the closest ones
-        path = f"{cls.__module__}.{cls.__qualname__}"
-        args[index] = path if index == i + 1 else f"--model={path}"
+        class_names = {get_learner_class(n).__name__: n for n in list_learners()}
+        cls = get_learner_class(class_names.get(value, value))  # unknown names: a ConfigError naming the closest
+        name = cls.registry_name
+        others = {path: learner for path, learner in _configured_learners(args).items() if learner != name}
+        if others:
+            path, learner = next(iter(others.items()))
+            raise ConfigError(f"--model {value} would train {name} with the recipe of {path} ({learner}: its batch "
+                              f"size, epochs and learning rate); use --config {_recipe_hint(name)} instead of both")
+        recipe = RECIPES_DIR / f"{name}.yaml"
+        rest = args[:i] + args[i + span:]
+        if _configured_learners(args):  # the learner's own YAML is given already
+            return resolve_learner_names(rest)
+        if not recipe.is_file():
+            return rest[:i] + ["--model", f"{cls.__module__}.{cls.__qualname__}"] + rest[i:]
+        # First, so that every other config file and option given overrides the recipe.
+        start = 1 if rest and rest[0] in SUBCOMMANDS else 0
+        return rest[:start] + ["--config", str(recipe)] + rest[start:]
     return args
+
+
+def _recipe_hint(name: str) -> str:
+    recipe = RECIPES_DIR / f"{name}.yaml"
+    try:
+        return str(recipe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(recipe)
 
 
 def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> VlpromptCLI:

@@ -4,6 +4,9 @@
     vlprompt fit --config configs/learners/coop.yaml --config configs/data/toy/ToyShapes.yaml
     vlprompt suite base2novel --learner configs/learners/coop.yaml --data ...
     vlprompt report runs/suite
+
+Nothing heavy is imported before the subcommand is known: ``vlprompt --help``, ``suite --help`` and
+``report --help`` answer without loading torch or Lightning.
 """
 
 from __future__ import annotations
@@ -12,17 +15,44 @@ import sys
 from typing import Optional, Sequence
 
 PROTOCOL_COMMANDS = ("suite", "report")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+USAGE = """usage: vlprompt {fit,validate,test,predict,suite,report} ...
+
+Prompt learning for a frozen CLIP.
+
+commands:
+  fit        train a learner (LightningCLI: --config FILE ..., --model.init_args.X, --trainer.X, --data.X)
+  validate   accuracy on the validation split
+  test       accuracy on the test split (--ckpt_path RUN/checkpoints/last.ckpt for trained prompts)
+  predict    class scores for the test split
+  suite      run an evaluation protocol over data sets and seeds: base2novel, few-shot, cross-dataset,
+             domain-generalization (resumable)
+  report     mean ± std over seeds of a suite's results: Markdown, CSV and LaTeX tables, plots
+
+`vlprompt COMMAND --help` lists a command's options.
+"""
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
-    if argv and argv[0] in PROTOCOL_COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
+        (sys.stdout if argv else sys.stderr).write(USAGE)
+        sys.exit(0 if argv else 2)
+    if argv[0] in PROTOCOL_COMMANDS:
         from vlprompt.errors import report_user_errors
-        from vlprompt.eval import report, suite
 
         with report_user_errors():
-            (suite if argv[0] == "suite" else report).main(argv[1:])
+            if argv[0] == "suite":
+                from vlprompt.eval import suite as command
+            else:
+                from vlprompt.eval import report as command
+            command.main(argv[1:])
         return
+    if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        choices = ", ".join(LIGHTNING_COMMANDS + PROTOCOL_COMMANDS)
+        sys.stderr.write(f"vlprompt: error: unknown command {argv[0]!r}; choose from {choices} (vlprompt --help)\n")
+        sys.exit(2)
     from vlprompt.cli import main as lightning_main
 
     lightning_main(args)

@@ -18,21 +18,22 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import QuickGELU
 from torch import nn
 
-from vlprompt.clip.towers import DeepPrompts, TextTower, VisionTower, text_tower_of, vision_tower_of
 from vlprompt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vlprompt.clip.towers import DeepPrompts, TextTower, VisionTower
 
 #: Architectures shipped with vlprompt, as open_clip model-config JSON files.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -50,6 +51,8 @@ _config_tmpdir: Optional[str] = None
 def _register_config_path(path: Path) -> None:
     key = str(path.resolve())
     if key not in _registered_config_paths:
+        import open_clip
+
         open_clip.add_model_config(path)
         _registered_config_paths.add(key)
 
@@ -107,7 +110,15 @@ class FrozenCLIP(nn.Module):
         pretrained: Optional[str] = None,
         cache_dir: Optional[str] = None,
     ):
+        # open_clip (and the Hugging Face and timm code it pulls in) is imported when a CLIP is built, not when
+        # vlprompt is imported: `vlprompt fit --help` and the protocols' help never pay for it.
+        import open_clip
+        from open_clip.transformer import QuickGELU
+
+        from vlprompt.clip.towers import text_tower_of, vision_tower_of
+
         super().__init__()
+        pretrained, cache_dir = _none_if_null(pretrained), _none_if_null(cache_dir)
         register_model_configs()
         self.source = {"name": name, "pretrained": pretrained}
         model_name = _register_config_dict(name) if isinstance(name, Mapping) else name
@@ -183,6 +194,8 @@ class FrozenCLIP(nn.Module):
     @property
     def preprocess_cfg(self) -> dict:
         """Image size, mean, std and interpolation the pretrained weights expect."""
+        import open_clip
+
         return dict(open_clip.get_model_preprocess_cfg(self._model))
 
     @property
@@ -347,6 +360,8 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
     for a local file in OpenAI's format (their TorchScript archive, or a state dict holding OpenAI's metadata
     entries), set to QuickGELU. ``local-dir:``/``hf-hub:`` configs and config dicts say it themselves.
     """
+    import open_clip
+
     if (model_name, pretrained) in SHIPPED_WEIGHTS:
         pretrained = str(shipped_weights_path(model_name, pretrained))
     schema = model_name.split(":", 1)[0] if ":" in model_name else None
@@ -372,6 +387,8 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
                               f"tags: {', '.join(tags) or 'none'}")
     # open_clip's own QuickGELU switch; without it a quick_gelu tag only earns a UserWarning.
     options = {"force_quick_gelu": True} if quick_gelu else {}
+    if pretrained and tag_cfg_needs_download(model_name, pretrained, cache_dir):
+        _check_download_reachable(model_name, pretrained)
     try:
         if not pretrained:  # random means random: no tower weights downloaded either
             options.update(pretrained_text=False, pretrained_image=False)
@@ -382,9 +399,7 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
                 model = open_clip.create_model(model_name, cache_dir=cache_dir, **options)
     except RuntimeError as err:
         if "download" in str(err).lower():
-            raise ConfigError(
-                f"could not download weights {pretrained!r} for {model_name} (offline?); "
-                "pass a local checkpoint file as pretrained") from err
+            raise ConfigError(_download_failed(model_name, pretrained)) from err
         raise
     if openai_state is not None:
         try:
@@ -394,6 +409,54 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
             raise ConfigError(f"the OpenAI weights in {pretrained!r} do not fit architecture {model_name!r} ({first}); "
                               "name the architecture they were trained as") from None
     return model
+
+
+def _none_if_null(value: Optional[str]) -> Optional[str]:
+    """``None`` for a ``null`` given on the command line: jsonargparse hands a nested class's ``Optional[str]``
+    argument the string 'None' for ``--model.init_args.clip.init_args.pretrained null``. No tag or file is
+    called 'None'."""
+    return None if value in ("None", "null") else value
+
+
+def _download_failed(model_name: str, pretrained: str) -> str:
+    return (f"could not download the {pretrained!r} weights of {model_name} (offline?); pass a local checkpoint "
+            f"file (--model.init_args.clip.init_args.pretrained /path/to/weights.pt) or try the toy CLIP "
+            f"(--config configs/clip/toy.yaml)")
+
+
+def tag_cfg_needs_download(model_name: str, pretrained: str, cache_dir: Optional[str]) -> bool:
+    """Whether ``pretrained`` is a tag whose weights are not in the local Hugging Face cache yet."""
+    import open_clip
+
+    if ":" in model_name or os.path.isfile(pretrained):
+        return False
+    cfg = open_clip.get_pretrained_cfg(model_name.replace("/", "-"), pretrained) or {}
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return bool(cfg.get("url"))
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub.rstrip("/")
+    for weights in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, weights, cache_dir=cache_dir), str):
+            return False
+    return True
+
+
+def _check_download_reachable(model_name: str, pretrained: str) -> None:
+    """Fail at once, not after a minute of Hugging Face retries, when the download host's name does not resolve
+    (offline). Behind a proxy the proxy resolves names, so nothing is checked there."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(_download_failed(model_name, pretrained))
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise ConfigError(_download_failed(model_name, pretrained)) from None
 
 
 @contextlib.contextmanager

@@ -1,5 +1,4 @@
-"""Evaluation: accuracy of a learner on a data set, base-to-novel runs."""
+"""Evaluation: accuracy of a learner on a data set, base-to-novel runs, the protocol suite and reports.
 
-from vlprompt.eval.accuracy import harmonic_mean, evaluate_accuracy
-
-__all__ = ["harmonic_mean", "evaluate_accuracy"]
+Submodules are imported where they are used, so ``vlprompt report --help`` does not load Lightning.
+"""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
+from typing import TYPE_CHECKING
 
-from vlprompt.data import ImageSplitDataModule
-from vlprompt.learners import PromptLearner
+if TYPE_CHECKING:
+    from vlprompt.data import ImageSplitDataModule
+    from vlprompt.learners import PromptLearner
 
 
 def evaluate_accuracy(learner: PromptLearner, data: ImageSplitDataModule, **trainer_kwargs) -> float:
     """Top-1 accuracy in percent on ``data``'s test split (the learner's class names must be the data's)."""
+    import pytorch_lightning as pl  # here, so that reports (which use harmonic_mean) never load Lightning
+
     if list(learner.classnames) != list(data.classnames):
         learner.set_classnames(data.classnames)
     options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

@@ -7,7 +7,7 @@ epoch), as the CoOp/CoCoOp protocol prescribes; learners with nothing to train a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from vlprompt.cli import create_cli
 from vlprompt.eval.accuracy import harmonic_mean
@@ -19,18 +19,27 @@ def cli_test_accuracy(args: Sequence[str]) -> float:
     return float(cli.trainer.callback_metrics["test/acc"])
 
 
-def fit_then_test(args: Sequence[str], subsample: str, trains: bool) -> tuple[list[str], float]:
+def fit_checkpoint(args: Sequence[str], subsample: str, resume: Optional[Path] = None) -> str:
+    """``vlprompt fit ARGS`` on ``subsample`` (going on from ``resume``, an interrupted fit's ``last.ckpt``);
+    returns the path of the last checkpoint."""
+    resume_args = ["--ckpt_path", str(resume)] if resume else []
+    fit = create_cli(["fit", *args, "--data.subsample", subsample, *resume_args])
+    # A resumed fit that had already reached its last epoch saves nothing new: its checkpoint is the one given.
+    return fit.trainer.checkpoint_callback.last_model_path or str(resume)
+
+
+def fit_then_test(args: Sequence[str], subsample: str, trains: bool,
+                  resume: Optional[Path] = None) -> tuple[list[str], float]:
     """Fit on ``subsample`` (when the learner trains), test there; returns the args with the checkpoint added."""
     args = list(args)
     if trains:
-        fit = create_cli(["fit", *args, "--data.subsample", subsample])
-        args += ["--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
+        args += ["--ckpt_path", fit_checkpoint(args, subsample, resume)]
     return args, cli_test_accuracy([*args, "--data.subsample", subsample])
 
 
-def base_to_novel(args: Sequence[str], trains: bool) -> dict:
+def base_to_novel(args: Sequence[str], trains: bool, resume: Optional[Path] = None) -> dict:
     """``base_acc``, ``novel_acc`` and ``hm`` in percent for one learner/data configuration."""
-    args, base = fit_then_test(args, "base", trains)
+    args, base = fit_then_test(args, "base", trains, resume)
     novel = cli_test_accuracy([*args, "--data.subsample", "novel"])
     return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel)}
 

@@ -2,7 +2,9 @@
 
 Each (dataset, seed, shots) run gets its own directory under ``RUNS/<protocol>/<learner>/<dataset>/``
 and ends by writing ``metrics.json``; a run whose ``metrics.json`` exists is skipped when the suite is
-started again, and a run without one (interrupted) is redone from scratch.
+started again, and a run without one (interrupted) resumes from its ``checkpoints/last.ckpt`` (optimizer,
+schedule, epoch and random state included, so it ends as an uninterrupted run would), or starts over when it
+has no readable checkpoint yet.
 
     vlprompt suite base2novel --learner configs/learners/coop.yaml --clip configs/clip/toy.yaml \\
         --data configs/data/toy/ToyShapes.yaml configs/data/toy/ToyPatterns.yaml --seeds 1 2 3 \\
@@ -23,17 +25,15 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
-from vlprompt.cli import create_cli
-from vlprompt.eval.arguments import OneLineArgumentParser
-from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
 from vlprompt.errors import ConfigError
-from vlprompt.eval.base2novel import base_to_novel, cli_test_accuracy, fit_then_test
+from vlprompt.eval.arguments import OneLineArgumentParser
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
-from vlprompt.eval.report import aggregate, load_metrics, metric_keys, write_report
+from vlprompt.eval.report import aggregate, load_metrics, metric_keys, tables, write_report
 from vlprompt.eval.runlock import RunLock
 from vlprompt.files import ensure_writable, write_json_atomically
-from vlprompt.learners import get_learner_class
-from vlprompt.learners.registry import learner_name_of
+
+# Lightning, the learners and the data protocol are imported where runs start, so `vlprompt suite --help` and
+# argument mistakes answer at once.
 
 #: Protocols that train once on a source data set and test on other data sets (ImageNet -> the other ten;
 #: ImageNet -> V2/Sketch/A/R).
@@ -41,12 +41,16 @@ TRANSFER_PROTOCOLS = ("cross-dataset", "domain-generalization")
 PROTOCOLS = ("base2novel", "few-shot", *TRANSFER_PROTOCOLS)
 FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 METRICS_FILE = "metrics.json"
+#: Where a run keeps its checkpoints (``last.ckpt``), below its directory; an interrupted run resumes from there.
+CHECKPOINT_DIR = "checkpoints"
 #: The data configs of a checkout (``configs/data``): the default data sets of each protocol.
 STANDARD_DATA_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
 def standard_data(protocol: str) -> tuple[Optional[str], list[str]]:
     """The papers' data sets for ``protocol``: (source, evaluated data sets), as benchmark names."""
+    from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
+
     if protocol == "cross-dataset":
         return "ImageNet", list(CROSS_DATASET_TARGETS)
     if protocol == "domain-generalization":
@@ -63,6 +67,9 @@ def _standard_config(name: str) -> Path:
 
 def _learner_class(path: Path):
     """The learner class a learner YAML names (``model.class_path``)."""
+    from vlprompt.learners import get_learner_class
+    from vlprompt.learners.registry import learner_name_of
+
     class_path = ((_read_yaml(path)).get("model") or {}).get("class_path")
     if not class_path:
         raise ConfigError(f"{str(path)!r} names no learner (model.class_path); use a file from configs/learners/")
@@ -91,11 +98,14 @@ def _dataset_name(path: Path) -> str:
 
 
 def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int, shots: int,
-              run_dir: Path, overrides: Sequence[str]) -> list[str]:
+              run_dir: Path, overrides: Sequence[str], max_epochs: Optional[int] = None) -> list[str]:
+    epochs = ["--trainer.max_epochs", str(max_epochs)] if max_epochs else []
     configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
     return [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
-            "--data.shots", str(shots), "--trainer.logger.init_args.save_dir", str(run_dir),
-            "--trainer.logger.init_args.name", "logs", "--trainer.enable_model_summary", "false", *overrides]
+            "--data.shots", str(shots), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "logs",
+            "--checkpoint.dirpath", str(run_dir / CHECKPOINT_DIR), "--trainer.enable_model_summary", "false",
+            *epochs, *overrides]
 
 
 def _config_record(learner_config: Path, clip_config: Optional[Path], data_config: Path,
@@ -111,15 +121,18 @@ def _write_metrics(directory: Path, metrics: dict) -> None:
 
 
 def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
-            shots: int, run_dir: Path, overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None) -> dict:
+            shots: int, run_dir: Path, overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None,
+            max_epochs: Optional[int] = None, resume: Optional[Path] = None) -> dict:
     """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent).
 
     With ``wandb``, fit and tests log into one wandb run grouped by protocol/learner/data set, whose summary
-    gets the final accuracies.
+    gets the final accuracies. ``resume``: the ``last.ckpt`` of an interrupted fit of this run to go on from.
     """
+    from vlprompt.eval.base2novel import base_to_novel, fit_then_test
+
     cls = _learner_class(learner_config)
     dataset = _dataset_name(data_config)
-    args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides)
+    args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides, max_epochs)
     if wandb:
         args += wandb_logger_args(wandb, run_dir, f"{dataset}-shots{shots}-seed{seed}",
                                   f"{protocol}/{cls.registry_name}/{dataset}", protocol,
@@ -127,9 +140,9 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     started = time.time()
     metrics = {"learner": cls.registry_name, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
     if protocol == "base2novel":
-        metrics.update(base_to_novel(args, cls.needs_training))
+        metrics.update(base_to_novel(args, cls.needs_training, resume))
     elif protocol == "few-shot":
-        _, metrics["acc"] = fit_then_test(args, "all", cls.needs_training)
+        _, metrics["acc"] = fit_then_test(args, "all", cls.needs_training, resume)
     else:
         raise ConfigError(f"protocol {protocol!r} is not a single-data-set protocol; use run_transfer")
     metrics["seconds"] = round(time.time() - started, 1)
@@ -142,25 +155,28 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
 
 def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path], source: Path,
                  targets: Sequence[Path], seed: int, shots: int, run_dir: Path,
-                 overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None) -> list[dict]:
+                 overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None,
+                 max_epochs: Optional[int] = None, resume: Optional[Path] = None) -> list[dict]:
     """Train on all classes of ``source`` once, then test the same prompts on the source and every target.
 
     Each evaluated data set gets ``run_dir/<dataset>/metrics.json`` (``acc`` in percent, ``source`` named).
-    With ``wandb``, training and every test log into one wandb run.
+    With ``wandb``, training and every test log into one wandb run. ``resume`` as in :func:`run_one`.
     """
+    from vlprompt.eval.base2novel import cli_test_accuracy, fit_checkpoint
+
     cls = _learner_class(learner_config)
     source_name = _dataset_name(source)
     tracking = wandb_logger_args(wandb, run_dir, f"from-{source_name}-shots{shots}-seed{seed}",
                                  f"{protocol}/{cls.registry_name}/from-{source_name}", protocol,
                                  [protocol, cls.registry_name, source_name]) if wandb else []
-    args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides) + tracking
+    args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides, max_epochs) + tracking
     checkpoint = []
     if cls.needs_training:
-        fit = create_cli(["fit", *args, "--data.subsample", "all"])
-        checkpoint = ["--ckpt_path", fit.trainer.checkpoint_callback.last_model_path]
+        checkpoint = ["--ckpt_path", fit_checkpoint(args, "all", resume)]
     results = []
     for data_config in [source, *targets]:
-        test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides) + tracking
+        test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides,
+                              max_epochs) + tracking
         metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
                    "shots": shots, "protocol": protocol, "source": source_name,
                    "acc": cli_test_accuracy([*test_args, *checkpoint]),
@@ -184,12 +200,13 @@ def _check_files(paths: Sequence[Optional[Path]]) -> None:
 
 @dataclass
 class _Run:
-    """One configuration of a suite: where it lives, the metrics files that mark it finished, how to run it."""
+    """One configuration of a suite: where it lives, the metrics files that mark it finished, how to run it
+    (``execute(resume)``, with ``resume`` the checkpoint of an interrupted fit or None)."""
 
     run_dir: Path
     expected: list[Path]
     title: str
-    execute: Callable[[], list[dict]]
+    execute: Callable[..., list[dict]]
 
 
 #: Seconds between looks at runs that another suite process is running.
@@ -202,7 +219,52 @@ def _finished(run: _Run) -> Optional[list[dict]]:
     return None
 
 
-def _run_if_free(run: _Run) -> tuple[Optional[list[dict]], str]:
+def _resumable_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The ``last.ckpt`` an interrupted run can go on from; None when it has none or it cannot be read (a fit
+    killed while writing it)."""
+    from vlprompt.learners.checkpoint import read_checkpoint
+
+    path = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    if not path.is_file():
+        return None
+    try:
+        read_checkpoint(path)
+    except ConfigError as err:
+        print(f"[suite] cannot resume from {path} ({err}); starting the run over")
+        return None
+    return path
+
+
+class _Progress:
+    """``run i of N`` lines with an estimate of the time left, from the runs this process has timed."""
+
+    def __init__(self, total: int):
+        self.total, self.seen, self.durations = total, 0, []
+
+    def start(self, run: _Run, resume: Optional[Path]) -> float:
+        self.seen += 1
+        how = f"resuming from {resume}" if resume else "starting"
+        print(f"[suite] run {self.seen} of {self.total}: {run.title} ({how}) -> {run.run_dir}", flush=True)
+        return time.time()
+
+    def skip(self, run: _Run, why: str) -> None:
+        self.seen += 1
+        print(f"[suite] run {self.seen} of {self.total}: {run.title}: {why}", flush=True)
+
+    def finish(self, started: float, remaining: int) -> None:
+        self.durations.append(time.time() - started)
+        mean = sum(self.durations) / len(self.durations)
+        left = f"; about {_duration(mean * remaining)} left for {remaining} more" if remaining else ""
+        print(f"[suite] finished in {_duration(self.durations[-1])}{left}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _run_if_free(run: _Run, progress: _Progress, remaining: Callable[[], int]) -> tuple[Optional[list[dict]], str]:
     """``(metrics, how)``: finished already, run here now, or ``(None, "busy")`` while another process owns it."""
     done = _finished(run)
     if done is not None:
@@ -217,33 +279,45 @@ def _run_if_free(run: _Run) -> tuple[Optional[list[dict]], str]:
             owner = lock.previous_owner
             print(f"[suite] taking over {run.run_dir} from pid {owner.get('pid')} on {owner.get('host')}, "
                   "which stopped before finishing it")
-        if run.run_dir.exists():  # an interrupted run (its owner is gone): start it again from nothing
+        resume = _resumable_checkpoint(run.run_dir) if run.run_dir.exists() else None
+        if run.run_dir.exists() and resume is None:  # interrupted before its first checkpoint: start over
             shutil.rmtree(run.run_dir)
-        run.run_dir.mkdir(parents=True)
-        print(f"[suite] running {run.title} -> {run.run_dir}")
-        return run.execute(), "ran"
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        started = progress.start(run, resume)
+        metrics = run.execute(resume=resume)
+        progress.finish(started, remaining())
+        return metrics, "ran"
 
 
 def _run_all(runs: Sequence[_Run]) -> list[dict]:
     """Run every configuration not finished yet; configurations another suite process is running are waited for
     (and taken over if that process stops), so concurrent suites on one runs directory share the work."""
+    started = time.time()
     outcomes: dict[int, list[dict]] = {}
     counts = {"ran": 0, "done already": 0, "by another process": 0}
     waiting = []
+    progress = _Progress(len(runs))
+    # Runs this process may still have to run: not finished, not handed to the waiting list.
+    pending = set(range(len(runs)))
+
+    def remaining() -> int:
+        return len(pending - set(outcomes)) - 1
+
     for index, run in enumerate(runs):
-        done, how = _run_if_free(run)
+        done, how = _run_if_free(run, progress, remaining)
+        pending.discard(index)
         if done is None:
             waiting.append(index)
             continue
         outcomes[index] = done
         counts[how] += 1
         if how == "done already":
-            print(f"[suite] done already: {run.run_dir}")
+            progress.skip(run, f"done already ({run.run_dir})")
     announced = set()
     while waiting:
         for index in list(waiting):
             run = runs[index]
-            done, how = _run_if_free(run)
+            done, how = _run_if_free(run, progress, lambda: len(waiting) - 1)
             if done is None:
                 if index not in announced:
                     print(f"[suite] waiting for {run.run_dir}: run by {RunLock(run.run_dir).describe_owner()}")
@@ -254,20 +328,30 @@ def _run_all(runs: Sequence[_Run]) -> list[dict]:
             waiting.remove(index)
         if waiting:
             time.sleep(WAIT_POLL_SECONDS)
-    print(f"[suite] {len(runs)} configurations finished: {counts['ran']} here, {counts['by another process']} by "
-          f"another suite process, {counts['done already']} earlier")
+    print(f"[suite] {len(runs)} configurations finished in {_duration(time.time() - started)}: {counts['ran']} here, "
+          f"{counts['by another process']} by another suite process, {counts['done already']} earlier")
     return [metrics for index in range(len(runs)) for metrics in outcomes[index]]
+
+
+def _epochs_for(shots: int, schedule: Optional[dict[int, int]]) -> Optional[int]:
+    if not schedule:
+        return None
+    if shots not in schedule:
+        raise ConfigError(f"--max-epochs-by-shots gives no epochs for {shots} shots; add {shots}=EPOCHS")
+    return schedule[shots]
 
 
 def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
               overrides: Sequence[str] = (), source: Optional[Path] = None,
-              wandb: Optional[WandbOptions] = None) -> list[dict]:
+              wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
     ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`). Several suite
     processes may share ``runs``: each configuration is run by one of them (:class:`RunLock`).
+    ``epochs_by_shots`` (``{1: 50, 2: 100, ...}``) sets ``trainer.max_epochs`` per shot count, as CoOp's few-shot
+    schedule does; overrides after it still win.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -278,6 +362,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     _check_files([learner_config, clip_config, source, *data_configs])
     ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
+    epochs = {k: _epochs_for(k, epochs_by_shots) for k in shots}
     learner = _learner_class(learner_config).registry_name
     planned = []
     if protocol in TRANSFER_PROTOCOLS:
@@ -288,23 +373,43 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                 planned.append(_Run(
                     run_dir, [run_dir / name / METRICS_FILE for name in names],
                     f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
-                    functools.partial(run_transfer, protocol, learner_config, clip_config, source, data_configs, seed,
-                                      k, run_dir, overrides, wandb)))
+                    functools.partial(_transfer_run, protocol, learner_config, clip_config, source, data_configs, seed,
+                                      k, run_dir, overrides, wandb, epochs[k])))
         return _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         for k in shots:
             for seed in seeds:
                 run_dir = runs / protocol / learner / dataset / f"shots{k}_seed{seed}"
-                one = functools.partial(run_one, protocol, learner_config, clip_config, data_config, seed, k, run_dir,
-                                        overrides, wandb)
                 planned.append(_Run(run_dir, [run_dir / METRICS_FILE],
-                                    f"{protocol} {learner} {dataset} shots={k} seed={seed}", lambda one=one: [one()]))
+                                    f"{protocol} {learner} {dataset} shots={k} seed={seed}",
+                                    functools.partial(_single_run, protocol, learner_config, clip_config, data_config,
+                                                      seed, k, run_dir, overrides, wandb, epochs[k])))
     return _run_all(planned)
 
 
+def _single_run(*args, resume: Optional[Path] = None) -> list[dict]:
+    return [run_one(*args, resume=resume)]
+
+
+def _transfer_run(*args, resume: Optional[Path] = None) -> list[dict]:
+    return run_transfer(*args, resume=resume)
+
+
+def _epochs_schedule(values: Sequence[str]) -> dict[int, int]:
+    schedule = {}
+    for value in values:
+        shots, _, epochs = value.partition("=")
+        if not (shots.isdigit() and epochs.isdigit()):
+            raise ConfigError(f"--max-epochs-by-shots takes SHOTS=EPOCHS pairs such as 1=50 2=100, got {value!r}")
+        schedule[int(shots)] = int(epochs)
+    return schedule
+
+
 def main(argv: Sequence[str]) -> None:
-    parser = OneLineArgumentParser(prog="vlprompt suite", description="Run an evaluation protocol (resumable).")
+    parser = OneLineArgumentParser(prog="vlprompt suite", description="Run an evaluation protocol (resumable).",
+                                   epilog="Everything after -- is passed to every run, e.g. -- --trainer.max_epochs 5. "
+                                          "Afterwards: vlprompt report RUNS")
     parser.add_argument("protocol", choices=PROTOCOLS)
     parser.add_argument("--learner", type=Path, required=True, help="learner YAML, e.g. configs/learners/coop.yaml")
     parser.add_argument("--clip", type=Path, help="CLIP YAML, e.g. configs/clip/toy.yaml")
@@ -316,6 +421,9 @@ def main(argv: Sequence[str]) -> None:
                         help="training data YAML of cross-dataset / domain-generalization (default: ImageNet)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, nargs="+", help="default: 16 (base2novel), 1 2 4 8 16 (few-shot)")
+    parser.add_argument("--max-epochs-by-shots", nargs="+", default=[], metavar="SHOTS=EPOCHS",
+                        help="epochs per shot count, e.g. CoOp's 1=50 2=100 4=100 8=200 16=200 (default: the learner "
+                             "YAML's trainer.max_epochs for every shot count)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
     parser.add_argument("--wandb", action="store_true",
                         help="log every run to wandb (grouped by protocol/learner/data set) and a summary run at the "
@@ -325,16 +433,23 @@ def main(argv: Sequence[str]) -> None:
     argv = list(argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    schedule = _epochs_schedule(options.max_epochs_by_shots)
     tracker = WandbOptions(options.wandb_project, options.wandb_entity) if options.wandb else None
     if tracker:  # fit and tests of one suite run share a wandb run on purpose
         warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
+    # The suite calls the command line from Python on purpose, and a resumed run's checkpoint folder is not empty.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended to run from within Python")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-                        options.shots, overrides, options.source, tracker)
+                        options.shots, overrides, options.source, tracker, schedule)
+    rows = aggregate(results)
+    print("\n" + tables(rows)["md"])
     if tracker:
         learner = results[0]["learner"]
         report_dir = options.runs / options.protocol / learner / "report"
-        rows = aggregate(results)
         rendered, images = write_report(rows, report_dir)
         log_suite_summary(tracker, f"{options.protocol}-{learner}-summary", f"{options.protocol}/{learner}",
                           report_dir, rows, rendered["md"], images)
         print(f"[suite] wandb summary run logged; tables and plots also in {report_dir}")
+    print(f"[suite] mean ± std over seeds above; tables (Markdown, CSV, LaTeX) and plots of everything in "
+          f"{options.runs}: vlprompt report {options.runs}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, ClassVar, Optional, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -284,13 +287,36 @@ class PromptLearner(pl.LightningModule):
             "frozen": {name: model.identity for name, model in self.frozen_models.items()},
             "classnames": list(self.classnames),
         }
+        # A fit resumed from this checkpoint draws the same batches and augmentations as an uninterrupted one.
+        checkpoint["random_state"] = _random_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_matches(checkpoint, self)
+        if "random_state" in checkpoint and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            _set_random_state(checkpoint["random_state"])
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._text_cache = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _random_state() -> dict[str, Any]:
+    """The global generators' states, in types ``torch.load(weights_only=True)`` reads back."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                      has_gauss, gauss], "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _class_texts(classnames: Sequence[str], templates: Optional[Sequence[str]],
