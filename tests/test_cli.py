@@ -193,3 +193,36 @@ def test_pretraining_tool_refuses_a_wrong_output_name_before_training(tmp_path):
                              str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "must end in .safetensors" in result.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_default_root_dir_decides_where_a_fit_goes_and_the_fit_says_where(shapes, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *base_args("coop", shapes), "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere",
+          "--trainer.enable_progress_bar", "false"])
+    run_dir = Path("elsewhere") / "lightning_logs" / "version_0"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"vlprompt: checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}, config {run_dir / 'config.yaml'}")
+    assert (run_dir / "metrics.csv").is_file() and not (tmp_path / "runs").exists()
+
+
+def test_testing_untrained_prompts_says_so(shapes, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["test", *base_args("coop", shapes), "--trainer.enable_progress_bar", "false"])
+    assert "vlprompt: warning: test of coop without --ckpt_path scores its untrained prompts" in capsys.readouterr().err
+    main(["test", *base_args("zeroshot", shapes), "--trainer.enable_progress_bar", "false"])
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_wandb_runs_keep_their_config_beside_their_checkpoint(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["fit", *base_args("coop", shapes), "--trainer.max_epochs", "1", "--trainer.default_root_dir", "out",
+            "--trainer.logger", "WandbLogger", "--trainer.logger.init_args.project", "proj",
+            "--trainer.enable_progress_bar", "false"]
+    for epochs in ("1", "2"):
+        result = run_cli(*args, "--trainer.max_epochs", epochs, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted((tmp_path / "out" / "proj").glob("*/checkpoints/last.ckpt"))
+    assert len(checkpoints) == 2
+    epochs = {yaml.safe_load((c.parent.parent / "config.yaml").read_text())["trainer"]["max_epochs"] for c in checkpoints}
+    assert epochs == {1, 2} and not (tmp_path / "runs").exists() and not (tmp_path / "out" / "config.yaml").exists()

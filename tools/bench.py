@@ -110,7 +110,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks.md",
+                        help="Markdown report (default: runs/; the tracked docs/benchmarks.md is rewritten "
+                             "only when named here)")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)

@@ -84,7 +84,9 @@ def timed(function) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-image-check.md")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks-image-check.md",
+                        help="Markdown report (default: runs/; the tracked docs/benchmarks-image-check.md is rewritten "
+                             "only when named here)")
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="vlprompt-image-check-"))
     try:

@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
     parser.add_argument("--learners", nargs="+", default=trainable, choices=trainable, help="learners to train")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (few shots and init)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "toy-world.md", help="Markdown report")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "toy-world.md",
+                        help="Markdown report (default: runs/; the tracked docs/toy-world.md is rewritten "
+                             "only when named here)")
     options = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     run_dir = options.runs / time.strftime("toy-benchmark-%Y%m%d-%H%M%S")
@@ -135,7 +137,7 @@ def main() -> None:
               for learner, values in average.items()]
     lines += ["", f"Measured with `{command}` in {minutes:.1f} min (2 CPU cores); runs in `runs/`.", ""]
     options.out.parent.mkdir(parents=True, exist_ok=True)
-    notes = options.out.with_name("toy-world-notes.md")
+    notes = REPO / "docs" / "toy-world-notes.md"
     if notes.is_file():  # analysis written by hand beside the measured tables
         lines += [notes.read_text()]
     options.out.write_text("\n".join(lines))
