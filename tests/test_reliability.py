@@ -335,10 +335,10 @@ def test_a_lock_file_left_by_a_dead_process_is_taken_over(shapes, tmp_path, caps
     data = tmp_path / "data.yaml"
     data.write_text(f"data:\n  root: {shapes}\n  split_file: split_zhou_ToyShapes.json\n  num_workers: 0\n"
                     "  batch_size: 8\n")
-    run = tmp_path / "runs" / "base2novel" / "zeroshot" / shapes.name / "shots4_seed1"
+    run = tmp_path / "runs" / "base2novel" / "zeroshot" / shapes.name / "shots0_seed1"  # zero-shot: 0 shots
     run.mkdir(parents=True)
     (run / "half-written.txt").write_text("interrupted")
-    (run.parent / "shots4_seed1.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
+    (run.parent / "shots0_seed1.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
     main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "zeroshot.yaml"), "--clip",
           str(CONFIGS / "clip" / "tiny-random.yaml"), "--data", str(data), "--seeds", "1", "--shots", "4",
           "--runs", str(tmp_path / "runs"), "--", "--trainer.enable_progress_bar", "false"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vlprompt.commands import main
-from vlprompt.eval.report import aggregate, tables
+from vlprompt.eval.report import aggregate, paper_tables, tables, write_report
 from vlprompt.eval.suite import standard_data
 from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS
 from vlprompt.toy import write_toy_dataset
@@ -58,8 +58,12 @@ def test_base2novel_suite_then_report_then_resume(toy_data_config, tmp_path, cap
 
     main(["report", str(runs)])
     report = capsys.readouterr().out
+    assert "#### ToyShapes" in report and "Each cell is the mean over 2 seeds (1, 2)" in report
+    main(["report", str(runs), "--layout", "long"])
+    report = capsys.readouterr().out
     assert "| coop | 4 | ToyShapes |" in report and "±" in report
-    for name in ("report.md", "report.csv", "report.tex", "hm_per_dataset.png", "base_vs_novel.png"):
+    for name in ("report.md", "report.csv", "report.tex", "paper.md", "paper.tex", "hm_per_dataset.png",
+                 "base_vs_novel.png"):
         assert (runs / "report" / name).stat().st_size > 0
 
     # Restart: finished runs are skipped; an interrupted one (no metrics.json) resumes from its last.ckpt, and one
@@ -155,6 +159,50 @@ def test_cross_dataset_average_leaves_the_source_out():
     assert "cross-dataset,coop,ImageNet,16,Average" in text["csv"]
 
 
+def fake_runs() -> list[dict]:
+    """Zero-shot CLIP (one seed, no shots) and CoOp (seeds 1-3) in all three protocols, with known accuracies."""
+    runs = []
+    for learner, shots, seeds in (("zeroshot", 0, [1]), ("coop", 16, [1, 2, 3])):
+        for d, base, novel in (("ImageNet", 70, 60), ("DTD", 50, 40)):
+            runs += [{"protocol": "base2novel", "learner": learner, "shots": shots, "dataset": d, "seed": s,
+                      "base_acc": base + s + (10 if shots else 0), "novel_acc": novel - s,
+                      "hm": 0.0} for s in seeds]
+        runs += [{"protocol": "cross-dataset", "learner": learner, "shots": shots, "source": "ImageNet", "dataset": d,
+                  "seed": s, "acc": acc + s} for d, acc in (("ImageNet", 70), ("Caltech101", 90), ("DTD", 40))
+                 for s in seeds]
+        runs += [{"protocol": "few-shot", "learner": learner, "shots": k, "dataset": "DTD", "seed": s, "acc": 40 + k + s}
+                 for k in ([0] if learner == "zeroshot" else [1, 2, 4]) for s in seeds]
+    for run in runs:
+        if run["protocol"] == "base2novel":
+            run["hm"] = 2 * run["base_acc"] * run["novel_acc"] / (run["base_acc"] + run["novel_acc"])
+    return runs
+
+
+def test_paper_layouts_blocks_per_dataset_columns_per_target_and_seed_counts():
+    text = paper_tables(aggregate(fake_runs()))["md"]
+    # Base-to-novel: the average block first, then one block per data set in the papers' order.
+    assert text.index("#### Average over 2 data sets") < text.index("#### ImageNet") < text.index("#### DTD")
+    assert "| coop | 82.00 | 58.00 | 67.93 |" in text  # ImageNet: base 70+2+10, novel 60-2 (means over seeds 1-3)
+    assert "| zeroshot | 71.00 (n=1) | 59.00 (n=1) |" in text
+    assert "Each cell is the mean over 3 seeds (1, 2, 3); cells marked (n=k) average k seeds" in text
+    # Cross-dataset: one row per learner, the source first, then the targets and their average (source left out).
+    assert "|  | ImageNet (source) | Caltech101 | DTD | Average (targets) |" in text
+    assert "| coop | 72.00 | 92.00 | 42.00 | 67.00 |" in text
+    # Few-shot: one column per shot count, zero-shot CLIP in the 0 column.
+    assert "|  | 0 (zero-shot) | 1 shot | 2 shots | 4 shots |" in text
+    assert "| zeroshot | 41.00 (n=1) | - | - | - |" in text and "| coop | - | 43.00 | 44.00 | 46.00 |" in text
+
+
+def test_report_plots_only_what_each_protocol_has(tmp_path):
+    runs = [r for r in fake_runs() if r["protocol"] == "cross-dataset"]
+    _, images = write_report(aggregate(runs), tmp_path / "transfer")
+    assert images == []  # transfer results are tables, never points on the few-shot curves
+    _, images = write_report(aggregate(fake_runs()), tmp_path / "all")
+    assert sorted(p.name for p in images) == ["base_vs_novel.png", "few_shot.png", "hm_per_dataset.png"]
+    assert (tmp_path / "all" / "paper.md").read_text().startswith("### Base-to-novel generalisation")
+    assert r"\toprule" in (tmp_path / "all" / "paper.tex").read_text()
+
+
 def test_suite_and_report_mistakes_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path)])
@@ -170,8 +218,8 @@ def test_few_shot_suite_with_a_learner_that_does_not_train(toy_data_config, tmp_
           CONFIGS / "clip" / "tiny-random.yaml", "--data", toy_data_config, "--seeds", "1", "--shots", "1", "2",
           "--runs", runs, "--", "--trainer.enable_progress_bar", "false"])
     metrics = [json.loads(p.read_text()) for p in sorted(runs.rglob("metrics.json"))]
-    assert [(m["protocol"], m["learner"], m["shots"]) for m in metrics] == [("few-shot", "zeroshot", 1),
-                                                                           ("few-shot", "zeroshot", 2)]
+    # Zero-shot accuracy does not depend on the shots: one run, recorded as 0 shots (the curves' zero-shot line).
+    assert [(m["protocol"], m["learner"], m["shots"]) for m in metrics] == [("few-shot", "zeroshot", 0)]
     assert all(0 <= m["acc"] <= 100 for m in metrics)
     main(["report", str(runs)])
     assert (runs / "report" / "few_shot.png").stat().st_size > 0

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from vlprompt.errors import ConfigError
 from vlprompt.eval.accuracy import harmonic_mean
@@ -163,8 +163,133 @@ def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
     return {"md": "\n".join(md), "csv": buffer.getvalue(), "tex": "\n".join(tex)}
 
 
+def _datasets_in_order(rows: Sequence[dict]) -> list[str]:
+    """The data sets of ``rows``, the average first (as the papers' tables put it), then in the papers' order."""
+    from vlprompt.data.benchmarks import CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS
+
+    names = {r["dataset"] for r in rows}
+    known = [name for name in ("ImageNet", *CROSS_DATASET_TARGETS, *DOMAIN_GENERALIZATION_TARGETS) if name in names]
+    return [AVERAGE] * (AVERAGE in names) + known + sorted(names - set(known) - {AVERAGE})
+
+
+def _learners_in_order(rows: Sequence[dict]) -> list[str]:
+    """Learners as the papers list them: zero-shot CLIP first, then by name."""
+    return sorted({r["learner"] for r in rows}, key=lambda name: (name != "zeroshot", name))
+
+
+def _seed_counts(rows: Sequence[dict]) -> tuple[int, str]:
+    """The usual number of seeds per cell and a sentence saying so (and that cells marked ``(n=k)`` differ)."""
+    counts = [len(r["seeds"]) for r in rows if r["dataset"] != AVERAGE]
+    if not counts:
+        return 0, ""
+    usual = statistics.mode(counts)
+    seeds = sorted({seed for r in rows for seed in r["seeds"]})
+    text = f"Each cell is the mean over {usual} seed{'s' * (usual != 1)} ({', '.join(map(str, seeds))})"
+    if any(count != usual for count in counts):
+        text += "; cells marked (n=k) average k seeds"
+    return usual, text + "; Average: the mean over data sets."
+
+
+def _paper_cell(row: Optional[dict], key: str, usual: int) -> str:
+    if row is None:
+        return "-"
+    text = f"{row[key]['mean']:.2f}"
+    if row["dataset"] != AVERAGE and len(row["seeds"]) != usual:
+        text += f" (n={len(row['seeds'])})"
+    return text
+
+
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in body), ""]
+
+
+def _latex_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    def escape(text: str) -> str:
+        return text.replace("_", r"\_").replace("%", r"\%")
+
+    return [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+            " & ".join(map(escape, header)) + r" \\", r"\midrule",
+            *(" & ".join(map(escape, cells)) + r" \\" for cells in body), r"\bottomrule", r"\end{tabular}", ""]
+
+
+def _learner_label(row: dict, usual_shots: Optional[int]) -> str:
+    if row["shots"] in (0, usual_shots):
+        return row["learner"]
+    return f"{row['learner']} ({row['shots']} shots)"
+
+
+def paper_tables(rows: Sequence[dict]) -> dict[str, str]:
+    """The papers' layouts, ``{"md": ..., "tex": ...}``: base-to-novel as one block per data set (the average
+    first) with Base / Novel / HM per learner; cross-dataset and domain generalisation as one row per learner and
+    one column per data set (source first, then the targets and their average); few-shot as one block per data set
+    with one column per shot count (zero-shot CLIP in the 0 column). Every table says how many seeds a cell
+    averages."""
+    md, tex = [], []
+
+    def emit(title: str, header: Sequence[str], body: Sequence[Sequence[str]], note: str) -> None:
+        md.extend([f"#### {title}", "", *_markdown_table(header, body)])
+        tex.extend([f"% {title}", *_latex_table(header, body)])
+        if note:
+            md.extend([note, ""])
+            tex.extend([f"% {note}", ""])
+
+    b2n = [r for r in rows if r["protocol"] == "base2novel"]
+    if b2n:
+        md += ["### Base-to-novel generalisation", ""]
+        usual, note = _seed_counts(b2n)
+        trained_shots = [r["shots"] for r in b2n if r["shots"]]
+        usual_shots = statistics.mode(trained_shots) if trained_shots else None
+        datasets = _datasets_in_order(b2n)
+        for dataset in datasets:
+            block = sorted((r for r in b2n if r["dataset"] == dataset),
+                           key=lambda r: ((r["learner"] != "zeroshot", r["learner"]), r["shots"]))
+            title = dataset
+            if dataset == AVERAGE:
+                sizes = sorted({r["base_acc"]["n"] for r in block})
+                title = f"Average over {'/'.join(map(str, sizes))} data sets"
+            body = [[_learner_label(r, usual_shots), *(_paper_cell(r, key, usual) for key in ("base_acc", "novel_acc",
+                                                                                                "hm"))] for r in block]
+            emit(title, ["", "Base", "Novel", "HM"], body, note if dataset == datasets[0] else "")
+    for protocol, heading in (("cross-dataset", "Cross-dataset transfer"),
+                              ("domain-generalization", "Domain generalisation")):
+        transfer = [r for r in rows if r["protocol"] == protocol]
+        if not transfer:
+            continue
+        md += [f"### {heading}", ""]
+        for source in sorted({r["source"] for r in transfer}):
+            group = [r for r in transfer if r["source"] == source]
+            usual, note = _seed_counts(group)
+            targets = [d for d in _datasets_in_order(group) if d not in (AVERAGE, source)]
+            columns = [source, *targets] + ([AVERAGE] if any(r["dataset"] == AVERAGE for r in group) else [])
+            labels = sorted({(r["learner"], r["shots"]) for r in group}, key=lambda p: (p[0] != "zeroshot", p))
+            body = []
+            for learner, shots in labels:
+                cells = {r["dataset"]: r for r in group if (r["learner"], r["shots"]) == (learner, shots)}
+                label = learner if shots in (0, 16) else f"{learner} ({shots} shots)"
+                body.append([label, *(_paper_cell(cells.get(d), "acc", usual) for d in columns)])
+            header = ["", f"{source} (source)", *targets] + (["Average (targets)"] if AVERAGE in columns else [])
+            emit(f"Trained on {source}", header, body, note)
+    few = [r for r in rows if r["protocol"] == "few-shot"]
+    if few:
+        md += ["### Few-shot classification", ""]
+        usual, note = _seed_counts(few)
+        shots = sorted({r["shots"] for r in few})
+        datasets = _datasets_in_order(few)
+        for dataset in datasets:
+            block = [r for r in few if r["dataset"] == dataset]
+            body = []
+            for learner in _learners_in_order(block):
+                cells = {r["shots"]: r for r in block if r["learner"] == learner}
+                body.append([learner, *(_paper_cell(cells.get(k), "acc", usual) for k in shots)])
+            header = ["", *("0 (zero-shot)" if k == 0 else f"{k} shot{'s' * (k != 1)}" for k in shots)]
+            emit(dataset, header, body, note if dataset == datasets[0] else "")
+    return {"md": "\n".join(md), "tex": "\n".join(tex)}
+
+
 def plots(rows: Sequence[dict], out: Path) -> list[Path]:
-    """PNG plots: HM per data set and base vs novel (base-to-novel), accuracy against shots (few-shot)."""
+    """PNG plots: HM per data set (with the spread over seeds) and base against novel accuracy (base-to-novel);
+    accuracy against shots per data set with zero-shot CLIP as a line (few-shot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,46 +298,85 @@ def plots(rows: Sequence[dict], out: Path) -> list[Path]:
     written = []
     b2n = [r for r in rows if r["protocol"] == "base2novel"]
     if b2n:
-        learners = sorted({r["learner"] for r in b2n})
-        datasets = sorted({r["dataset"] for r in b2n}, key=lambda d: (d == AVERAGE, d))
-        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(datasets)), 3))
+        learners = _learners_in_order(b2n)
+        datasets = _datasets_in_order(b2n)
+        fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(datasets) * max(1, len(learners)) / 2), 3.4))
         width = 0.8 / len(learners)
         for i, learner in enumerate(learners):
-            hm = {r["dataset"]: r["hm"]["mean"] for r in b2n if r["learner"] == learner}
-            ax.bar([j + i * width for j in range(len(datasets))], [hm.get(d, 0) for d in datasets], width,
-                   label=learner)
+            by_dataset = {r["dataset"]: r["hm"] for r in b2n if r["learner"] == learner}
+            positions = [j + i * width for j, d in enumerate(datasets) if d in by_dataset]
+            present = [d for d in datasets if d in by_dataset]
+            ax.bar(positions, [by_dataset[d]["mean"] for d in present], width, label=learner,
+                   yerr=[by_dataset[d]["std"] or math.nan for d in present], capsize=2, error_kw={"linewidth": 0.8})
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))], datasets, rotation=30, ha="right")
-        ax.set_ylabel("HM (%)"), ax.legend(fontsize="small"), fig.tight_layout()
+        ax.set_ylabel("HM (%)"), ax.set_title("Harmonic mean of base and novel accuracy (error bars: std over seeds)",
+                                              fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1)), fig.tight_layout()
         written.append(out / "hm_per_dataset.png")
         fig.savefig(written[-1], dpi=120), plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(4, 4))
+        fig, ax = plt.subplots(figsize=(5, 5))
+        points = [r for r in b2n if r["dataset"] != AVERAGE]
+        values = [v for r in points for v in (r["base_acc"]["mean"], r["novel_acc"]["mean"])]
+        low, high = max(0.0, min(values) - 5), min(100.0, max(values) + 5)
+        ax.plot([low, high], [low, high], linestyle="--", color="grey", linewidth=0.8, label="novel = base")
         for learner in learners:
-            points = [r for r in b2n if r["learner"] == learner and r["dataset"] != AVERAGE]
-            ax.scatter([r["base_acc"]["mean"] for r in points], [r["novel_acc"]["mean"] for r in points], label=learner)
-        ax.set_xlabel("Base accuracy (%)"), ax.set_ylabel("Novel accuracy (%)"), ax.legend(fontsize="small")
-        fig.tight_layout()
+            mine = [r for r in points if r["learner"] == learner]
+            ax.scatter([r["base_acc"]["mean"] for r in mine], [r["novel_acc"]["mean"] for r in mine], label=learner)
+            for r in mine:
+                ax.annotate(r["dataset"], (r["base_acc"]["mean"], r["novel_acc"]["mean"]), fontsize="x-small",
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_xlim(low, high), ax.set_ylim(low, high), ax.set_aspect("equal")
+        ax.set_xlabel("Base accuracy (%)"), ax.set_ylabel("Novel accuracy (%)")
+        ax.set_title("Base against novel accuracy (below the line: novel classes lose)", fontsize="small")
+        ax.legend(fontsize="small"), fig.tight_layout()
         written.append(out / "base_vs_novel.png")
         fig.savefig(written[-1], dpi=120), plt.close(fig)
-    few = [r for r in rows if r["protocol"] != "base2novel"]
+    few = [r for r in rows if r["protocol"] == "few-shot"]
     if few:
-        fig, ax = plt.subplots(figsize=(4, 3))
-        for (learner, dataset) in sorted({(r["learner"], r["dataset"]) for r in few}):
-            points = sorted((r["shots"], r["acc"]["mean"]) for r in few if (r["learner"], r["dataset"]) == (learner, dataset))
-            ax.plot(*zip(*points), marker="o", label=f"{learner} {dataset}")
-        ax.set_xscale("log", base=2), ax.set_xlabel("shots per class"), ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize="x-small"), fig.tight_layout()
+        datasets = _datasets_in_order(few)
+        columns = min(4, len(datasets))
+        lines = (len(datasets) + columns - 1) // columns
+        fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.8 * lines), squeeze=False)
+        shots = sorted({r["shots"] for r in few if r["shots"]})
+        colours = {learner: f"C{i}" for i, learner in enumerate(_learners_in_order(few))}
+        for ax, dataset in zip(axes.flat, datasets):
+            for learner, colour in colours.items():
+                mine = sorted((r for r in few if (r["learner"], r["dataset"]) == (learner, dataset)),
+                              key=lambda r: r["shots"])
+                trained = [r for r in mine if r["shots"]]
+                if trained:
+                    ax.errorbar([r["shots"] for r in trained], [r["acc"]["mean"] for r in trained],
+                                yerr=[r["acc"]["std"] or math.nan for r in trained], marker="o", markersize=3,
+                                capsize=2, color=colour, label=learner)
+                for r in mine:
+                    if not r["shots"]:  # zero-shot: no training data, one horizontal line
+                        ax.axhline(r["acc"]["mean"], linestyle="--", color=colour,
+                                   label="zero-shot CLIP" if learner == "zeroshot" else f"{learner} (no training)")
+            ax.set_xscale("log", base=2)
+            if shots:
+                ax.set_xticks(shots, [str(k) for k in shots])
+            ax.set_title(dataset, fontsize="small"), ax.set_xlabel("shots per class", fontsize="small")
+            ax.set_ylabel("accuracy (%)", fontsize="small")
+        for ax in list(axes.flat)[len(datasets):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
+        fig.tight_layout(rect=(0, 0.12 if lines == 1 else 0.06, 1, 1))
         written.append(out / "few_shot.png")
         fig.savefig(written[-1], dpi=120), plt.close(fig)
     return written
 
 
 def write_report(rows: Sequence[dict], out: Path, ci: bool = False) -> tuple[dict[str, str], list[Path]]:
-    """``report.{md,csv,tex}`` and the PNG plots in ``out``; returns the tables and the plot paths."""
+    """``report.{md,csv,tex}`` (every row, mean ± spread), ``paper.{md,tex}`` (the papers' layouts) and the PNG
+    plots in ``out``; returns the long tables and the plot paths."""
     out.mkdir(parents=True, exist_ok=True)
     rendered = tables(rows, ci=ci)
     for suffix, text in rendered.items():
         (out / f"report.{suffix}").write_text(text)
+    for suffix, text in paper_tables(rows).items():
+        (out / f"paper.{suffix}").write_text(text)
     return rendered, plots(rows, out)
 
 
@@ -220,10 +384,14 @@ def main(argv: Sequence[str]) -> None:
     parser = OneLineArgumentParser(prog="vlprompt report", description="Aggregate metrics.json files over seeds.")
     parser.add_argument("runs", type=Path, help="directory searched for metrics.json files")
     parser.add_argument("--ci", action="store_true", help="report 95%% confidence intervals instead of std")
-    parser.add_argument("--out", type=Path, help="where report.{md,csv,tex} go (default RUNS/report)")
+    parser.add_argument("--out", type=Path, help="where the tables and plots go (default RUNS/report)")
+    parser.add_argument("--layout", choices=("paper", "long"), default="paper",
+                        help="what is printed: the papers' table layouts (default) or one row per data set and "
+                             "learner with mean ± std; both are written")
     options = parser.parse_args(argv)
     rows = aggregate(collect(options.runs), ci=options.ci)
     out = options.out or options.runs / "report"
     rendered, images = write_report(rows, out, ci=options.ci)
-    print(rendered["md"])
-    print(f"report written to {out}: report.md, report.csv, report.tex, " + ", ".join(p.name for p in images))
+    print(paper_tables(rows)["md"] if options.layout == "paper" else rendered["md"])
+    print(f"report written to {out}: report.md, report.csv, report.tex (every row), paper.md, paper.tex (the papers' "
+          "layouts), " + ", ".join(p.name for p in images))

@@ -101,8 +101,10 @@ def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Pa
               run_dir: Path, overrides: Sequence[str], max_epochs: Optional[int] = None) -> list[str]:
     epochs = ["--trainer.max_epochs", str(max_epochs)] if max_epochs else []
     configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
+    # Shots 0: a learner that learns nothing (zero-shot CLIP) is tested once per data set and seed.
+    shot_args = ["--data.shots", str(shots)] if shots else []
     return [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
-            "--data.shots", str(shots), "--trainer.default_root_dir", str(run_dir),
+            *shot_args, "--trainer.default_root_dir", str(run_dir),
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "logs",
             "--checkpoint.dirpath", str(run_dir / CHECKPOINT_DIR), "--trainer.enable_model_summary", "false",
             *epochs, *overrides]
@@ -362,8 +364,11 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     _check_files([learner_config, clip_config, source, *data_configs])
     ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
-    epochs = {k: _epochs_for(k, epochs_by_shots) for k in shots}
-    learner = _learner_class(learner_config).registry_name
+    cls = _learner_class(learner_config)
+    learner = cls.registry_name
+    if not cls.needs_training:  # its accuracy does not depend on the shots: one run, recorded as 0 shots
+        shots = [0]
+    epochs = {k: _epochs_for(k, epochs_by_shots) if k else None for k in shots}
     planned = []
     if protocol in TRANSFER_PROTOCOLS:
         names = [_dataset_name(c) for c in [source, *data_configs]]
