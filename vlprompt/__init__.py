@@ -29,11 +29,17 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
+#: Subpackages reachable as attributes after ``import vlprompt`` (``vlprompt.clip.FrozenCLIP``).
+_SUBMODULES = ("callbacks", "clip", "commands", "data", "errors", "eval", "files", "learners", "toy")
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vlprompt.{name}")
     raise AttributeError(f"module 'vlprompt' has no attribute {name!r}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ImageSplitDataModule": "vlprompt.data.datamodule",
+    "ImageSplitDataModule": "vlprompt.data.datamodule", "image_transform": "vlprompt.data.datamodule",
     "Item": "vlprompt.data.splits", "classnames_of": "vlprompt.data.splits", "few_shot_split": "vlprompt.data.splits",
     "read_split_file": "vlprompt.data.splits", "subsample_classes": "vlprompt.data.splits",
 }

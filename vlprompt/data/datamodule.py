@@ -71,6 +71,24 @@ def _distributed_world_size() -> int:
     return torch.distributed.get_world_size() if available else 1
 
 
+def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[int] = None):
+    """PIL image -> the tensor a learner takes: the Dassl/CoOp pipeline at the frozen model's input size and
+    normalisation (``clip.preprocess_cfg`` or ``learner.preprocess_cfg``: ``size``, ``mean``, ``std``).
+
+    Evaluation: bicubic resize of the short side and centre crop to ``size``. ``augment``: random-resized crop
+    (8-100% of the area) and horizontal flip instead, as the papers train. ``size`` overrides the model's.
+    """
+    size = size or preprocess_cfg.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean, std = preprocess_cfg.get("mean", CLIP_MEAN), preprocess_cfg.get("std", CLIP_STD)
+    bicubic = T.InterpolationMode.BICUBIC
+    if augment:
+        head = [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
+    else:
+        head = [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
+    return T.Compose(head + [T.ToTensor(), T.Normalize(mean, std)])
+
+
 class ImageSplitDataModule(pl.LightningDataModule):
     """Images under ``root/image_dir`` listed by a split file ``root/split_file`` (CoOp's format).
 
@@ -158,21 +176,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.datasets: dict[str, ImageListDataset] = {}
         self._checked: set[str] = set()
 
-    def _preprocess(self) -> tuple[int, Sequence[float], Sequence[float]]:
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        cfg = getattr(model, "preprocess_cfg", None) or {}
-        size = self.image_size or cfg.get("size", 224)
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        return size, cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
-
     def transform(self, train: bool):
-        size, mean, std = self._preprocess()
-        bicubic = T.InterpolationMode.BICUBIC
-        if train and self.augment:
-            head = [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
-        else:
-            head = [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
-        return T.Compose(head + [T.ToTensor(), T.Normalize(mean, std)])
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return image_transform(getattr(model, "preprocess_cfg", None) or {}, augment=train and self.augment,
+                               size=self.image_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

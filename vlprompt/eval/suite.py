@@ -16,12 +16,13 @@ has no readable checkpoint yet.
 from __future__ import annotations
 
 import functools
+import shlex
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import yaml
 
@@ -65,14 +66,24 @@ def _standard_config(name: str) -> Path:
     return path
 
 
-def _learner_class(path: Path):
-    """The learner class a learner YAML names (``model.class_path``)."""
+def _paths(learner_config: Union[Path, Sequence[Path]]) -> list[Path]:
+    """The learner YAMLs of a run: one file, or a learner file and recipe files over it
+    (``configs/learners/maple.yaml configs/recipes/maple/cross-dataset.yaml``)."""
+    return [Path(learner_config)] if isinstance(learner_config, (str, Path)) else [Path(p) for p in learner_config]
+
+
+def _learner_class(learner_config: Union[Path, Sequence[Path]]):
+    """The learner class the learner YAMLs name (the last ``model.class_path`` among them)."""
     from vlprompt.learners import get_learner_class
     from vlprompt.learners.registry import learner_name_of
 
-    class_path = ((_read_yaml(path)).get("model") or {}).get("class_path")
-    if not class_path:
-        raise ConfigError(f"{str(path)!r} names no learner (model.class_path); use a file from configs/learners/")
+    named = [(path, (_read_yaml(path).get("model") or {}).get("class_path")) for path in _paths(learner_config)]
+    named = [(path, class_path) for path, class_path in named if class_path]
+    if not named:
+        files = " ".join(str(path) for path in _paths(learner_config))
+        raise ConfigError(f"{files!r} names no learner (model.class_path); start --learner with a file from "
+                          "configs/learners/")
+    path, class_path = named[-1]
     name = learner_name_of(str(class_path))
     if name is None:
         raise ConfigError(f"{str(path)!r} names {class_path!r}, which is not a registered learner")
@@ -100,7 +111,8 @@ def _dataset_name(path: Path) -> str:
 def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int, shots: int,
               run_dir: Path, overrides: Sequence[str], max_epochs: Optional[int] = None) -> list[str]:
     epochs = ["--trainer.max_epochs", str(max_epochs)] if max_epochs else []
-    configs = ["--config", str(learner_config)] + (["--config", str(clip_config)] if clip_config else [])
+    configs = [arg for path in _paths(learner_config) for arg in ("--config", str(path))]
+    configs += ["--config", str(clip_config)] if clip_config else []
     # Shots 0: a learner that learns nothing (zero-shot CLIP) is tested once per data set and seed.
     shot_args = ["--data.shots", str(shots)] if shots else []
     return [*configs, "--config", str(data_config), "--seed_everything", str(seed), "--data.seed", str(seed),
@@ -113,7 +125,8 @@ def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Pa
 def _config_record(learner_config: Path, clip_config: Optional[Path], data_config: Path,
                    overrides: Sequence[str]) -> dict:
     """What a run was configured with, kept in its ``metrics.json``."""
-    return {"learner": str(learner_config), "clip": str(clip_config) if clip_config else None,
+    learner = [str(path) for path in _paths(learner_config)]
+    return {"learner": learner[0] if len(learner) == 1 else learner, "clip": str(clip_config) if clip_config else None,
             "data": str(data_config), "overrides": list(overrides)}
 
 
@@ -209,6 +222,7 @@ class _Run:
     expected: list[Path]
     title: str
     execute: Callable[..., list[dict]]
+    fit_args: list[str]
 
 
 #: Seconds between looks at runs that another suite process is running.
@@ -346,14 +360,15 @@ def _epochs_for(shots: int, schedule: Optional[dict[int, int]]) -> Optional[int]
 def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
               overrides: Sequence[str] = (), source: Optional[Path] = None,
-              wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None) -> list[dict]:
+              wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None,
+              dry_run: bool = False) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
     ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`). Several suite
     processes may share ``runs``: each configuration is run by one of them (:class:`RunLock`).
     ``epochs_by_shots`` (``{1: 50, 2: 100, ...}``) sets ``trainer.max_epochs`` per shot count, as CoOp's few-shot
-    schedule does; overrides after it still win.
+    schedule does; overrides after it still win. ``dry_run`` prints each run's training command and runs nothing.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -361,8 +376,9 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     if protocol in TRANSFER_PROTOCOLS and source is None:
         source = _standard_config(default_source)
     data_configs = list(data_configs) or [_standard_config(name) for name in default_data]
-    _check_files([learner_config, clip_config, source, *data_configs])
-    ensure_writable(runs, "the suite's runs directory (--runs)")
+    _check_files([*_paths(learner_config), clip_config, source, *data_configs])
+    if not dry_run:
+        ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     cls = _learner_class(learner_config)
     learner = cls.registry_name
@@ -379,8 +395,9 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                     run_dir, [run_dir / name / METRICS_FILE for name in names],
                     f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
                     functools.partial(_transfer_run, protocol, learner_config, clip_config, source, data_configs, seed,
-                                      k, run_dir, overrides, wandb, epochs[k])))
-        return _run_all(planned)
+                                      k, run_dir, overrides, wandb, epochs[k]),
+                    _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k])))
+        return _show(planned) if dry_run else _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         for k in shots:
@@ -389,8 +406,18 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                 planned.append(_Run(run_dir, [run_dir / METRICS_FILE],
                                     f"{protocol} {learner} {dataset} shots={k} seed={seed}",
                                     functools.partial(_single_run, protocol, learner_config, clip_config, data_config,
-                                                      seed, k, run_dir, overrides, wandb, epochs[k])))
-    return _run_all(planned)
+                                                      seed, k, run_dir, overrides, wandb, epochs[k]),
+                                    _run_args(learner_config, clip_config, data_config, seed, k, run_dir, overrides,
+                                              epochs[k])))
+    return _show(planned) if dry_run else _run_all(planned)
+
+
+def _show(runs: Sequence[_Run]) -> list[dict]:
+    """``--dry-run``: what each run would train with, as a ``vlprompt fit`` command line."""
+    for index, run in enumerate(runs, 1):
+        print(f"[suite] run {index} of {len(runs)}: {run.title} -> {run.run_dir}")
+        print("  vlprompt fit " + shlex.join(run.fit_args))
+    return []
 
 
 def _single_run(*args, resume: Optional[Path] = None) -> list[dict]:
@@ -416,7 +443,9 @@ def main(argv: Sequence[str]) -> None:
                                    epilog="Everything after -- is passed to every run, e.g. -- --trainer.max_epochs 5. "
                                           "Afterwards: vlprompt report RUNS")
     parser.add_argument("protocol", choices=PROTOCOLS)
-    parser.add_argument("--learner", type=Path, required=True, help="learner YAML, e.g. configs/learners/coop.yaml")
+    parser.add_argument("--learner", type=Path, nargs="+", required=True,
+                        help="learner YAML, e.g. configs/learners/coop.yaml, and recipe files over it, e.g. "
+                             "configs/learners/maple.yaml configs/recipes/maple/cross-dataset.yaml")
     parser.add_argument("--clip", type=Path, help="CLIP YAML, e.g. configs/clip/toy.yaml")
     parser.add_argument("--data", type=Path, nargs="+", default=[],
                         help="data YAMLs, one per data set (the test sets, for the transfer protocols); default: the "
@@ -430,6 +459,7 @@ def main(argv: Sequence[str]) -> None:
                         help="epochs per shot count, e.g. CoOp's 1=50 2=100 4=100 8=200 16=200 (default: the learner "
                              "YAML's trainer.max_epochs for every shot count)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
+    parser.add_argument("--dry-run", action="store_true", help="print each run's training command; run nothing")
     parser.add_argument("--wandb", action="store_true",
                         help="log every run to wandb (grouped by protocol/learner/data set) and a summary run at the "
                              "end; WANDB_MODE=offline logs locally for `wandb sync` later")
@@ -446,7 +476,9 @@ def main(argv: Sequence[str]) -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended to run from within Python")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-                        options.shots, overrides, options.source, tracker, schedule)
+                        options.shots, overrides, options.source, tracker, schedule, options.dry_run)
+    if options.dry_run:
+        return
     rows = aggregate(results)
     print("\n" + tables(rows)["md"])
     if tracker:
