@@ -187,7 +187,8 @@ def _seed_counts(rows: Sequence[dict]) -> tuple[int, str]:
     text = f"Each cell is the mean over {usual} seed{'s' * (usual != 1)} ({', '.join(map(str, seeds))})"
     if any(count != usual for count in counts):
         text += "; cells marked (n=k) average k seeds"
-    return usual, text + "; Average: the mean over data sets."
+    average = "; Average: the mean over data sets" if any(r["dataset"] == AVERAGE for r in rows) else ""
+    return usual, text + average + "."
 
 
 def _paper_cell(row: Optional[dict], key: str, usual: int) -> str:
