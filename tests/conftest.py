@@ -34,6 +34,18 @@ TINY_RESNET = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
+def frozen_arguments(name: str, clip) -> dict:
+    """The frozen models a learner takes besides ``clip`` (a ``teacher``), all given as ``clip`` itself, as the
+    shared tests build every learner the same way."""
+    import inspect
+
+    from vlprompt.learners import get_learner_class
+
+    parameters = inspect.signature(get_learner_class(name).__init__).parameters
+    return {key: clip for key, parameter in parameters.items()
+            if key != "clip" and "FrozenCLIP" in str(parameter.annotation)}
+
+
 CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]
 
 

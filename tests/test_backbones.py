@@ -7,6 +7,8 @@ import torch
 
 import vlprompt
 
+from conftest import frozen_arguments
+
 
 @pytest.fixture(scope="module", params=["ViT-B-32", "ViT-L-14"])
 def backbone(request):
@@ -16,7 +18,8 @@ def backbone(request):
 
 @pytest.mark.parametrize("name", vlprompt.list_learners())
 def test_learner_runs_on_other_backbones(name, backbone):
-    learner = vlprompt.build_learner(name, clip=backbone, classnames=["cat", "dog"]).eval()
+    learner = vlprompt.build_learner(name, clip=backbone, classnames=["cat", "dog"],
+                                     **frozen_arguments(name, backbone)).eval()
     size = backbone.preprocess_cfg["size"]
     size = size[0] if isinstance(size, (tuple, list)) else size
     with torch.no_grad():

@@ -18,7 +18,7 @@ from conftest import REPO
 LEARNERS = vlprompt.list_learners()
 CONFIGS = sorted((REPO / "configs" / "learners").glob("*.yaml"))
 #: Init arguments a learner YAML may set that are not class defaults to compare (the frozen model).
-NOT_DEFAULTS = {"clip"}
+NOT_DEFAULTS = {"clip", "teacher"}
 
 
 @pytest.mark.parametrize("name", LEARNERS)

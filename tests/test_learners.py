@@ -14,7 +14,7 @@ import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 from vlprompt.learners import get_learner_class, registry
 
-from conftest import CLASSNAMES, TINY_RESNET, model_weights, tiny_config
+from conftest import CLASSNAMES, TINY_RESNET, frozen_arguments, model_weights, tiny_config
 
 LEARNERS = vlprompt.list_learners()
 # Contract tests pick learners by what they declare, never by name.
@@ -26,7 +26,7 @@ NOVEL = ["orange moon", "black cross", "white ring"]
 
 def build(name, clip, classnames=CLASSNAMES, **hparams):
     torch.manual_seed(0)
-    return vlprompt.build_learner(name, clip=clip, classnames=classnames, **hparams)
+    return vlprompt.build_learner(name, clip=clip, classnames=classnames, **{**frozen_arguments(name, clip), **hparams})
 
 
 def brief_fit(learner, images, labels, root: Path, steps: int = 2) -> pl.Trainer:
@@ -78,12 +78,14 @@ def test_one_step_lowers_loss_and_only_prompts_get_gradients(name, tiny_clip, im
     images, labels = image_batch
     trainable = [p for p in learner.parameters() if p.requires_grad]
     assert trainable and all(not p.requires_grad for p in tiny_clip.model.parameters())
-    optimizer = torch.optim.SGD(trainable, lr=0.002)  # a small step along the gradient must lower the loss
     loss_before = learner.training_loss(images, labels).total
-    optimizer.zero_grad()
     loss_before.backward()
     assert all(p.grad is None for p in tiny_clip.model.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    # A small step along the gradient must lower the loss: one whose first-order decrease is 10% of the loss
+    # (a fixed rate overshoots where gradients are large, as distillation's on a random tiny CLIP).
+    squared_norm = sum(float(p.grad.pow(2).sum()) for p in trainable)
+    optimizer = torch.optim.SGD(trainable, lr=min(0.002, 0.1 * float(loss_before) / squared_norm))
     optimizer.step()
     with torch.no_grad():
         loss_after = learner.training_loss(images, labels).total

@@ -21,7 +21,7 @@ appended after the text) still encode token ids for zero-shot through open_clip'
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from open_clip.hf_model import HFTextEncoder, arch_dict
@@ -30,7 +30,11 @@ from torch import nn
 
 from vlprompt.errors import ConfigError
 
-DeepPrompts = Mapping[int, torch.Tensor]
+#: What replaces the prompt span at one layer's input: one tensor for the whole span, or ``(offset, tensor)``
+#: pieces that replace parts of it and keep the rest as the layer's input (two prompt sets cascaded, each with
+#: its own depth).
+DeepPrompt = Union[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]
+DeepPrompts = Mapping[int, DeepPrompt]
 
 
 class PieceTokenizer:
@@ -351,9 +355,18 @@ def expand_batch(prompts: torch.Tensor, batch: int) -> torch.Tensor:
     return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
 
 
-def replace_span(x: torch.Tensor, start: int, prompts: torch.Tensor) -> torch.Tensor:
-    """``x`` with positions ``start .. start+n`` replaced by ``prompts``, differentiably (no in-place write)."""
-    prompts = expand_batch(prompts, x.shape[0]).to(x.dtype)
-    end = start + prompts.shape[1]
-    return torch.cat([x[:, :start], prompts, x[:, end:]], dim=1)
+def replace_span(x: torch.Tensor, start: int, prompts: DeepPrompt) -> torch.Tensor:
+    """``x`` with positions ``start .. start+n`` replaced by ``prompts`` (or each ``(offset, piece)`` at
+    ``start + offset``), differentiably (no in-place write)."""
+    pieces = [(0, prompts)] if isinstance(prompts, torch.Tensor) else sorted(prompts, key=lambda piece: piece[0])
+    parts, position = [], 0
+    for offset, piece in pieces:
+        piece = expand_batch(piece, x.shape[0]).to(x.dtype)
+        begin = start + offset
+        if begin < position:
+            raise ConfigError(f"deep prompt pieces overlap at offset {offset}")
+        parts += [x[:, position:begin], piece]
+        position = begin + piece.shape[1]
+    parts.append(x[:, position:])
+    return torch.cat(parts, dim=1)
 

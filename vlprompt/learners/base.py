@@ -17,6 +17,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
+from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
+from vlprompt.learners.checkpoint_io import non_finite_tensors
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
 from vlprompt.learners.references import FrozenReferences
 
@@ -51,6 +53,9 @@ class PromptLearner(pl.LightningModule):
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
+        boost_from: the ``last.ckpt`` of a ``caspl_boost`` fit (CasPL's first stage): its boosting prompts are
+            loaded frozen and cascaded under the learner's own at every layer (:mod:`vlprompt.learners.cascade`),
+            for learners that declare ``supports_boosting``.
     """
 
     registry_name: ClassVar[str] = ""
@@ -68,6 +73,10 @@ class PromptLearner(pl.LightningModule):
     frozen_image_features: ClassVar[bool] = True
     #: Trainable parameters on ViT-B/16 as the paper reports them (or as computed from its reference code).
     paper_trainable_parameters: ClassVar[Optional[int]] = None
+    #: Whether training reads labels (a distillation stage does not: no training accuracy is logged).
+    uses_labels: ClassVar[bool] = True
+    #: Whether the learner takes frozen CasPL boosting prompts under its own (``boost_from``).
+    supports_boosting: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -80,11 +89,12 @@ class PromptLearner(pl.LightningModule):
         weight_decay: float = 5e-4,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
+        boost_from: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(clip, FrozenCLIP):
             raise ConfigError(f"clip must be a vlprompt FrozenCLIP (vlprompt.load_clip(...)), got {type(clip).__name__}")
-        self.save_hyperparameters(ignore=["clip"])
+        self.save_hyperparameters(ignore=["clip", "teacher"])
         # Frozen models given under other names (a teacher) are not hyper-parameters either.
         for name in [k for k, v in self.hparams.items() if isinstance(v, FrozenCLIP)]:
             del self.hparams[name]
@@ -93,6 +103,13 @@ class PromptLearner(pl.LightningModule):
         self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None
         self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
+        self.boost: Optional[BoostingPrompts] = None
+        if boost_from:
+            if not self.supports_boosting:
+                raise ConfigError(f"{self.registry_name} cannot take boosting prompts (boost_from); CasPL's second "
+                                  "stage runs on coop, kgcoop, cocoop, maple, ivlp and promptsrc")
+            self.boost = BoostingPrompts(boost_from, clip)
+            self.frozen_image_features = False  # the boosting prompts change the image features
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         #: ``{classname: accuracy in percent}`` of the last test run.
         self.per_class_test_accuracy: dict[str, float] = {}
@@ -136,7 +153,8 @@ class PromptLearner(pl.LightningModule):
     @property
     def frozen_models(self) -> dict[str, FrozenCLIP]:
         """Every frozen model the learner holds, by attribute name (``clip`` first)."""
-        return {name: module for name, module in self.named_children() if isinstance(module, FrozenCLIP)}
+        # Not named_children(): it lists a module once, and a teacher may be the student itself.
+        return {name: module for name, module in self._modules.items() if isinstance(module, FrozenCLIP)}
 
     @property
     def preprocess_cfg(self) -> dict:
@@ -171,8 +189,19 @@ class PromptLearner(pl.LightningModule):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised features of the frozen image tower; a ``B x D`` batch already is such features (the data
-        module's cache, see ``ImageSplitDataModule(cache_image_features=True)``)."""
+        module's cache, see ``ImageSplitDataModule(cache_image_features=True)``). With boosting prompts, the
+        image tower runs with them."""
+        if self.boost is not None:
+            return self.encode_image(images)
         return self.references.image_features(self.clip, images)
+
+    def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
+                     deep_prompts: Optional[dict] = None) -> torch.Tensor:
+        """Normalised image features with the learner's visual prompts (input ``prompts`` and per-layer
+        ``deep_prompts``), cascaded after the boosting prompts when there are any."""
+        if self.boost is not None:
+            prompts, deep_prompts = self.boost.vision_prompts(prompts, deep_prompts)
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts, normalize=True)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""
@@ -214,12 +243,14 @@ class PromptLearner(pl.LightningModule):
         if not torch.isfinite(loss.total):
             self._diverged(f"the loss is {loss.total.item()}")
         labels = loss.outputs.labels
-        self.train_acc(_correct(loss.outputs.logits.detach(), labels))
+        if self.uses_labels:
+            self.train_acc(_correct(loss.outputs.logits.detach(), labels))
         self.log("train/loss", loss.total, prog_bar=True, batch_size=labels.shape[0])
         if len(loss.terms) > 1:
             for name, value in loss.terms.items():
                 self.log(f"train/{name}", value, batch_size=labels.shape[0])
-        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
+        if self.uses_labels:
+            self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self._refuse_non_finite(self.named_parameters())
@@ -287,11 +318,14 @@ class PromptLearner(pl.LightningModule):
             "frozen": {name: model.identity for name, model in self.frozen_models.items()},
             "classnames": list(self.classnames),
         }
+        if self.boost is not None:
+            checkpoint["vlprompt"]["boost"] = self.boost.record()
         # A fit resumed from this checkpoint draws the same batches and augmentations as an uninterrupted one.
         checkpoint["random_state"] = _random_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_matches(checkpoint, self)
+        check_boost_matches(checkpoint, self.boost)
         if "random_state" in checkpoint and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             _set_random_state(checkpoint["random_state"])
 
@@ -360,11 +394,6 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
                 f"checkpoint was trained with a different {name} architecture ({diff}); use the model it was "
                 f"trained on ({saved_models[name]['source']['name']!r})")
 
-
-def non_finite_tensors(named_tensors) -> list[str]:
-    """Names of the tensors holding NaN or infinity."""
-    return [name for name, tensor in named_tensors
-            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def _evaluation_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ class CoCoOp(PromptLearner):
 
     image_independent_text = False
     paper_trainable_parameters = 35_360
+    supports_boosting = True
 
     def __init__(
         self,
@@ -56,7 +57,7 @@ class CoCoOp(PromptLearner):
             raise ConfigError(f"text_chunk_size must be a positive number of images or null, got {text_chunk_size}")
         self.text_chunk_size = text_chunk_size
         self.activation_checkpointing = activation_checkpointing
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
         image_dim, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(image_dim, hidden)),

@@ -33,6 +33,7 @@ class CoOp(PromptLearner):
     """
 
     paper_trainable_parameters = 2_048
+    supports_boosting = True
 
     def __init__(
         self,
@@ -46,7 +47,8 @@ class CoOp(PromptLearner):
         **kwargs,
     ):
         super().__init__(clip, classnames, templates, **kwargs)
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific,
+                                      boost=self.boost)
 
     def _on_classnames_changed(self) -> None:
         self.prompts.build(self.clip, self.classnames)

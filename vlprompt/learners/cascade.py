@@ -1,0 +1,137 @@
+"""Cascade prompt learning (CasPL, Wu et al., ECCV 2024): frozen boosting prompts, learned in a first stage by
+distillation from a larger teacher (:mod:`vlprompt.learners.caspl`), under a second-stage learner's own prompts.
+
+At every layer the learner's prompt span holds both sets: text ``[SOT, adapting, boosting, class ...]``, vision
+``[CLS, patches, boosting, adapting]``; each set is replaced at the input of the layers up to its own depth (the
+other set's tokens then carry on as the layer's output). The boosting prompts are buffers, not parameters:
+they never train, and a stage-2 checkpoint records their content hash instead of holding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vlprompt.clip import FrozenCLIP
+from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.learners.checkpoint_io import read_checkpoint
+
+#: The learner whose checkpoints hold boosting prompts.
+BOOSTING_LEARNER = "caspl_boost"
+
+
+class BoostingPrompts(nn.Module):
+    """Frozen boosting prompts read from a stage-1 checkpoint: ``text[l]`` and ``vision[l]`` are the tokens that
+    enter layer ``l`` of each tower (layer 0: the input)."""
+
+    def __init__(self, path: str, clip: FrozenCLIP):
+        super().__init__()
+        checkpoint = read_checkpoint(path)
+        meta = checkpoint["vlprompt"]
+        if meta["learner"] != BOOSTING_LEARNER:
+            raise ConfigError(f"boost_from {path!r} holds a {meta['learner']!r} learner; pass the last.ckpt of a "
+                              f"{BOOSTING_LEARNER} fit (configs/learners/caspl_boost.yaml)")
+        saved = meta["clip"]["arch"]
+        current = clip.identity["arch"]
+        diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
+                         if saved[k] != current[k])
+        if diff:
+            raise CheckpointMismatchError(f"boost_from {path!r} was learned on another CLIP ({diff}); use boosting "
+                                          f"prompts learned on this student ({meta['clip']['source']['name']!r})")
+        state = checkpoint["state_dict"]
+        text = [state["prompts.ctx"]] + _numbered(state, "deep_text_prompts")
+        vision = _numbered(state, "vision_prompts")
+        for name, tensors in (("text", text), ("vision", vision)):
+            for layer, tensor in enumerate(tensors):
+                self.register_buffer(f"{name}_{layer}", tensor.float().clone(), persistent=False)
+        self.text_depth, self.vision_depth = len(text), len(vision)
+        self.path = str(path)
+        self.sha256 = content_hash(text + vision)
+
+    @property
+    def text(self) -> list[torch.Tensor]:
+        return [getattr(self, f"text_{layer}") for layer in range(self.text_depth)]
+
+    @property
+    def vision(self) -> list[torch.Tensor]:
+        return [getattr(self, f"vision_{layer}") for layer in range(self.vision_depth)]
+
+    @property
+    def text_tokens(self) -> int:
+        return self.text_0.shape[0]
+
+    @property
+    def vision_tokens(self) -> int:
+        return self.vision_0.shape[0] if self.vision_depth else 0
+
+    def text_deep_prompts(self, deep_prompts: Optional[dict], adapting_tokens: int) -> dict:
+        """The learner's deep text prompts (replacing its ``adapting_tokens`` context tokens) with the boosting
+        ones after them, each up to its own depth."""
+        deep_prompts = deep_prompts or {}
+        merged = {}
+        for layer in range(1, max(self.text_depth, max(deep_prompts, default=0) + 1)):
+            pieces = [(0, deep_prompts[layer])] if layer in deep_prompts else []
+            if layer < self.text_depth:
+                pieces.append((adapting_tokens, getattr(self, f"text_{layer}")))
+            if pieces:
+                merged[layer] = pieces
+        return merged
+
+    def vision_prompts(self, prompts: Optional[torch.Tensor],
+                       deep_prompts: Optional[dict]) -> tuple[torch.Tensor, dict]:
+        """``(input prompts, deep prompts)`` for the image tower: boosting tokens first, the learner's after them."""
+        if not self.vision_depth:
+            return prompts, deep_prompts or {}
+        boost = self.vision_0
+        merged_input = boost if prompts is None else torch.cat([expand_like(boost, prompts), prompts], dim=-2)
+        deep_prompts = deep_prompts or {}
+        merged = {}
+        for layer in range(1, max(self.vision_depth, max(deep_prompts, default=0) + 1)):
+            pieces = [(0, getattr(self, f"vision_{layer}"))] if layer < self.vision_depth else []
+            if layer in deep_prompts:
+                pieces.append((self.vision_tokens, deep_prompts[layer]))
+            if pieces:
+                merged[layer] = pieces
+        return merged_input, merged
+
+    def record(self) -> dict:
+        """What a stage-2 checkpoint keeps of them: where they came from and their content hash."""
+        return {"path": self.path, "sha256": self.sha256}
+
+
+def expand_like(boost: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    return boost.expand(prompts.shape[0], -1, -1) if prompts.dim() == 3 else boost
+
+
+def _numbered(state: dict, prefix: str) -> list[torch.Tensor]:
+    found = {int(key.rsplit(".", 1)[1]): value for key, value in state.items() if key.startswith(prefix + ".")}
+    return [found[i] for i in range(len(found))]
+
+
+def content_hash(tensors: list[torch.Tensor]) -> str:
+    """sha256 of the tensors' values (float32, in order): the same prompts give the same hash whatever file holds
+    them."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_boost_matches(checkpoint: dict, boost: Optional[BoostingPrompts], path: str = "the checkpoint") -> None:
+    """Refuse a stage-2 checkpoint whose recorded boosting prompts differ from the ones loaded now."""
+    recorded = (checkpoint.get("vlprompt") or {}).get("boost")
+    if recorded is None:
+        return
+    if boost is None:
+        raise CheckpointMismatchError(f"{path} was trained on the boosting prompts of {recorded['path']!r}; pass "
+                                      f"--model.init_args.boost_from {recorded['path']}")
+    if boost.sha256 != recorded["sha256"]:
+        raise CheckpointMismatchError(
+            f"boost_from {boost.path!r} holds other boosting prompts (sha256 {boost.sha256[:12]}) than {path} was "
+            f"trained with ({recorded['path']!r}, sha256 {recorded['sha256'][:12]}); pass that file")
+
+
+__all__ = ["BoostingPrompts", "check_boost_matches", "content_hash", "BOOSTING_LEARNER"]

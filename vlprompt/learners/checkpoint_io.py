@@ -1,0 +1,43 @@
+"""Reading vlprompt checkpoint files safely (``torch.load(weights_only=True)``), with one-line errors; below the
+learners, so that every learner module (and the cascade's boosting prompts) can read one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from vlprompt.errors import CheckpointMismatchError, ConfigError
+
+def non_finite_tensors(named_tensors) -> list[str]:
+    """Names of the tensors holding NaN or infinity."""
+    return [name for name, tensor in named_tensors
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:
+    """A vlprompt checkpoint as a dict, or a one-line :class:`ConfigError` / :class:`CheckpointMismatchError`
+    saying why not: missing, empty, truncated or not a checkpoint, not written by vlprompt, or holding
+    non-finite values (a diverged fit). Uses ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist; pass the last.ckpt a fit wrote "
+                          "(<run directory>/checkpoints/last.ckpt)")
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} is not a file; pass the path of a .ckpt file")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"checkpoint {str(path)!r} is empty (an interrupted save?); fit again or pass another file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, EOF: one answer for all
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read: it is truncated, damaged or not a PyTorch "
+                          f"checkpoint ({reason}); fit again or pass another file") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("vlprompt"), dict):
+        raise CheckpointMismatchError(f"{str(path)!r} was not written by a vlprompt learner (no 'vlprompt' entry); "
+                                      "pass a checkpoint from `vlprompt fit`")
+    bad = non_finite_tensors((checkpoint.get("state_dict") or {}).items())
+    if bad:
+        raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds non-finite values in {', '.join(bad)} (training "
+                                      "diverged); fit again with a lower learning rate")
+    return checkpoint
