@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
 from vlprompt.eval.toy import CHECK_SETS, zero_shot_accuracies  # noqa: E402
-from vlprompt.toy.pretrain import TOY_ARCH, PretrainConfig, pretrain_toy_clip  # noqa: E402
+from vlprompt.toy.pretrain import TOY_ARCH, TOY_TEACHER_ARCH, PretrainConfig, pretrain_toy_clip  # noqa: E402
 
 
 def main() -> None:
@@ -38,12 +38,16 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", type=Path, default=shipped_weights_path(TOY_ARCH, "toy", must_exist=False))
+    parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH), default=TOY_ARCH,
+                        help=f"{TOY_ARCH} (the student) or {TOY_TEACHER_ARCH} (the toy teacher of CasPL)")
+    parser.add_argument("--out", type=Path, help="default: the shipped file of --arch (vlprompt/clip/pretrained/)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets are written")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="keep the checkpoint at --out and its training record; re-measure the accuracies")
     options = parser.parse_args()
+    if options.out is None:
+        options.out = shipped_weights_path(options.arch, "toy", must_exist=False)
     if options.out.suffix != ".safetensors":  # checked before minutes of training, not after
         sys.exit(f"pretrain_toy_clip: error: --out {options.out} must end in .safetensors (the weights are written "
                  "in that format, and loaders pick the reader by the suffix)")
@@ -59,7 +63,7 @@ def main() -> None:
         sys.exit(f"pretrain_toy_clip: error: {options.out} exists; pass --force to replace it or --out elsewhere")
 
     config = PretrainConfig(steps=options.steps, batch_size=options.batch_size, pool_size=options.pool_size,
-                            lr=options.lr, seed=options.seed)
+                            lr=options.lr, seed=options.seed, arch=options.arch)
     started = time.time()
     model = pretrain_toy_clip(config, report=lambda step, loss, seconds: print(
         f"step {step:5d}/{config.steps}  loss {loss:.3f}  {seconds:6.0f} s", flush=True))
@@ -73,7 +77,7 @@ def main() -> None:
     options.out.with_suffix(".sha256").write_text(f"{digest}  {options.out.name}\n")
 
     record = {
-        "architecture": TOY_ARCH, "file": options.out.name, "sha256": digest, "bytes": options.out.stat().st_size,
+        "architecture": options.arch, "file": options.out.name, "sha256": digest, "bytes": options.out.stat().st_size,
         "train_minutes": round(minutes, 1), "torch_threads": config.threads, "config": asdict(config),
         "command": "python tools/pretrain_toy_clip.py " + " ".join(sys.argv[1:]),
     }
@@ -86,7 +90,7 @@ def write_record(options, record: dict, record_path: Path) -> None:
     digest = hashlib.sha256(options.out.read_bytes()).hexdigest()
     if digest != record["sha256"]:
         sys.exit(f"pretrain_toy_clip: error: {options.out} does not match its record's sha256; retrain it")
-    accuracies = zero_shot_accuracies(str(options.out), options.data)
+    accuracies = zero_shot_accuracies(str(options.out), options.data, arch=record["architecture"])
     record.update(zero_shot_test_accuracy=accuracies["datasets"], check_set_accuracy=accuracies["check"],
                   check_sets=CHECK_SETS)
     record_path.write_text(json.dumps(record, indent=2) + "\n")

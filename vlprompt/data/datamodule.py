@@ -89,6 +89,10 @@ def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[
     return T.Compose(head + [T.ToTensor(), T.Normalize(mean, std)])
 
 
+#: What ``unlabeled_dir`` counts as an image.
+UNLABELED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
 class ImageSplitDataModule(pl.LightningDataModule):
     """Images under ``root/image_dir`` listed by a split file ``root/split_file`` (CoOp's format).
 
@@ -125,6 +129,9 @@ class ImageSplitDataModule(pl.LightningDataModule):
         descriptions: a JSON file ``{"class name": ["sentence", ...]}`` of per-class descriptions, relative to
             ``root`` or absolute; it must describe every class of the data set (``base``/``novel`` take their
             half). Learners that use descriptions receive them with the class names.
+        unlabeled_dir: a folder of images (searched recursively) that replaces the training split, every image
+            labelled -1, for learners that read no labels (CasPL's boosting stage, ``uses_labels = False``);
+            class names, validation and test still come from the split file.
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         cache_image_features: bool = False,
         cached_views: int = 1,
         descriptions: Optional[str] = None,
+        unlabeled_dir: Optional[str] = None,
     ):
         super().__init__()
         if shots == 0 or shots < -1:
@@ -173,6 +181,18 @@ class ImageSplitDataModule(pl.LightningDataModule):
             raise ConfigError(f"cached_views must be 1, or more with augment: true (got {cached_views} with augment "
                               f"{augment}); without augmentation every view is the same")
         self.cache_image_features, self.cached_views = cache_image_features, cached_views
+        self.unlabeled_dir = Path(unlabeled_dir).expanduser() if unlabeled_dir else None
+        if self.unlabeled_dir is not None:
+            if not self.unlabeled_dir.is_dir():
+                raise ConfigError(f"data.unlabeled_dir {str(self.unlabeled_dir)!r} is not a directory; pass a folder "
+                                  "of images")
+            relpaths = sorted(str(p.relative_to(self.unlabeled_dir)) for p in self.unlabeled_dir.rglob("*")
+                              if p.suffix.lower() in UNLABELED_SUFFIXES and p.is_file())
+            if not relpaths:
+                raise ConfigError(f"data.unlabeled_dir {str(self.unlabeled_dir)!r} holds no images "
+                                  f"({', '.join(UNLABELED_SUFFIXES)})")
+            # Training images without labels (-1): for learners that read none (CasPL's boosting stage).
+            self.split = {**self.split, "train": [Item(path, -1, "") for path in relpaths]}
         self.datasets: dict[str, ImageListDataset] = {}
         self._checked: set[str] = set()
 
@@ -190,10 +210,11 @@ class ImageSplitDataModule(pl.LightningDataModule):
                                   f"data set and test on this one")
             if not self.image_dir.is_dir():
                 raise ConfigError(f"image directory {str(self.image_dir)!r} does not exist; see {PREPARATION_NOTES}")
+            image_dir = self.unlabeled_dir if name == "train" and self.unlabeled_dir is not None else self.image_dir
             if name not in self._checked:  # Lightning calls setup again for every test: check each list once
-                check_images(self.image_dir, [item.path for item in items], name)
+                check_images(image_dir, [item.path for item in items], name)
                 self._checked.add(name)
-            self.datasets[name] = ImageListDataset(self.image_dir, items, self.transform(train=name == "train"))
+            self.datasets[name] = ImageListDataset(image_dir, items, self.transform(train=name == "train"))
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self.datasets[name]

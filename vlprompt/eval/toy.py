@@ -45,9 +45,10 @@ def write_toy_dataset_into(root: Path, name: str) -> Path:
     return root / name
 
 
-def zero_shot_accuracies(pretrained: str, data_root: Path, names: Optional[Sequence[str]] = None) -> dict:
-    """``{"datasets": {name: acc}, "check": {name: acc}}`` for ``vlprompt-tiny`` with ``pretrained`` weights."""
-    clip = load_clip("vlprompt-tiny", pretrained=pretrained)
+def zero_shot_accuracies(pretrained: str, data_root: Path, names: Optional[Sequence[str]] = None,
+                         arch: str = "vlprompt-tiny") -> dict:
+    """``{"datasets": {name: acc}, "check": {name: acc}}`` for ``arch`` with ``pretrained`` weights."""
+    clip = load_clip(arch, pretrained=pretrained)
     datasets = {name: zero_shot_accuracy(clip, ensure_toy_dataset(name, data_root), name)
                 for name in (names or DATASETS)}
     return {"datasets": datasets, "check": check_set_accuracies(clip)}

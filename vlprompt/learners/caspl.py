@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -13,6 +14,10 @@ from vlprompt.errors import ConfigError
 from vlprompt.learners.ivlp import IVLP
 from vlprompt.learners.losses import LossTerm, StepOutputs, logit_distillation
 from vlprompt.learners.registry import register_learner
+
+
+# Lightning notes that a learner's on_before_batch_transfer wins over a data module's; that is the intent here.
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 @register_learner("caspl_boost")

@@ -26,6 +26,8 @@ from vlprompt.clip import FrozenCLIP
 from vlprompt.toy.world import IMAGE_SIZE, PRETRAIN_STYLES, caption, render, sample_concept
 
 TOY_ARCH = "vlprompt-tiny"
+#: The toy teacher: a wider tiny CLIP (CasPL's teacher in the toy world), pretrained the same way.
+TOY_TEACHER_ARCH = "vlprompt-small"
 
 
 @dataclass
@@ -38,6 +40,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     threads: int = 2
+    arch: str = TOY_ARCH
 
 
 def _draw_pool(size: int, rng: random.Random):
@@ -54,7 +57,8 @@ def _draw_pool(size: int, rng: random.Random):
 
 def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
                       report: Optional[Callable[[int, float, float], None]] = None) -> torch.nn.Module:
-    """Train ``vlprompt-tiny`` from scratch and return the open_clip model (fp32, eval mode).
+    """Train ``config.arch`` (``vlprompt-tiny``, or the teacher ``vlprompt-small``) from scratch and return the
+    open_clip model (fp32, eval mode).
 
     ``report(step, loss, seconds)`` is called every 50 steps and at the end.
     """
@@ -62,7 +66,7 @@ def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     # The wrapper's text path cuts sequences after the last EOT token (exact, and 2x cheaper for short captions).
-    clip = FrozenCLIP(TOY_ARCH)
+    clip = FrozenCLIP(config.arch)
     model = clip.model
     model.requires_grad_(True).train()  # pretraining is the one place where the backbone learns
     preprocess = clip.preprocess_cfg

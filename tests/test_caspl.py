@@ -1,0 +1,181 @@
+"""CasPL: the label-free boosting stage (its loss against the formula, no labels read, the teacher cache) and the
+cascade of frozen boosting prompts under a second-stage learner (layout, frozen, recorded by content hash)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+import vlprompt
+from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.learners.cascade import BoostingPrompts, content_hash
+from vlprompt.learners.losses import logit_distillation
+
+from conftest import CLASSNAMES, tiny_config
+
+# CoOp (text only) and MaPLe (coupled deep prompts in both towers) in the fast subset, the rest with the slow tests.
+SECOND_STAGE = ["coop", "maple", *(pytest.param(name, marks=pytest.mark.slow)
+                                   for name in ("kgcoop", "cocoop", "ivlp", "promptsrc"))]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(1)
+    return vlprompt.load_clip(tiny_config(embed_dim=32, text_cfg={"width": 48, "heads": 3}))
+
+
+def boost_learner(clip, teacher, **hparams):
+    torch.manual_seed(0)
+    return vlprompt.build_learner("caspl_boost", clip=clip, teacher=teacher, classnames=CLASSNAMES, **hparams)
+
+
+def fit(learner, images, labels, root, epochs=1) -> str:
+    checkpoint = ModelCheckpoint(dirpath=root, save_last=True)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=root, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[checkpoint])
+    trainer.fit(learner, DataLoader(TensorDataset(images, labels), batch_size=3))
+    return str(root / "last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def stage_one(tiny_clip, teacher, image_batch, tmp_path_factory) -> str:
+    """The last.ckpt of a short boosting fit on images whose labels are all -1 (never read)."""
+    images, _ = image_batch
+    unlabelled = torch.full((images.shape[0],), -1)
+    return fit(boost_learner(tiny_clip, teacher, lr=0.05, warmup_epochs=0), images, unlabelled,
+               tmp_path_factory.mktemp("boost"), epochs=2)
+
+
+def test_distillation_is_kl_times_t_squared_over_the_batch():
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    t = 2.0
+    p = F.softmax(teacher / t, dim=-1)
+    expected = (p * (p.log() - F.log_softmax(student / t, dim=-1))).sum() * t ** 2 / 2
+    assert logit_distillation(student, teacher, t, normalize_by="batch") == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_boosting_loss_is_distillation_to_the_teacher_with_the_students_logit_scale(tiny_clip, teacher, image_batch):
+    learner = boost_learner(tiny_clip, teacher, temperature=2.0)
+    images, _ = image_batch
+    loss = learner.training_loss(images, torch.full((6,), -1))
+    teacher_text = F.normalize(teacher.encode_text(teacher.tokenize([f"a photo of a {c}." for c in CLASSNAMES])), dim=-1)
+    teacher_logits = tiny_clip.logit_scale * teacher.encode_image(images, normalize=True) @ teacher_text.t()
+    expected = logit_distillation(learner(images), teacher_logits, 2.0, normalize_by="batch")
+    assert set(loss.terms) == {"distillation"}
+    torch.testing.assert_close(loss.total, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_boosting_parameters_are_the_papers_shape(tiny_clip, teacher):
+    learner = boost_learner(tiny_clip, teacher)
+    widths = tiny_clip.text_layers * 8 * tiny_clip.text_width + tiny_clip.vision_layers * 8 * tiny_clip.vision_width
+    assert learner.num_trainable_parameters() == widths  # 12 x 8 x 512 + 12 x 8 x 768 = 122,880 on ViT-B/16
+    with pytest.raises(ConfigError, match="needs a teacher CLIP"):
+        vlprompt.build_learner("caspl_boost", clip=tiny_clip, classnames=CLASSNAMES)
+
+
+def test_teacher_image_features_are_computed_once_per_image_without_augmentation(tiny_clip, teacher, image_batch,
+                                                                                monkeypatch):
+    learner = boost_learner(tiny_clip, teacher)
+    images, _ = image_batch
+    calls = []
+    original = teacher.encode_image
+    monkeypatch.setattr(teacher, "encode_image", lambda x, **kw: calls.append(x.shape[0]) or original(x, **kw))
+    learner._batch_keys = [hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest() for image in images]
+    first = learner.teacher_image_features(images)
+    again = learner.teacher_image_features(images)
+    learner._batch_keys = None
+    fresh = learner.teacher_image_features(images)
+    assert calls == [6, 6]  # cached once, then recomputed only without keys
+    assert torch.equal(first, again) and torch.equal(first, fresh)
+
+
+@pytest.mark.parametrize("name", SECOND_STAGE)
+def test_second_stage_cascades_frozen_boosting_prompts(name, tiny_clip, stage_one, image_batch, tmp_path):
+    images, labels = image_batch
+    torch.manual_seed(0)
+    plain = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES)
+    torch.manual_seed(0)
+    learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    boost = learner.boost
+    saved = torch.load(stage_one, weights_only=True)["state_dict"]
+    assert torch.equal(boost.text[0], saved["prompts.ctx"]) and torch.equal(boost.vision[0], saved["vision_prompts.0"])
+    # Only the learner's own prompts train; the boosting ones are buffers outside the state dict.
+    assert learner.num_trainable_parameters() == plain.num_trainable_parameters()
+    assert not any(key.startswith("boost") for key in learner.state_dict())
+    # Text layout [SOT, adapting, boosting, ...]: the boosting input tokens follow the context.
+    n_ctx, n_boost = learner.prompts.n_ctx, boost.text_tokens
+    start = learner.prompts._prefix_length + n_ctx
+    torch.testing.assert_close(learner.prompts.token_embeds[:, start:start + n_boost],
+                               boost.text[0].expand(len(CLASSNAMES), -1, -1))
+    with torch.no_grad():
+        assert not torch.allclose(learner.eval()(images), plain.eval()(images))
+    before = [tensor.clone() for tensor in boost.text + boost.vision]
+    root = tmp_path / "stage2"
+    path = fit(learner.train(), images, labels, root)
+    assert all(torch.equal(a, b) for a, b in zip(before, boost.text + boost.vision))
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["vlprompt"]["boost"]["sha256"] == content_hash(before)
+    reloaded = vlprompt.load_learner(path, clip=tiny_clip)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(images), learner.eval()(images))
+
+
+def test_second_stage_checkpoint_refuses_other_boosting_prompts(tiny_clip, teacher, stage_one, image_batch, tmp_path):
+    images, labels = image_batch
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    path = fit(learner, images, labels, tmp_path / "stage2")
+    other = fit(boost_learner(tiny_clip, teacher, lr=0.5, warmup_epochs=0), images, labels, tmp_path / "other")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["boost_from"] = other
+    torch.save(checkpoint, tmp_path / "pointed-elsewhere.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="holds other boosting prompts"):
+        vlprompt.load_learner(tmp_path / "pointed-elsewhere.ckpt", clip=tiny_clip)
+    assert BoostingPrompts(other, tiny_clip).sha256 != BoostingPrompts(stage_one, tiny_clip).sha256
+
+
+def test_boost_from_is_refused_where_it_cannot_apply(tiny_clip, teacher, stage_one, tmp_path):
+    with pytest.raises(ConfigError, match="caspl_boost cannot take boosting prompts"):
+        boost_learner(tiny_clip, teacher, boost_from=stage_one)
+    with pytest.raises(ConfigError, match="no hyper-parameter 'boost_from'"):
+        vlprompt.build_learner("zeroshot", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    with pytest.raises(ConfigError, match="holds a 'coop' learner"):
+        coop = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES)
+        path = fit(coop, torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), tmp_path / "coop")
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=path)
+    other = vlprompt.load_clip(tiny_config(text_cfg={"width": 48, "heads": 3}))
+    with pytest.raises(CheckpointMismatchError, match="learned on another CLIP"):
+        vlprompt.build_learner("coop", clip=other, classnames=CLASSNAMES, boost_from=stage_one)
+
+
+def test_boosting_stage_trains_on_a_folder_of_unlabelled_images(shapes, tmp_path, capsys):
+    """`data.unlabeled_dir` replaces the training split with label-free images; the boosting stage trains on them
+    through the command line and logs no training accuracy (there are no labels to score)."""
+    import shutil
+
+    from vlprompt.commands import main
+
+    from conftest import REPO
+
+    folder = tmp_path / "unlabelled" / "nested"
+    folder.mkdir(parents=True)
+    for path in sorted((shapes / "images").rglob("*.png"))[:6]:
+        shutil.copy(path, folder / f"{path.parent.name}-{path.name}")
+    clip = REPO / "configs" / "clip" / "tiny-random.yaml"
+    main(["fit", "--config", str(REPO / "configs" / "learners" / "caspl_boost.yaml"), "--config", str(clip),
+          "--config", str(REPO / "configs" / "data" / "toy" / "ToyShapes.yaml"), "--data.root", str(shapes),
+          "--data.unlabeled_dir", str(tmp_path / "unlabelled"), "--model.init_args.teacher.init_args.name",
+          "ViT-B-32", "--model.init_args.teacher.init_args.pretrained", "null", "--trainer.max_epochs", "1",
+          "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+          "--trainer.log_every_n_steps", "1"])
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = (run / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "train/acc" not in metrics
+    capsys.readouterr()
