@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -179,3 +180,37 @@ def test_boosting_stage_trains_on_a_folder_of_unlabelled_images(shapes, tmp_path
     metrics = (run / "metrics.csv").read_text()
     assert "train/loss" in metrics and "train/acc" not in metrics
     capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_suite_runs_the_boosting_stage_once_per_data_set_and_seed(shapes, tmp_path, capsys):
+    from vlprompt.commands import main
+
+    from conftest import REPO
+
+    configs = REPO / "configs"
+    data = tmp_path / "data.yaml"
+    data.write_text(f"data:\n  root: {shapes}\n  split_file: split_zhou_ToyShapes.json\n  num_workers: 0\n"
+                    "  augment: false\n")
+    short = tmp_path / "short-boost.yaml"  # a tiny random teacher and one epoch, for the test
+    teacher = tiny_config(text_cfg={"width": 48, "heads": 3})
+    short.write_text(yaml.safe_dump({"model": {"init_args": {"teacher": {
+        "class_path": "vlprompt.clip.FrozenCLIP", "init_args": {"name": teacher, "pretrained": None}}}},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False}}))
+    runs = tmp_path / "runs"
+
+    def suite(learner: str) -> str:
+        main(["suite", "base2novel", "--learner", str(configs / "learners" / f"{learner}.yaml"), "--clip",
+              str(configs / "clip" / "tiny-random.yaml"), "--data", str(data), "--seeds", "1", "2", "--shots", "2",
+              "--runs", str(runs), "--boost", str(configs / "learners" / "caspl_boost.yaml"), str(short), "--",
+              "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+        return capsys.readouterr().out
+
+    out = suite("coop")
+    assert out.count("boosting prompts (CasPL stage 1)") == 2  # one per seed
+    out = suite("maple")  # a second learner reuses them
+    assert "boosting prompts (CasPL stage 1)" not in out
+    metrics = sorted(runs.rglob("metrics.json"))
+    assert {p.parts[-4] for p in metrics} == {"coop+caspl", "maple+caspl"}
+    record = runs / "caspl_boost" / "shapes0" / "seed1" / "boost.json"
+    assert record.is_file() or list(runs.glob("caspl_boost/*/seed1/boost.json"))

@@ -137,8 +137,9 @@ def _write_metrics(directory: Path, metrics: dict) -> None:
 
 def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], data_config: Path, seed: int,
             shots: int, run_dir: Path, overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None,
-            max_epochs: Optional[int] = None, resume: Optional[Path] = None) -> dict:
-    """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent).
+            max_epochs: Optional[int] = None, resume: Optional[Path] = None, label: Optional[str] = None) -> dict:
+    """One base2novel or few-shot run; writes and returns its metrics (accuracies in percent). ``label`` names
+    the learner in the metrics (``coop+caspl``) when it is not the registered name.
 
     With ``wandb``, fit and tests log into one wandb run grouped by protocol/learner/data set, whose summary
     gets the final accuracies. ``resume``: the ``last.ckpt`` of an interrupted fit of this run to go on from.
@@ -146,14 +147,14 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     from vlprompt.eval.base2novel import base_to_novel, fit_then_test
 
     cls = _learner_class(learner_config)
+    name = label or cls.registry_name
     dataset = _dataset_name(data_config)
     args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides, max_epochs)
     if wandb:
         args += wandb_logger_args(wandb, run_dir, f"{dataset}-shots{shots}-seed{seed}",
-                                  f"{protocol}/{cls.registry_name}/{dataset}", protocol,
-                                  [protocol, cls.registry_name, dataset])
+                                  f"{protocol}/{name}/{dataset}", protocol, [protocol, name, dataset])
     started = time.time()
-    metrics = {"learner": cls.registry_name, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
+    metrics = {"learner": name, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
     if protocol == "base2novel":
         metrics.update(base_to_novel(args, cls.needs_training, resume))
     elif protocol == "few-shot":
@@ -171,7 +172,8 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
 def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path], source: Path,
                  targets: Sequence[Path], seed: int, shots: int, run_dir: Path,
                  overrides: Sequence[str] = (), wandb: Optional[WandbOptions] = None,
-                 max_epochs: Optional[int] = None, resume: Optional[Path] = None) -> list[dict]:
+                 max_epochs: Optional[int] = None, resume: Optional[Path] = None,
+                 label: Optional[str] = None) -> list[dict]:
     """Train on all classes of ``source`` once, then test the same prompts on the source and every target.
 
     Each evaluated data set gets ``run_dir/<dataset>/metrics.json`` (``acc`` in percent, ``source`` named).
@@ -180,10 +182,11 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     from vlprompt.eval.base2novel import cli_test_accuracy, fit_checkpoint
 
     cls = _learner_class(learner_config)
+    name = label or cls.registry_name
     source_name = _dataset_name(source)
     tracking = wandb_logger_args(wandb, run_dir, f"from-{source_name}-shots{shots}-seed{seed}",
-                                 f"{protocol}/{cls.registry_name}/from-{source_name}", protocol,
-                                 [protocol, cls.registry_name, source_name]) if wandb else []
+                                 f"{protocol}/{name}/from-{source_name}", protocol,
+                                 [protocol, name, source_name]) if wandb else []
     args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides, max_epochs) + tracking
     checkpoint = []
     if cls.needs_training:
@@ -192,7 +195,7 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     for data_config in [source, *targets]:
         test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides,
                               max_epochs) + tracking
-        metrics = {"learner": cls.registry_name, "dataset": _dataset_name(data_config), "seed": seed,
+        metrics = {"learner": name, "dataset": _dataset_name(data_config), "seed": seed,
                    "shots": shots, "protocol": protocol, "source": source_name,
                    "acc": cli_test_accuracy([*test_args, *checkpoint]),
                    "config": {**_config_record(learner_config, clip_config, data_config, overrides),
@@ -361,7 +364,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
               overrides: Sequence[str] = (), source: Optional[Path] = None,
               wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None,
-              dry_run: bool = False) -> list[dict]:
+              dry_run: bool = False, boost: Optional[Sequence[Path]] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
@@ -369,6 +372,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     processes may share ``runs``: each configuration is run by one of them (:class:`RunLock`).
     ``epochs_by_shots`` (``{1: 50, 2: 100, ...}``) sets ``trainer.max_epochs`` per shot count, as CoOp's few-shot
     schedule does; overrides after it still win. ``dry_run`` prints each run's training command and runs nothing.
+    ``boost``: the YAMLs of CasPL's boosting stage (``configs/learners/caspl_boost.yaml`` and the teacher's); its
+    prompts are fitted once per (training data set, seed) and cascaded under the learner's (``<learner>+caspl``).
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -376,12 +381,19 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     if protocol in TRANSFER_PROTOCOLS and source is None:
         source = _standard_config(default_source)
     data_configs = list(data_configs) or [_standard_config(name) for name in default_data]
-    _check_files([*_paths(learner_config), clip_config, source, *data_configs])
+    _check_files([*_paths(learner_config), clip_config, source, *data_configs, *(boost or [])])
     if not dry_run:
         ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     cls = _learner_class(learner_config)
     learner = cls.registry_name
+    boosting = None
+    if boost:
+        if not cls.supports_boosting:
+            raise ConfigError(f"{learner} cannot take boosting prompts (--boost); CasPL's second stage runs on coop, "
+                              "kgcoop, cocoop, maple, ivlp and promptsrc")
+        _learner_class(boost)  # names the boosting learner
+        boosting, learner = Boosting(list(boost), clip_config, runs), f"{learner}+caspl"
     if not cls.needs_training:  # its accuracy does not depend on the shots: one run, recorded as 0 shots
         shots = [0]
     epochs = {k: _epochs_for(k, epochs_by_shots) if k else None for k in shots}
@@ -395,7 +407,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                     run_dir, [run_dir / name / METRICS_FILE for name in names],
                     f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
                     functools.partial(_transfer_run, protocol, learner_config, clip_config, source, data_configs, seed,
-                                      k, run_dir, overrides, wandb, epochs[k]),
+                                      k, run_dir, overrides, wandb, epochs[k], boost=boosting, label=learner),
                     _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k])))
         return _show(planned) if dry_run else _run_all(planned)
     for data_config in data_configs:
@@ -406,7 +418,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                 planned.append(_Run(run_dir, [run_dir / METRICS_FILE],
                                     f"{protocol} {learner} {dataset} shots={k} seed={seed}",
                                     functools.partial(_single_run, protocol, learner_config, clip_config, data_config,
-                                                      seed, k, run_dir, overrides, wandb, epochs[k]),
+                                                      seed, k, run_dir, overrides, wandb, epochs[k], boost=boosting,
+                                                      label=learner),
                                     _run_args(learner_config, clip_config, data_config, seed, k, run_dir, overrides,
                                               epochs[k])))
     return _show(planned) if dry_run else _run_all(planned)
@@ -420,12 +433,75 @@ def _show(runs: Sequence[_Run]) -> list[dict]:
     return []
 
 
-def _single_run(*args, resume: Optional[Path] = None) -> list[dict]:
-    return [run_one(*args, resume=resume)]
+def _with_boost(args: tuple, overrides_at: int, boost: Optional["Boosting"], trained_on: Path, seed: int) -> tuple:
+    """The run's positional arguments with the boosting prompts of (``trained_on``, ``seed``) first among its
+    overrides (at ``overrides_at``); stage 1 runs first if it has not yet."""
+    if boost is None:
+        return args
+    overrides = ["--model.init_args.boost_from", str(boost.checkpoint(trained_on, seed)), *args[overrides_at]]
+    return (*args[:overrides_at], overrides, *args[overrides_at + 1:])
 
 
-def _transfer_run(*args, resume: Optional[Path] = None) -> list[dict]:
-    return run_transfer(*args, resume=resume)
+def _single_run(*args, resume: Optional[Path] = None, boost: Optional["Boosting"] = None,
+                label: Optional[str] = None) -> list[dict]:
+    # run_one(protocol, learner, clip, data, seed, shots, run_dir, overrides, ...)
+    return [run_one(*_with_boost(args, 7, boost, args[3], args[4]), resume=resume, label=label)]
+
+
+def _transfer_run(*args, resume: Optional[Path] = None, boost: Optional["Boosting"] = None,
+                  label: Optional[str] = None) -> list[dict]:
+    # run_transfer(protocol, learner, clip, source, targets, seed, shots, run_dir, overrides, ...)
+    return run_transfer(*_with_boost(args, 8, boost, args[3], args[5]), resume=resume, label=label)
+
+
+#: Where the boosting stage's runs go below the runs directory, and the file that marks one finished.
+BOOST_DIR, BOOST_RECORD = "caspl_boost", "boost.json"
+
+
+@dataclass
+class Boosting:
+    """CasPL's first stage for a suite: the boosting learner's YAMLs (``--boost``), run once per (data set, seed)
+    on every training image and class name, shared by every second-stage run and suite process, resumable."""
+
+    configs: list[Path]
+    clip_config: Optional[Path]
+    runs: Path
+
+    def checkpoint(self, data_config: Path, seed: int) -> Path:
+        run_dir = self.runs / BOOST_DIR / _dataset_name(data_config) / f"seed{seed}"
+        record = run_dir / BOOST_RECORD
+        while True:
+            if record.is_file():
+                return Path(_read_boost_record(record)["checkpoint"])
+            with RunLock(run_dir) as lock:
+                if lock.acquired and not record.is_file():
+                    self._fit(data_config, seed, run_dir, record)
+                    continue
+            if not lock.acquired:
+                time.sleep(WAIT_POLL_SECONDS)  # another suite process is fitting it
+
+    def _fit(self, data_config: Path, seed: int, run_dir: Path, record: Path) -> None:
+        from vlprompt.eval.base2novel import fit_checkpoint
+
+        resume = _resumable_checkpoint(run_dir) if run_dir.exists() else None
+        if run_dir.exists() and resume is None:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[suite] boosting prompts (CasPL stage 1) for {_dataset_name(data_config)} seed={seed} "
+              f"({'resuming' if resume else 'starting'}) -> {run_dir}", flush=True)
+        # Every training image and class name (the paper's setting); the stage-2 overrides are not applied here.
+        args = _run_args(self.configs, self.clip_config, data_config, seed, -1, run_dir, [])
+        checkpoint = fit_checkpoint(args, "all", resume)
+        write_json_atomically(record, {"checkpoint": str(Path(checkpoint).resolve())}, indent=2)
+
+
+def _read_boost_record(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"{str(path)!r} is damaged; delete it to fit those boosting prompts again") from None
 
 
 def _epochs_schedule(values: Sequence[str]) -> dict[int, int]:
@@ -460,6 +536,9 @@ def main(argv: Sequence[str]) -> None:
                              "YAML's trainer.max_epochs for every shot count)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
     parser.add_argument("--dry-run", action="store_true", help="print each run's training command; run nothing")
+    parser.add_argument("--boost", type=Path, nargs="+",
+                        help="CasPL: the boosting stage's YAMLs (configs/learners/caspl_boost.yaml, and the teacher's); "
+                             "fitted once per data set and seed, then cascaded under the learner (<learner>+caspl)")
     parser.add_argument("--wandb", action="store_true",
                         help="log every run to wandb (grouped by protocol/learner/data set) and a summary run at the "
                              "end; WANDB_MODE=offline logs locally for `wandb sync` later")
@@ -476,7 +555,7 @@ def main(argv: Sequence[str]) -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended to run from within Python")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-                        options.shots, overrides, options.source, tracker, schedule, options.dry_run)
+                        options.shots, overrides, options.source, tracker, schedule, options.dry_run, options.boost)
     if options.dry_run:
         return
     rows = aggregate(results)
