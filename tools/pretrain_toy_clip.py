@@ -40,13 +40,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH), default=TOY_ARCH,
                         help=f"{TOY_ARCH} (the student) or {TOY_TEACHER_ARCH} (the toy teacher of CasPL)")
-    parser.add_argument("--out", type=Path, help="default: the shipped file of --arch (vlprompt/clip/pretrained/)")
+    parser.add_argument("--out", type=Path, help="default: the shipped vlprompt-tiny file (vlprompt/clip/pretrained/)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets are written")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="keep the checkpoint at --out and its training record; re-measure the accuracies")
     options = parser.parse_args()
     if options.out is None:
+        if options.arch != TOY_ARCH:  # only vlprompt-tiny's weights ship with the package so far
+            sys.exit(f"pretrain_toy_clip: error: pass --out FILE.safetensors for {options.arch}")
         options.out = shipped_weights_path(options.arch, "toy", must_exist=False)
     if options.out.suffix != ".safetensors":  # checked before minutes of training, not after
         sys.exit(f"pretrain_toy_clip: error: --out {options.out} must end in .safetensors (the weights are written "

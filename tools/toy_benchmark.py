@@ -52,7 +52,9 @@ def recipe_epochs(learner: str) -> int:
 
 
 def main() -> None:
-    trainable = [name for name in list_learners() if get_learner_class(name).needs_training]
+    # Stage learners that read no labels (CasPL's boosting stage) are not base-to-novel learners of their own.
+    trainable = [name for name in list_learners()
+                 if get_learner_class(name).needs_training and get_learner_class(name).uses_labels]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets live")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
