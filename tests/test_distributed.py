@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from vlprompt.learners import get_learner_class, list_learners
+from vlprompt.learners.registry import hyperparameter_names
 from vlprompt.toy import write_toy_dataset
 
 from conftest import REPO
@@ -70,7 +71,11 @@ def test_two_processes_train_and_test_every_image_exactly_once(toy_data, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("learner", [n for n in TRAINABLE if n != "coop"])
 def test_two_process_training_completes(learner, toy_data, tmp_path):
-    fit = vlprompt("fit", learner, toy_data, tmp_path / "logs", learner, 2, "--trainer.max_epochs", "1")
+    # A learner with a teacher (CasPL's boosting stage) distils the toy CLIP itself here: no download offline.
+    teacher = (["--model.init_args.teacher.init_args.name", "vlprompt-tiny",
+                "--model.init_args.teacher.init_args.pretrained", "toy"]
+               if "teacher" in hyperparameter_names(get_learner_class(learner)) else [])
+    fit = vlprompt("fit", learner, toy_data, tmp_path / "logs", learner, 2, "--trainer.max_epochs", "1", *teacher)
     assert (fit / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--style-mix", choices=("world", "even"), default=defaults.style_mix,
+                        help="styles drawn as the world's pretraining mix (photos 60%%) or evenly (the toy teacher)")
     parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH), default=TOY_ARCH,
                         help=f"{TOY_ARCH} (the student) or {TOY_TEACHER_ARCH} (the toy teacher of CasPL)")
     parser.add_argument("--out", type=Path, help="default: the shipped vlprompt-tiny file (vlprompt/clip/pretrained/)")
@@ -65,7 +67,8 @@ def main() -> None:
         sys.exit(f"pretrain_toy_clip: error: {options.out} exists; pass --force to replace it or --out elsewhere")
 
     config = PretrainConfig(steps=options.steps, batch_size=options.batch_size, pool_size=options.pool_size,
-                            lr=options.lr, seed=options.seed, arch=options.arch)
+                            lr=options.lr, seed=options.seed, arch=options.arch,
+                            style_mix=options.style_mix)
     started = time.time()
     model = pretrain_toy_clip(config, report=lambda step, loss, seconds: print(
         f"step {step:5d}/{config.steps}  loss {loss:.3f}  {seconds:6.0f} s", flush=True))

@@ -41,10 +41,17 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2
     arch: str = TOY_ARCH
+    #: How often each style is drawn: "world" (the world's pretraining mix, photos 60%) or "even" (every style
+    #: alike: more varied data, as a larger real CLIP sees; the toy teacher's).
+    style_mix: str = "world"
 
 
-def _draw_pool(size: int, rng: random.Random):
+def _draw_pool(size: int, rng: random.Random, style_mix: str = "world"):
+    if style_mix not in ("world", "even"):
+        raise ValueError(f"style_mix must be 'world' or 'even', got {style_mix!r}")
     styles, weights = zip(*PRETRAIN_STYLES.items())
+    if style_mix == "even":
+        weights = [1] * len(styles)
     images = np.empty((size, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     described = []
     for i in range(size):
@@ -73,7 +80,7 @@ def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
     mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
 
-    pool, described = _draw_pool(config.pool_size, rng)
+    pool, described = _draw_pool(config.pool_size, rng, config.style_mix)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
