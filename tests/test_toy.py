@@ -83,6 +83,25 @@ def test_shipped_weights_match_their_sha256_and_record():
         assert 40 <= accuracy <= 85, f"zero-shot on {name} is {accuracy}"
 
 
+TEACHER = shipped_weights_path("vlprompt-small", "toy", must_exist=False)
+
+
+def test_shipped_teacher_matches_its_record_and_beats_the_student_by_five_points_everywhere():
+    """CasPL's toy teacher: a larger tiny CLIP whose zero-shot accuracy exceeds vlprompt-tiny's by at least 5 points
+    on every toy data set (both recorded when pretrained; the check sets are re-measured below)."""
+    digest = hashlib.sha256(TEACHER.read_bytes()).hexdigest()
+    assert TEACHER.with_suffix(".sha256").read_text().split()[0] == digest
+    teacher = json.loads(TEACHER.with_suffix(".json").read_text())
+    student = json.loads(RECORD.read_text())
+    assert teacher["sha256"] == digest and TEACHER.stat().st_size <= 10 * 2**20
+    assert set(teacher["zero_shot_test_accuracy"]) == set(student["zero_shot_test_accuracy"]) == set(DATASETS)
+    for name, accuracy in teacher["zero_shot_test_accuracy"].items():
+        assert accuracy >= student["zero_shot_test_accuracy"][name] + 5, name
+    measured = check_set_accuracies(vlprompt.load_clip("vlprompt-small", pretrained="toy"))
+    for name, accuracy in teacher["check_set_accuracy"].items():
+        assert abs(measured[name] - accuracy) <= 1.0, (name, measured[name], accuracy)
+
+
 @pytest.fixture(scope="module")
 def toy_clip():
     return vlprompt.load_clip("vlprompt-tiny", pretrained="toy")

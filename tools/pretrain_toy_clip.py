@@ -40,17 +40,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--style-mix", choices=("world", "even"), default=defaults.style_mix,
                         help="styles drawn as the world's pretraining mix (photos 60%%) or evenly (the toy teacher)")
+    parser.add_argument("--degrade", type=float, default=defaults.degrade,
+                        help="share of training images noised or blurred, captions unchanged (default 0)")
     parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH), default=TOY_ARCH,
                         help=f"{TOY_ARCH} (the student) or {TOY_TEACHER_ARCH} (the toy teacher of CasPL)")
-    parser.add_argument("--out", type=Path, help="default: the shipped vlprompt-tiny file (vlprompt/clip/pretrained/)")
+    parser.add_argument("--out", type=Path, help="default: the shipped file of --arch (vlprompt/clip/pretrained/)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets are written")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="keep the checkpoint at --out and its training record; re-measure the accuracies")
     options = parser.parse_args()
     if options.out is None:
-        if options.arch != TOY_ARCH:  # only vlprompt-tiny's weights ship with the package so far
-            sys.exit(f"pretrain_toy_clip: error: pass --out FILE.safetensors for {options.arch}")
         options.out = shipped_weights_path(options.arch, "toy", must_exist=False)
     if options.out.suffix != ".safetensors":  # checked before minutes of training, not after
         sys.exit(f"pretrain_toy_clip: error: --out {options.out} must end in .safetensors (the weights are written "
@@ -68,7 +68,7 @@ def main() -> None:
 
     config = PretrainConfig(steps=options.steps, batch_size=options.batch_size, pool_size=options.pool_size,
                             lr=options.lr, seed=options.seed, arch=options.arch,
-                            style_mix=options.style_mix)
+                            style_mix=options.style_mix, degrade=options.degrade)
     started = time.time()
     model = pretrain_toy_clip(config, report=lambda step, loss, seconds: print(
         f"step {step:5d}/{config.steps}  loss {loss:.3f}  {seconds:6.0f} s", flush=True))

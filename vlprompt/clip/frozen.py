@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 #: Weights shipped with vlprompt: ``(architecture, pretrained shortcut) -> file`` in :data:`SHIPPED_WEIGHTS_DIR`.
 SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "pretrained"
-SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors"}
+SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors",
+                   ("vlprompt-small", "toy"): "vlprompt-small-toy.safetensors"}
 
 #: Entries OpenAI's CLIP checkpoints hold besides the weights; they mark a file as OpenAI's format.
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")

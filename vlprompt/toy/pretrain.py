@@ -44,6 +44,9 @@ class PretrainConfig:
     #: How often each style is drawn: "world" (the world's pretraining mix, photos 60%) or "even" (every style
     #: alike: more varied data, as a larger real CLIP sees; the toy teacher's).
     style_mix: str = "world"
+    #: Share of training images degraded by random noise or blur, captions unchanged (robustness, as web-scale
+    #: data gives a larger real CLIP); 0 for the world's own images only.
+    degrade: float = 0.0
 
 
 def _draw_pool(size: int, rng: random.Random, style_mix: str = "world"):
@@ -60,6 +63,25 @@ def _draw_pool(size: int, rng: random.Random, style_mix: str = "world"):
         images[i] = np.asarray(render(concept, style, rng))
         described.append((concept, style))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), described
+
+
+def _degrade(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (0..1) with a ``share`` of them noised (Gaussian, std 0.05-0.25) or blurred (Gaussian, sigma
+    0.5-1.5), half each."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    count = images.shape[0]
+    chosen = torch.rand(count, generator=generator) < share
+    noisy = chosen & (torch.rand(count, generator=generator) < 0.5)
+    blurry = chosen & ~noisy
+    out = images.clone()
+    if noisy.any():
+        std = 0.05 + 0.2 * torch.rand(int(noisy.sum()), 1, 1, 1, generator=generator)
+        out[noisy] = (images[noisy] + std * torch.randn(images[noisy].shape, generator=generator)).clamp(0, 1)
+    for i in torch.nonzero(blurry).flatten().tolist():
+        sigma = 0.5 + float(torch.rand(1, generator=generator))
+        out[i] = gaussian_blur(images[i], kernel_size=5, sigma=sigma)
+    return out
 
 
 def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
@@ -100,7 +122,10 @@ def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
             order, cursor = torch.randperm(config.pool_size, generator=generator), 0
         index = order[cursor: cursor + config.batch_size]
         cursor += config.batch_size
-        images = (pool[index].float() / 255 - mean) / std
+        images = pool[index].float() / 255
+        if config.degrade > 0:
+            images = _degrade(images, config.degrade, generator)
+        images = (images - mean) / std
         captions = [caption(*described[i], rng) for i in index.tolist()]
         image_features = model.encode_image(images, normalize=True)
         text_features = clip.encode_text(clip.tokenize(captions), normalize=True)
