@@ -268,14 +268,15 @@ def resolve_learner_names(args: Sequence[str]) -> list[str]:
         class_names = {get_learner_class(n).__name__: n for n in list_learners()}
         cls = get_learner_class(class_names.get(value, value))  # unknown names: a ConfigError naming the closest
         name = cls.registry_name
-        others = {path: learner for path, learner in _configured_learners(args).items() if learner != name}
+        configured = _configured_learners(args)
+        others = {path: learner for path, learner in configured.items() if learner != name}
         if others:
             path, learner = next(iter(others.items()))
             raise ConfigError(f"--model {value} would train {name} with the recipe of {path} ({learner}: its batch "
                               f"size, epochs and learning rate); use --config {_recipe_hint(name)} instead of both")
         recipe = RECIPES_DIR / f"{name}.yaml"
         rest = args[:i] + args[i + span:]
-        if _configured_learners(args):  # the learner's own YAML is given already
+        if configured:  # the learner's own YAML is given already
             return resolve_learner_names(rest)
         if not recipe.is_file():
             return rest[:i] + ["--model", f"{cls.__module__}.{cls.__qualname__}"] + rest[i:]

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
-from vlprompt.learners.checkpoint_io import non_finite_tensors
+from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
 from vlprompt.learners.references import FrozenReferences
 
@@ -385,10 +385,7 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
     for name, model in learner.frozen_models.items():
         if name not in saved_models:
             continue
-        saved, current = saved_models[name]["arch"], model.identity["arch"]
-        # Keys absent on one side (checkpoints older than a recorded fact) are not compared.
-        diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
-                         if saved[k] != current[k])
+        diff = architecture_difference(saved_models[name]["arch"], model.identity["arch"])
         if diff:
             raise CheckpointMismatchError(
                 f"checkpoint was trained with a different {name} architecture ({diff}); use the model it was "

@@ -17,7 +17,7 @@ from torch import nn
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.checkpoint_io import read_checkpoint
+from vlprompt.learners.checkpoint_io import architecture_difference, read_checkpoint
 
 #: The learner whose checkpoints hold boosting prompts.
 BOOSTING_LEARNER = "caspl_boost"
@@ -34,10 +34,7 @@ class BoostingPrompts(nn.Module):
         if meta["learner"] != BOOSTING_LEARNER:
             raise ConfigError(f"boost_from {path!r} holds a {meta['learner']!r} learner; pass the last.ckpt of a "
                               f"{BOOSTING_LEARNER} fit (configs/learners/caspl_boost.yaml)")
-        saved = meta["clip"]["arch"]
-        current = clip.identity["arch"]
-        diff = ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
-                         if saved[k] != current[k])
+        diff = architecture_difference(meta["clip"]["arch"], clip.identity["arch"])
         if diff:
             raise CheckpointMismatchError(f"boost_from {path!r} was learned on another CLIP ({diff}); use boosting "
                                           f"prompts learned on this student ({meta['clip']['source']['name']!r})")

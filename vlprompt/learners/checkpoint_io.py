@@ -41,3 +41,10 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds non-finite values in {', '.join(bad)} (training "
                                       "diverged); fit again with a lower learning rate")
     return checkpoint
+
+
+def architecture_difference(saved: dict, current: dict) -> str:
+    """``"key: saved vs current, ..."`` for the recorded architecture facts that differ; keys absent on one side
+    (checkpoints older than a recorded fact) are not compared."""
+    return ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
+                     if saved[k] != current[k])
