@@ -34,16 +34,31 @@ TINY_RESNET = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
-def frozen_arguments(name: str, clip) -> dict:
-    """The frozen models a learner takes besides ``clip`` (a ``teacher``), all given as ``clip`` itself, as the
-    shared tests build every learner the same way."""
+def describe(classnames) -> dict[str, list[str]]:
+    """Made-up per-class descriptions: one sentence naming the class, one every class shares."""
+    return {name: [f"A {name} looks like a {name}.", f"The {name} is {name.split()[0]} and bold.",
+                   "It is often seen in pictures."] for name in classnames}
+
+
+def class_texts(name: str, classnames) -> dict:
+    """What a learner needs beside class names to switch to ``classnames`` (descriptions, if it reads them)."""
+    from vlprompt.learners import get_learner_class
+
+    return {"descriptions": describe(classnames)} if get_learner_class(name).needs_descriptions else {}
+
+
+def learner_arguments(name: str, clip, classnames) -> dict:
+    """Arguments a learner requires besides ``clip`` and ``classnames``: the frozen models it takes (a
+    ``teacher``), all given as ``clip`` itself, as the shared tests build every learner the same way, and
+    made-up descriptions for learners that read them."""
     import inspect
 
     from vlprompt.learners import get_learner_class
 
     parameters = inspect.signature(get_learner_class(name).__init__).parameters
-    return {key: clip for key, parameter in parameters.items()
-            if key != "clip" and "FrozenCLIP" in str(parameter.annotation)}
+    frozen = {key: clip for key, parameter in parameters.items()
+              if key != "clip" and "FrozenCLIP" in str(parameter.annotation)}
+    return {**frozen, **class_texts(name, classnames)}
 
 
 CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]

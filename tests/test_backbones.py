@@ -7,7 +7,7 @@ import torch
 
 import vlprompt
 
-from conftest import frozen_arguments
+from conftest import learner_arguments
 
 
 @pytest.fixture(scope="module", params=["ViT-B-32", "ViT-L-14"])
@@ -19,7 +19,7 @@ def backbone(request):
 @pytest.mark.parametrize("name", vlprompt.list_learners())
 def test_learner_runs_on_other_backbones(name, backbone):
     learner = vlprompt.build_learner(name, clip=backbone, classnames=["cat", "dog"],
-                                     **frozen_arguments(name, backbone)).eval()
+                                     **learner_arguments(name, backbone, ["cat", "dog"])).eval()
     size = backbone.preprocess_cfg["size"]
     size = size[0] if isinstance(size, (tuple, list)) else size
     with torch.no_grad():

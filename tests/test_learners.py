@@ -14,7 +14,7 @@ import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 from vlprompt.learners import get_learner_class, registry
 
-from conftest import CLASSNAMES, TINY_RESNET, frozen_arguments, model_weights, tiny_config
+from conftest import CLASSNAMES, TINY_RESNET, class_texts, learner_arguments, model_weights, tiny_config
 
 LEARNERS = vlprompt.list_learners()
 # Contract tests pick learners by what they declare, never by name.
@@ -26,7 +26,8 @@ NOVEL = ["orange moon", "black cross", "white ring"]
 
 def build(name, clip, classnames=CLASSNAMES, **hparams):
     torch.manual_seed(0)
-    return vlprompt.build_learner(name, clip=clip, classnames=classnames, **{**frozen_arguments(name, clip), **hparams})
+    return vlprompt.build_learner(name, clip=clip, classnames=classnames,
+                                  **{**learner_arguments(name, clip, classnames), **hparams})
 
 
 def brief_fit(learner, images, labels, root: Path, steps: int = 2) -> pl.Trainer:
@@ -127,12 +128,12 @@ def test_set_classnames_switches_classes_and_keeps_what_was_learned(name, tiny_c
             p.add_(0.01 * torch.randn_like(p))
         base_logits = learner(images)
         learned = {k: v.clone() for k, v in learner.state_dict().items()}
-        learner.set_classnames(NOVEL)
+        learner.set_classnames(NOVEL, **class_texts(name, NOVEL))
         novel_logits = learner(images)
         assert novel_logits.shape == (images.shape[0], len(NOVEL))
         for key, value in learner.state_dict().items():
             assert torch.equal(value, learned[key])
-        learner.set_classnames(CLASSNAMES)
+        learner.set_classnames(CLASSNAMES, **class_texts(name, CLASSNAMES))
         assert torch.allclose(learner(images), base_logits, atol=1e-5)
 
 

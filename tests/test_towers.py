@@ -71,6 +71,14 @@ def assert_learned_path_equals_open_clip(clip):
         torch.testing.assert_close(clip.encode_text(ids), clip.model.encode_text(ids), atol=1e-5, rtol=1e-5)
 
 
+def assert_tokens_path_equals_open_clip(clip, images):
+    """The image features that come with the patch tokens (KAPT's head reads them) are open_clip's own."""
+    with torch.no_grad():
+        features, tokens = clip.encode_image_tokens(images)
+        torch.testing.assert_close(features, clip.model.encode_image(images), atol=1e-5, rtol=1e-5)
+    assert tokens.dim() == 3 and tokens.shape[0] == images.shape[0] and tokens.shape[-1] == clip.embed_dim
+
+
 def test_tiny_bert_text_tower_takes_learned_tokens_and_deep_prompts(tmp_path):
     torch.manual_seed(0)
     clip = vlprompt.load_clip(tiny_bert_clip(tmp_path))
@@ -82,6 +90,7 @@ def test_tiny_bert_text_tower_takes_learned_tokens_and_deep_prompts(tmp_path):
     assert torch.equal(tokens.ids, expected) and tokens.spans[0] == (1, 5)  # [CLS] first
     assert (expected != 0).sum() == tokens.length
     images = torch.randn(2, 3, 224, 224)
+    assert_tokens_path_equals_open_clip(clip, images)
     zeroshot = vlprompt.build_learner("zeroshot", clip=clip, classnames=CLASSNAMES, templates=["a photo of a {}."])
     coop = vlprompt.build_learner("coop", clip=clip, classnames=CLASSNAMES).eval()
     with torch.no_grad():
@@ -180,6 +189,11 @@ def test_every_family_runs_zero_shot_and_the_learners_its_towers_can_take(name, 
     elif not takes_visual:
         with pytest.raises(ConfigError, match="visual prompts need a ViT image tower"):
             vlprompt.build_learner("ivlp", clip=clip, classnames=classes)
+    if takes_visual and takes_text:
+        assert_tokens_path_equals_open_clip(clip, images)
+    elif takes_visual:  # CoCa: attention pooling, no patch tokens in the joint space
+        with pytest.raises(ConfigError, match="pools with attention"):
+            clip.encode_image_tokens(images)
     if isinstance(clip._text, OpenCLIPTextTower) and not clip._text.cut_after_last_token:
         # No causal mask (SigLIP, MobileCLIP): prompts keep the whole padded context.
         assert vlprompt.build_learner("coop", clip=clip, classnames=classes).prompts.token_ids.shape[1] == \

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import vlprompt
 from vlprompt.learners import get_learner_class
 
-from conftest import frozen_arguments
+from conftest import learner_arguments
 
 LEARNERS = vlprompt.list_learners()
 CLASSNAMES = ["dog", "cat", "sea turtle"]
@@ -28,7 +28,8 @@ def test_parameter_count_is_the_papers_and_forward_runs(name, vit_b16):
     M"), and builds exactly that many trainable parameters."""
     paper = get_learner_class(name).paper_trainable_parameters
     assert paper is not None, f"{name} declares no paper_trainable_parameters"
-    learner = vlprompt.build_learner(name, clip=vit_b16, classnames=CLASSNAMES, **frozen_arguments(name, vit_b16)).eval()
+    learner = vlprompt.build_learner(name, clip=vit_b16, classnames=CLASSNAMES,
+                                     **learner_arguments(name, vit_b16, CLASSNAMES)).eval()
     assert learner.num_trainable_parameters() == paper
     with torch.no_grad():
         logits = learner(torch.randn(2, 3, 224, 224))

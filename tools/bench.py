@@ -4,19 +4,22 @@
     python tools/bench.py                      # ViT-B/16 shape, random init, CPU: about 7 minutes on 2 cores
     python tools/bench.py --device cuda --precision bf16-mixed --classes 100 1000   # on a GPU
     python tools/bench.py --startup            # start-up times of the vlprompt command against `import torch`
+    python tools/bench.py --caspl-memory       # CasPL stage 1: cached teacher vs recomputed, ViT-B/16 vs ViT-L/14
 
 Everything runs in one process on the same model, data and settings, so the ratios compare like with like on
 a noisy machine. The naive baseline is written here, as the reference repos do it: the full 77-token context,
 text features recomputed for every batch, CoCoOp's prompts for every image encoded at once. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the bytes autograd keeps for the backward pass
 (activations), which is what grows with batch x classes. Writes the tables to ``runs/benchmarks.md``
-(``--out docs/benchmarks.md`` for the tracked copy). ``--startup`` replaces only the start-up section there.
+(``--out docs/benchmarks.md`` for the tracked copy). ``--startup`` and ``--caspl-memory`` replace only their
+own section there.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import platform
 import statistics
@@ -38,6 +41,10 @@ TARGETS = {"coop_text_step": 0.35, "eval_throughput": 0.9, "cocoop_memory": 0.5}
 #: `vlprompt fit --help` may take at most this many times a bare `import torch`.
 STARTUP_TARGET = 2.0
 STARTUP_HEADING = "## Start-up"
+CASPL_HEADING = "## CasPL stage 1: cached teacher"
+#: A stage-1 step with the teacher's features cached may use at most this fraction of the memory of one that
+#: recomputes them.
+CASPL_MEMORY_TARGET = 0.5
 ADJECTIVES = ("red", "small", "golden", "spotted", "wild", "striped", "old", "great", "common", "long-tailed")
 NOUNS = ("fox", "sparrow", "retriever", "maple tree", "sports car", "tabby cat", "fire truck", "orchid",
          "sea turtle", "pizza")
@@ -123,9 +130,17 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true",
                         help="measure only start-up times (each command in a fresh process) and replace the start-up "
                              "section of --out")
+    parser.add_argument("--caspl-memory", action="store_true",
+                        help="measure only CasPL stage 1's memory, teacher cached vs recomputed (--model the student, "
+                             "--teacher, --caspl-batch), and replace that section of --out")
+    parser.add_argument("--teacher", default="ViT-L-14", help="CasPL teacher architecture (random init)")
+    parser.add_argument("--caspl-batch", type=int, default=32, help="batch of the CasPL memory comparison")
     options = parser.parse_args()
     if options.startup:
         write_startup_section(options.out, options.repeats)
+        return
+    if options.caspl_memory:
+        write_caspl_section(options, torch.device(options.device))
         return
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -157,7 +172,10 @@ def main() -> None:
         weights = [*clip.model.parameters(), *clip.model.buffers()]
         for name in list_learners():
             cls = get_learner_class(name)
-            learner = vlprompt.build_learner(name, clip, names).to(device)  # defaults; CoCoOp's options below
+            # Defaults (CoCoOp's options below); a learner that distils a teacher gets the same CLIP as teacher here
+            # (--caspl-memory compares a real teacher).
+            extra = {"teacher": clip} if "teacher" in inspect.signature(cls).parameters else {}
+            learner = vlprompt.build_learner(name, clip, names, **extra).to(device)
             row = {"learner": name}
             if cls.needs_training:
                 learner.train()
@@ -249,6 +267,81 @@ def _seconds(command: list[str], repeats: int) -> float:
     return statistics.median(times)
 
 
+def replace_section(out: Path, heading: str, lines: list[str]) -> None:
+    """Write ``lines`` (starting with ``heading``) as that section of ``out``, keeping the rest of the file."""
+    text = out.read_text() if out.is_file() else "# Benchmarks\n"
+    start = text.find(heading)
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+    print("\n".join(lines))
+
+
+def write_caspl_section(options, device: torch.device) -> None:
+    """CasPL stage 1 at ``--caspl-batch``: the peak memory of a training step whose teacher image features come
+    from the cache, against the same step computing them (the reference's way), in one process."""
+    torch.manual_seed(0)
+    student = vlprompt.load_clip(options.model).to(device)
+    teacher = vlprompt.load_clip(options.teacher).to(device)
+    names = classnames(10)
+    learner = vlprompt.build_learner("caspl_boost", student, names, teacher=teacher).to(device).train()
+    size = student.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    images = torch.randn(options.caspl_batch, 3, size, size, device=device)
+    labels = torch.full((options.caspl_batch,), -1, device=device)  # stage 1 reads no label
+    keys = [f"image-{i}" for i in range(options.caspl_batch)]
+    with torch.no_grad():
+        learner._batch_keys = keys
+        learner.teacher_image_features(images)  # fills the cache, as the first epoch does
+    weights = [*student.model.parameters(), *student.model.buffers(), *teacher.model.parameters(),
+               *teacher.model.buffers()]
+
+    def step(cached: bool):
+        def run():
+            learner._batch_keys = keys if cached else None
+            learner.training_loss(images, labels).total.backward()
+            learner.zero_grad(set_to_none=True)
+            learner._batch_keys = None
+        return run
+    started = time.time()
+    measured = {}
+    for cached in (True, False):
+        run = step(cached)
+        run()  # warm-up: gradients and lazily built buffers exist before measuring
+        step_started = time.perf_counter()  # the measured call itself is timed: a ViT-L/14 step is long on a CPU
+        memory = peak_memory(run, device, weights)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        measured[cached] = {"memory": memory, "seconds": time.perf_counter() - step_started}
+    teacher_bytes = sum(t.numel() * t.element_size() for t in [*teacher.model.parameters(), *teacher.model.buffers()])
+    memory_kind = ("peak allocated above the step's start (MB)" if device.type == "cuda"
+                   else "kept by autograd for backward (MB)")
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    ratio = measured[True]["memory"] / max(measured[False]["memory"], 1)
+    lines = [CASPL_HEADING, "",
+             f"`python tools/bench.py --caspl-memory` ({machine}; torch {torch.__version__}; student {options.model}, "
+             f"teacher {options.teacher}, random init; batch {options.caspl_batch}, {len(names)} classes, fp32; "
+             f"{(time.time() - started) / 60:.1f} min): one stage-1 training step (forward and backward) with the "
+             "teacher's image features read from the cache, against the same step computing them.", "",
+             "| measure | teacher cached | teacher recomputed | ratio |", "|---|---:|---:|---:|"]
+    lines += [f"| memory, {memory_kind} | {_mb(measured[True]['memory'])} | {_mb(measured[False]['memory'])} | "
+              f"{ratio:.3f}x |",
+              f"| step time (s) | {measured[True]['seconds']:.2f} | {measured[False]['seconds']:.2f} | "
+              f"{measured[True]['seconds'] / measured[False]['seconds']:.3f}x |"]
+    lines += ["", f"Target: cached at most {CASPL_MEMORY_TARGET:g}x recomputed: "
+              f"{'met' if ratio <= CASPL_MEMORY_TARGET else 'not met'} ({ratio:.3f}x). The teacher runs without "
+              "gradients, so autograd keeps nothing of it: what a recomputed teacher adds to a step is its compute (the "
+              "time row) and its forward's transient activations, freed layer by layer, not memory kept for "
+              "backward; the step's peak is the student's own activations, which caching cannot shrink. What caching would also "
+              f"allow is taking the teacher's weights off the device after the first epoch ({_mb(teacher_bytes)} MB "
+              "here); vlprompt keeps them resident (images not yet in the cache, and DDP's buffer broadcasts, "
+              "need them).", ""]
+    replace_section(options.out, CASPL_HEADING, lines)
+
+
 def write_startup_section(out: Path, repeats: int) -> None:
     """The start-up times of the ``vlprompt`` program against a bare ``import torch``, side by side, as the
     ``## Start-up`` section of ``out`` (the rest of the file is kept)."""
@@ -275,14 +368,7 @@ def write_startup_section(out: Path, repeats: int) -> None:
               "neither torch nor Lightning. `fit --help` needs Lightning's own import (the LightningCLI reads the "
               "Trainer's signature), and that import is the floor: it brings in torchmetrics, which imports "
               "transformers, scipy.signal and torchvision's detection ops eagerly.", ""]
-    text = out.read_text() if out.is_file() else "# Benchmarks\n"
-    start = text.find(STARTUP_HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(STARTUP_HEADING))
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
-    print("\n".join(lines))
+    replace_section(out, STARTUP_HEADING, lines)
 
 
 def _mb(value: int) -> str:
@@ -325,8 +411,12 @@ def write_report(options, device: torch.device, sections, seconds: float) -> Non
                   f"{options.cocoop_chunk} and activation checkpointing"
                   + ("" if device.type == "cuda" else " (its memory adds the one chunk recomputed at a time "
                      "during backward to what the forward keeps)") + ".", ""]
+    # The sections measured by their own options stay as they were.
+    text = options.out.read_text() if options.out.is_file() else ""
+    kept = [text[start:(end + 1 if (end := text.find("\n## ", start + 1)) >= 0 else len(text))].rstrip("\n")
+            for start in (text.find(heading) for heading in (STARTUP_HEADING, CASPL_HEADING)) if start >= 0]
     options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text("\n".join(lines))
+    options.out.write_text("\n".join(lines + [part + "\n" for part in kept]))
     print("\n".join(lines))
 
 

@@ -2,8 +2,18 @@
 """Base-to-novel on every toy data set for every registered learner, with the shipped toy CLIP; writes
 docs/toy-world.md.
 
-    python tools/toy_benchmark.py                          # every learner, 3 seeds: about 25 minutes on 2 cores
+    python tools/toy_benchmark.py                          # every learner, 3 seeds: about 40 minutes on 2 cores
     python tools/toy_benchmark.py --learners coop promptsrc --seeds 1
+    python tools/toy_benchmark.py --learners kapt --out docs/toy-world.md   # add or re-measure one learner's rows
+    python tools/toy_benchmark.py --learners --merge runs/other.json --out docs/toy-world.md   # join rows
+
+Every measured row is kept in a JSON file beside the report (``docs/toy-world.json`` for ``--out
+docs/toy-world.md``): a run re-measures the learners it is given, keeps the rows of the others (``--fresh``
+drops them) and writes the report from all rows, each with its own seeds and time.
+
+CasPL rows (``coop+caspl``, ``maple+caspl``, ``promptsrc+caspl``) run the boosting stage first, once per data set
+and seed (``configs/learners/caspl_boost.yaml`` with the toy teacher ``configs/clip/toy-teacher.yaml``, on every
+training image and class name as the paper does), then the learner with ``boost_from`` that checkpoint.
 
 Zero-shot needs no seed (it does not see the shots); each trainable learner is trained once per seed with its
 paper recipe (its ``configs/learners/<name>.yaml``: batch size, epochs, learning rate), except CoOp, whose 200
@@ -30,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
-from vlprompt.eval.base2novel import run_base_to_novel  # noqa: E402
+from vlprompt.eval.base2novel import fit_checkpoint, run_base_to_novel  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
 from vlprompt.learners import get_learner_class, list_learners  # noqa: E402
 from vlprompt.toy.world import DATASETS, DOMAIN_SHIFTS  # noqa: E402
@@ -40,6 +50,8 @@ TARGET_GAIN = 5.0
 #: Epochs that differ from the paper recipe on the toy world, and why (see the module docstring).
 TOY_EPOCHS = {"coop": 25}
 METRICS = ("base_acc", "novel_acc", "hm")
+#: CasPL's second stage on the toy world: these learners, each on top of the boosting prompts.
+CASPL_SUFFIX, CASPL_LEARNERS = "+caspl", ("coop", "maple", "promptsrc")
 
 
 def mean_std(values: list[float]) -> str:
@@ -47,43 +59,110 @@ def mean_std(values: list[float]) -> str:
 
 
 def recipe_epochs(learner: str) -> int:
+    learner = learner.removesuffix(CASPL_SUFFIX)
     config = yaml.safe_load((CONFIGS / "learners" / f"{learner}.yaml").read_text())
     return TOY_EPOCHS.get(learner, int((config.get("trainer") or {}).get("max_epochs", 10)))
+
+
+def boosting_checkpoint(dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str],
+                        fitted: dict) -> str:
+    """CasPL stage 1 on ``dataset`` for ``seed``: fitted once, remembered in ``fitted`` with its seconds."""
+    if (dataset, seed) not in fitted:
+        args = [*toy_run_args(CONFIGS, "caspl_boost", dataset, data_root, seed), "--config",
+                str(CONFIGS / "clip" / "toy-teacher.yaml"), *quiet,
+                "--trainer.logger.init_args.save_dir", str(run_dir),
+                "--trainer.logger.init_args.name", f"{dataset}-caspl_boost-seed{seed}",
+                "--trainer.enable_model_summary", "false"]
+        started = time.time()
+        fitted[(dataset, seed)] = (fit_checkpoint(args, "all"), time.time() - started)
+    return fitted[(dataset, seed)][0]
+
+
+def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str],
+                     fitted: dict) -> list[str]:
+    """``vlprompt`` arguments of one row's run (CasPL rows fit or reuse their boosting prompts first)."""
+    base = learner.removesuffix(CASPL_SUFFIX)
+    args = [*toy_run_args(CONFIGS, base, dataset, data_root, seed), *quiet,
+            "--trainer.max_epochs", str(recipe_epochs(learner))]
+    if learner.endswith(CASPL_SUFFIX):
+        args += ["--model.init_args.boost_from",
+                 boosting_checkpoint(dataset, data_root, seed, run_dir, quiet, fitted)]
+    return args
+
+
+#: Key of a data set's CasPL stage-1 record in the results (its time, shared by the ``+caspl`` rows).
+STAGE1_ROW = "caspl_boost (stage 1)"
+
+
+def fitted_seconds(fitted: dict, dataset: str) -> float:
+    return sum(seconds for (name, _), (_, seconds) in fitted.items() if name == dataset)
+
+
+def learners(rows: dict) -> list[str]:
+    """The trained learners among a data set's rows, in table order (``coop+caspl`` right after ``coop``)."""
+    return sorted(key for key in rows if key not in ("zeroshot", STAGE1_ROW))
+
+
+def load_rows(path: Path, fresh: bool) -> dict:
+    """``{data set: {learner: row}}`` measured before (none when ``fresh`` or no file)."""
+    if fresh or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())["datasets"]
+    except (json.JSONDecodeError, KeyError):
+        sys.exit(f"toy_benchmark: {path} is not a results file of this tool; move it away or pass --fresh")
 
 
 def main() -> None:
     # Stage learners that read no labels (CasPL's boosting stage) are not base-to-novel learners of their own.
     trainable = [name for name in list_learners()
                  if get_learner_class(name).needs_training and get_learner_class(name).uses_labels]
+    trainable += [f"{name}{CASPL_SUFFIX}" for name in CASPL_LEARNERS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets live")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
-    parser.add_argument("--learners", nargs="+", default=trainable, choices=trainable, help="learners to train")
+    parser.add_argument("--learners", nargs="*", default=trainable, choices=trainable,
+                        help="learners to train (none: only re-measure zero-shot and rewrite the report)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (few shots and init)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "toy-world.md",
                         help="Markdown report (default: runs/; the tracked docs/toy-world.md is rewritten "
-                             "only when named here)")
+                             "only when named here); its rows are kept in the .json beside it")
+    parser.add_argument("--fresh", action="store_true", help="forget the rows measured before (the .json)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="results files (.json) of other runs whose rows join this report's")
     options = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     run_dir = options.runs / time.strftime("toy-benchmark-%Y%m%d-%H%M%S")
     record = json.loads(shipped_weights_path("vlprompt-tiny", "toy").with_suffix(".json").read_text())
     quiet = ["--trainer.enable_progress_bar", "false"]
-    results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    seconds: dict[str, float] = {}
+    results_path = options.out.with_suffix(".json")
+    results = load_rows(results_path, options.fresh)
+    for other in options.merge:
+        if not other.is_file():
+            sys.exit(f"toy_benchmark: --merge {other} does not exist")
+        for name, rows in load_rows(other, fresh=False).items():
+            results.setdefault(name, {}).update({key: row for key, row in rows.items() if key != "zeroshot"})
+    fitted: dict = {}
     started = time.time()
     for name in (n for n in DATASETS if n not in DOMAIN_SHIFTS):
+        rows = results.setdefault(name, {})
         zeroshot = run_base_to_novel([*toy_run_args(CONFIGS, "zeroshot", name, options.data, 1), *quiet], run_dir,
                                      f"{name}-zeroshot", train=False)
-        results[name] = {"zeroshot": {key: [zeroshot[key]] for key in METRICS}}
+        rows["zeroshot"] = {"seeds": [], **{key: [zeroshot[key]] for key in METRICS}}
         for learner in options.learners:
-            learner_started = time.time()
-            runs = [run_base_to_novel([*toy_run_args(CONFIGS, learner, name, options.data, seed), *quiet,
-                                       "--trainer.max_epochs", str(recipe_epochs(learner))], run_dir,
-                                      f"{name}-{learner}-seed{seed}") for seed in options.seeds]
-            seconds[learner] = seconds.get(learner, 0.0) + time.time() - learner_started
-            results[name][learner] = {key: [run[key] for run in runs] for key in METRICS}
-            print(f"{name} {learner}: " + ", ".join(f"{key} {mean_std(values)}" for key, values in
-                                                     results[name][learner].items()), flush=True)
+            stage1_before, learner_started = fitted_seconds(fitted, name), time.time()
+            runs = [run_base_to_novel(learner_run_args(learner, name, options.data, seed, run_dir, quiet, fitted),
+                                      run_dir, f"{name}-{learner}-seed{seed}") for seed in options.seeds]
+            stage1 = fitted_seconds(fitted, name)  # the boosting prompts this row fitted: shared, timed apart
+            rows[learner] = {"seeds": list(options.seeds), "epochs": recipe_epochs(learner),
+                             "seconds": time.time() - learner_started - (stage1 - stage1_before),
+                             **{key: [run[key] for run in runs] for key in METRICS}}
+            if stage1 > stage1_before:
+                rows[STAGE1_ROW] = {"seconds": stage1}
+            print(f"{name} {learner}: " + ", ".join(f"{key} {mean_std(rows[learner][key])}" for key in METRICS),
+                  flush=True)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps({"datasets": results}, indent=1) + "\n")  # a row at a time: resumable
     minutes = (time.time() - started) / 60
     gains = {name: statistics.mean(rows["coop"]["base_acc"]) - rows["zeroshot"]["base_acc"][0]
              for name, rows in results.items() if "coop" in rows}
@@ -95,8 +174,14 @@ def main() -> None:
                          for f in forgetting.values())
     met = all(gain >= TARGET_GAIN for gain in gains.values()) and forgetting_met
     command = ("python tools/toy_benchmark.py " + " ".join(sys.argv[1:])).strip()
-    seeds = " ".join(map(str, options.seeds))
-    recipes = ", ".join(f"{learner} {recipe_epochs(learner)}" for learner in options.learners)
+    all_rows = [row for rows in results.values() for key, row in rows.items() if key in learners(rows)]
+    seeds = statistics.mode(tuple(row["seeds"]) for row in all_rows) if all_rows else tuple(options.seeds)
+    epochs = {key: row["epochs"] for rows in results.values() for key, row in rows.items() if key in learners(rows)}
+    recipes = ", ".join(f"{learner} {count}" for learner, count in sorted(epochs.items()))
+
+    def label(learner: str, row: dict) -> str:
+        return learner if tuple(row["seeds"]) == seeds else f"{learner} (seeds {' '.join(map(str, row['seeds']))})"
+
     lines = [
         "# The toy world: measured accuracy", "",
         f"Shipped toy CLIP `vlprompt-tiny` (`pretrained=\"toy\"`, sha256 `{record['sha256'][:16]}...`), "
@@ -109,10 +194,12 @@ def main() -> None:
           for name, acc in record["zero_shot_test_accuracy"].items()), "",
         "(Recorded when the weights were pretrained; sets added since, such as ToySketchedBase, have their zero-shot "
         "rows in the base-to-novel tables below.)", "",
-        f"## Base-to-novel, 16 shots, mean ± std over seeds {seeds}", "",
-        f"Each learner trains with its paper recipe (epochs: {recipes}). "
-        "The domain-shifted copies of ToyShapes are test domains of the domain-generalisation protocol, never "
-        "trained on, so they have no rows here.", "",
+        f"## Base-to-novel, 16 shots, mean ± std over seeds {' '.join(map(str, seeds))}", "",
+        f"Each learner trains with its paper recipe (epochs: {recipes}). `+caspl` rows are CasPL's second stage: "
+        "the learner on top of boosting prompts distilled from the toy teacher `vlprompt-small` "
+        "(`configs/learners/caspl_boost.yaml`, 20 epochs on every training image and class name of the data set, "
+        "once per data set and seed). The domain-shifted copies of ToyShapes are test domains of the "
+        "domain-generalisation protocol, never trained on, so they have no rows here.", "",
     ]
     if gains:
         gains_met = all(gain >= TARGET_GAIN for gain in gains.values())
@@ -126,18 +213,25 @@ def main() -> None:
                   f"{found['zero_shot'][0]:.1f} / {found['zero_shot'][1]:.1f}).", ""]
     for name, rows in results.items():
         lines += [f"### {name}", "", "| learner | Base | Novel | HM |", "|---|---:|---:|---:|"]
-        lines += [f"| {learner} | " + " | ".join(mean_std(values[key]) for key in METRICS) + " |"
-                  for learner, values in rows.items()]
+        lines += [f"| {learner if learner == 'zeroshot' else label(learner, rows[learner])} | "
+                  + " | ".join(mean_std(rows[learner][key]) for key in METRICS) + " |"
+                  for learner in ["zeroshot", *learners(rows)]]
         lines.append("")
-    average = {learner: {key: statistics.mean(statistics.mean(rows[learner][key]) for rows in results.values())
-                         for key in METRICS} for learner in next(iter(results.values()))}
+    everywhere = [learner for learner in ["zeroshot", *learners(next(iter(results.values())))]
+                  if all(learner in rows for rows in results.values())]
     lines += [f"### Average over the {len(results)} data sets (means of the per-set means)", "",
               "| learner | Base | Novel | HM | training time, all sets and seeds |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {learner} | " + " | ".join(f"{values[key]:.1f}" for key in METRICS) +
-              f" | {seconds[learner] / 60:.1f} min |" if learner in seconds else
-              f"| {learner} | " + " | ".join(f"{values[key]:.1f}" for key in METRICS) + " | - |"
-              for learner, values in average.items()]
-    lines += ["", f"Measured with `{command}` in {minutes:.1f} min (2 CPU cores); runs in `runs/`.", ""]
+    for learner in everywhere:
+        means = [statistics.mean(statistics.mean(rows[learner][key]) for rows in results.values()) for key in METRICS]
+        spent = sum(rows[learner].get("seconds", 0.0) for rows in results.values())
+        lines.append(f"| {learner} | " + " | ".join(f"{value:.1f}" for value in means) + " | "
+                     + (f"{spent / 60:.1f} min |" if learner != "zeroshot" else "- |"))
+    stage1 = sum(rows.get(STAGE1_ROW, {}).get("seconds", 0.0) for rows in results.values())
+    if stage1:
+        lines += ["", f"CasPL's boosting stage, shared by the `+caspl` rows (not in their times): {stage1 / 60:.1f} min "
+                  "for all sets and seeds."]
+    lines += ["", f"Last measured with `{command}` in {minutes:.1f} min (2 CPU cores; rows of other learners kept from "
+              f"earlier runs, `{results_path.name}`); runs in `runs/`.", ""]
     options.out.parent.mkdir(parents=True, exist_ok=True)
     notes = REPO / "docs" / "toy-world-notes.md"
     if notes.is_file():  # analysis written by hand beside the measured tables

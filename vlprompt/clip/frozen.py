@@ -134,6 +134,7 @@ class FrozenCLIP(nn.Module):
         self._vision: Optional[VisionTower] = vision_tower_of(model)
         # Fixed once built; checkpoints record it on every save, so it is not re-derived from the modules each time.
         self._quick_gelu = any(isinstance(module, QuickGELU) for module in model.modules())
+        self._embed_dim: Optional[int] = None
 
     # -- nn.Module plumbing ---------------------------------------------------------------------------------
     def __deepcopy__(self, memo) -> "FrozenCLIP":
@@ -161,7 +162,15 @@ class FrozenCLIP(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self._model.visual.output_dim
+        if self._embed_dim is None:
+            dim = getattr(self._model.visual, "output_dim", None)
+            if dim is None:  # timm image towers (open_clip's TimmModel) do not record it: measured once
+                size = self.preprocess_cfg["size"]
+                height, width = size if isinstance(size, (tuple, list)) else (size, size)
+                with torch.no_grad():
+                    dim = self._model.encode_image(torch.zeros(1, 3, height, width, device=self.device)).shape[-1]
+            self._embed_dim = int(dim)
+        return self._embed_dim
 
     @property
     def text_width(self) -> int:
@@ -342,6 +351,14 @@ class FrozenCLIP(nn.Module):
         else:
             features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image_tokens(self, images: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features and the final-layer patch tokens ``B x N x embed_dim``, projected into the joint space
+        as the pooled feature is (ViT towers; the features equal :meth:`encode_image`'s)."""
+        features, tokens = self._require_vit("give patch tokens").encode_with_tokens(images)
+        if normalize:
+            features, tokens = F.normalize(features, dim=-1), F.normalize(tokens, dim=-1)
+        return features, tokens
 
 
 def shipped_weights_path(model_name: str, tag: str, must_exist: bool = True) -> Path:

@@ -244,6 +244,11 @@ class VisionTower:
     def encode(self, images: torch.Tensor, prompts: torch.Tensor, deep_prompts: DeepPrompts) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image features and the final patch tokens (``B x N x D``), both through the tower's own
+        projection: the tokens live in the joint embedding space."""
+        raise NotImplementedError
+
 
 class OpenCLIPViT(VisionTower):
     def __init__(self, visual: VisionTransformer):
@@ -271,6 +276,16 @@ class OpenCLIPViT(VisionTower):
         pooled, _ = visual._pool(x[:, :-n_prompts])
         return pooled @ visual.proj if visual.proj is not None else pooled
 
+    def encode_with_tokens(self, images):
+        visual = self.visual
+        if visual.attn_pool is not None:
+            raise ConfigError("this image tower pools with attention (CoCa): its output tokens are the pooler's "
+                              "queries, not patch tokens in the joint space; use a CLIP ViT")
+        pooled, tokens = visual._pool(visual.transformer(visual._embeds(images)))
+        if visual.proj is not None:
+            pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
+        return pooled, tokens
+
 
 class TimmViT(VisionTower):
     """A timm ``VisionTransformer`` trunk inside open_clip's ``TimmModel`` (its pooling and projection head)."""
@@ -293,6 +308,15 @@ class TimmViT(VisionTower):
             x = block(x)
         x = trunk.norm(x[:, :-n_prompts])
         return self.visual.head(trunk.forward_head(x))
+
+    def encode_with_tokens(self, images):
+        trunk = self.trunk
+        x = trunk.forward_features(images)
+        # The tokens take the pooled feature's path after pooling: the trunk's own norm and head (EVA-02's
+        # projection is the trunk's head), then open_clip's.
+        tokens = x[:, trunk.num_prefix_tokens:]
+        tokens = trunk.head(getattr(trunk, "fc_norm", nn.Identity())(tokens))
+        return self.visual.head(trunk.forward_head(x)), self.visual.head(tokens)
 
 
 class TimmEva(TimmViT):

@@ -129,6 +129,8 @@ class ImageSplitDataModule(pl.LightningDataModule):
         descriptions: a JSON file ``{"class name": ["sentence", ...]}`` of per-class descriptions, relative to
             ``root`` or absolute; it must describe every class of the data set (``base``/``novel`` take their
             half). Learners that use descriptions receive them with the class names.
+        template_groups: the data set's hand templates in groups (lists of templates with one ``{}``), for learners
+            with one prompt per group (MoCoOp: one expert per group, initialised from its first template).
         unlabeled_dir: a folder of images (searched recursively) that replaces the training split, every image
             labelled -1, for learners that read no labels (CasPL's boosting stage, ``uses_labels = False``);
             class names, validation and test still come from the split file.
@@ -152,6 +154,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         cache_image_features: bool = False,
         cached_views: int = 1,
         descriptions: Optional[str] = None,
+        template_groups: Optional[list[list[str]]] = None,
         unlabeled_dir: Optional[str] = None,
     ):
         super().__init__()
@@ -175,6 +178,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                            classnames_of(item for items in self.split.values() for item in items)]
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
+        self.template_groups = [list(group) for group in template_groups] if template_groups else None
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.image_size, self.subsample = augment, image_size, subsample
         if cached_views < 1 or (cached_views > 1 and not augment):

@@ -50,6 +50,8 @@ class PromptLearner(pl.LightningModule):
             used by learners that need hand-crafted text features.
         descriptions: ``{class name: [sentence, ...]}`` for learners that use per-class descriptions (the data
             module's ``data.descriptions`` file); every class needs at least one.
+        template_groups: the data set's hand templates in groups (``data.template_groups``), for learners with one
+            prompt per group (MoCoOp's experts); others ignore them.
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
@@ -77,6 +79,8 @@ class PromptLearner(pl.LightningModule):
     uses_labels: ClassVar[bool] = True
     #: Whether the learner takes frozen CasPL boosting prompts under its own (``boost_from``).
     supports_boosting: ClassVar[bool] = False
+    #: Whether the learner reads per-class descriptions (``data.descriptions``); it refuses to build without.
+    needs_descriptions: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class PromptLearner(pl.LightningModule):
         classnames: Sequence[str],
         templates: Optional[Sequence[str]] = None,
         descriptions: Optional[dict[str, list[str]]] = None,
+        template_groups: Optional[Sequence[Sequence[str]]] = None,
         lr: float = 0.002,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -102,7 +107,11 @@ class PromptLearner(pl.LightningModule):
         self.clip = clip
         self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None
+        if self.needs_descriptions and descriptions is None:
+            raise ConfigError(f"{self.registry_name} needs per-class descriptions: pass --data.descriptions FILE (a "
+                              "JSON file {\"class name\": [\"sentence\", ...]}; tools/describe_classes.py writes one)")
         self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
+        self.template_groups = _template_groups(template_groups)
         self.boost: Optional[BoostingPrompts] = None
         if boost_from:
             if not self.supports_boosting:
@@ -370,6 +379,18 @@ def _class_texts(classnames: Sequence[str], templates: Optional[Sequence[str]],
                               f"{' ...' if len(missing) > 5 else ''}; every class needs at least one sentence")
         descriptions = {name: list(descriptions[name]) for name in classnames}
     return classnames, templates, descriptions
+
+
+def _template_groups(groups: Optional[Sequence[Sequence[str]]]) -> Optional[list[list[str]]]:
+    if groups is None:
+        return None
+    groups = [list(group) for group in groups]
+    if not groups or not all(groups):
+        raise ConfigError("template_groups must be a non-empty list of non-empty lists of templates")
+    bad = [t for group in groups for t in group if not isinstance(t, str) or t.count("{}") != 1]
+    if bad:
+        raise ConfigError(f"templates need exactly one '{{}}' for the class name: {bad}")
+    return groups
 
 
 def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner) -> None:

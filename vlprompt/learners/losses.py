@@ -95,3 +95,25 @@ def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature
     if normalize_by == "batch":
         return total / student.shape[0]
     raise ConfigError(f"normalize_by must be 'numel' or 'batch', got {normalize_by!r}")
+
+
+def grouped_text_supervision(text: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """MoCoOp's grouped text supervision: ``E x C x D`` expert class features against their groups' frozen
+    ``E x C x D`` prototypes, ``CE(T_e P_e^T, c)`` over every expert's ``C`` classes as one mean over ``E * C``
+    rows, without a logit scale (as the reference)."""
+    logits = torch.einsum("ecd,ekd->eck", text, prototypes.to(text.dtype))
+    targets = torch.arange(text.shape[1], device=text.device).repeat(text.shape[0])
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets)
+
+
+def routing_loss(router_logits: torch.Tensor, image_features: torch.Tensor, prototypes: torch.Tensor,
+                 labels: torch.Tensor, top_k: int = 2, boost: float = 10.0) -> torch.Tensor:
+    """MoCoOp's hard-prompt-guided routing loss: soft targets ``softmax(s + boost * top_k(s))`` where
+    ``s_bg = f_b . P[g, y_b]`` is the image's similarity to group ``g``'s prototype of its true class and
+    ``boost`` is added to its ``top_k`` largest entries; the loss is the soft-target cross-entropy
+    ``-sum_g target_bg log_softmax(router_logits)_bg``, mean over the batch. The targets carry no gradient."""
+    with torch.no_grad():
+        similarity = torch.einsum("bd,ebd->be", image_features.float(), prototypes[:, labels].float())
+        top = similarity.topk(top_k, dim=-1).indices
+        target = similarity.scatter_add(1, top, torch.full_like(top, boost, dtype=similarity.dtype)).softmax(dim=-1)
+    return -(target * F.log_softmax(router_logits.float(), dim=-1)).sum(dim=-1).mean()

@@ -68,3 +68,14 @@ PROMPTSRC_TEMPLATES = (
     'a pixelated photo of a {}.',
     'itap of the {}.',
 )
+
+#: Template groups for MoCoOp's experts when a data set names none (``data.template_groups``): CLIP's ImageNet
+#: templates in four kinds of picture (plain photos, poor photos, art, object size), each led by the template its
+#: expert starts from.
+DEFAULT_TEMPLATE_GROUPS = (
+    ('a photo of a {}.', 'a good photo of a {}.', 'a close-up photo of a {}.', 'a bright photo of a {}.'),
+    ('a bad photo of a {}.', 'a low resolution photo of a {}.', 'a blurry photo of a {}.', 'a cropped photo of a {}.',
+     'a dark photo of a {}.'),
+    ('a drawing of a {}.', 'a sketch of a {}.', 'a painting of a {}.', 'a rendering of a {}.', 'a cartoon {}.'),
+    ('a photo of a small {}.', 'a photo of a big {}.', 'a photo of the large {}.', 'a photo of the small {}.'),
+)

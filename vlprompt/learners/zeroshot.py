@@ -26,8 +26,9 @@ class ZeroShotCLIP(PromptLearner):
     paper_trainable_parameters = 0
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
-                 descriptions: Optional[dict[str, list[str]]] = None):
-        super().__init__(clip, classnames, templates, descriptions)
+                 descriptions: Optional[dict[str, list[str]]] = None,
+                 template_groups: Optional[Sequence[Sequence[str]]] = None):
+        super().__init__(clip, classnames, templates, descriptions, template_groups)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.hand_text_features)

@@ -29,6 +29,8 @@ IMAGE_SIZE = 32
 WORLD_VERSION = 2
 #: Written beside each data set's split file: what wrote it, so stale data is detected instead of reused.
 MANIFEST = "toy_world.json"
+#: Per-class descriptions written beside each data set's split file (``data.descriptions`` in its config).
+DESCRIPTIONS = "descriptions.json"
 
 COLOURS = {
     "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (238, 210, 2), "green": (44, 160, 44),
@@ -273,6 +275,58 @@ for _name, _style in DOMAIN_SHIFTS.items():
     DATASETS[_name] = ToyDataset(_name, _base.varying, _base.values, styles=(_style,))
 
 
+# -- per-class descriptions ----------------------------------------------------------------------------------
+#: What the toy world knows of each concept value, as sentences a description source could give.
+_FACTS = {
+    "colour": lambda v: [f"Its colour is {v}.", f"It is painted a bright {v}."],
+    "shape": lambda v: [f"Its outline is a {v}.", {
+        "circle": "It is round, with no corners.", "square": "It has four equal sides and four right angles.",
+        "triangle": "It has three straight sides and three corners.",
+        "diamond": "It looks like a square standing on one corner.",
+        "star": "It has five pointed arms around its centre.", "cross": "It is made of two bars crossing at the middle.",
+        "hexagon": "It has six sides of equal length.", "ring": "It is a round band with a hole in the middle.",
+    }[v]],
+    "pattern": lambda v: [{
+        "solid": "It is filled with one flat colour.", "striped": "Parallel stripes run across its surface.",
+        "dotted": "Its surface is covered in small round dots.",
+        "checkered": "Its surface is a checkerboard of small squares.",
+    }[v], f"Its pattern is {v}."],
+    "background": lambda v: [{
+        "plain": "It stands on a plain light background.", "grass": "It lies on green grass.",
+        "water": "It floats on blue rippling water.", "sand": "It rests on yellow sand.",
+        "night": "It is seen against a dark night sky.",
+    }[v], f"The scene around it is {v}."],
+}
+#: Sentences true of every class (nothing to tell classes apart by): what a description-based learner must filter.
+_UNINFORMATIVE = ("It is a common sight in pictures.", "People recognise it at a glance.",
+                  "It is often shown in illustrations.", "It can appear in many different places.",
+                  "It is an object people talk about.", "Many photographs include one.")
+
+
+def describe_classes(name: str) -> dict[str, list[str]]:
+    """``{classname: [sentence, ...]}`` for toy data set ``name``: two sentences for each concept that defines the
+    class, one naming the data set's drawing style (the same for every class), and two uninformative ones, in a
+    fixed shuffled order. Only the defining sentences tell classes apart."""
+    spec = DATASETS[name]
+    described = {}
+    for classname, fixed in spec.classes():
+        rng = random.Random(f"{name}:{classname}:descriptions")
+        sentences = [sentence for key in spec.varying for sentence in _FACTS[key](fixed[key])]
+        style = STYLES[spec.styles[0]]  # the data set's style, the same for every class
+        sentences.append(f"The picture is {'an' if style[0] in 'aeiou' else 'a'} {style}.")
+        sentences += rng.sample(_UNINFORMATIVE, 2)
+        rng.shuffle(sentences)
+        described[classname] = sentences
+    return described
+
+
+def write_descriptions(name: str, root) -> Path:
+    """Write :func:`describe_classes` of ``name`` as ``root/descriptions.json`` (the ``data.descriptions`` format)."""
+    path = Path(root) / DESCRIPTIONS
+    path.write_text(json.dumps(describe_classes(name), indent=1) + "\n")
+    return path
+
+
 def sample_concept(fixed: dict, rng: random.Random) -> Concept:
     """A concept with ``fixed`` values and the rest drawn at random (the background stays mostly plain)."""
     values = {key: fixed.get(key) or rng.choice(options) for key, options in _ALL.items() if key != "background"}
@@ -282,7 +336,8 @@ def sample_concept(fixed: dict, rng: random.Random) -> Concept:
 
 def write_toy_dataset(name: str, root, train_per_class: int = 24, val_per_class: int = 6, test_per_class: int = 20,
                       seed: int = 0, size: int = IMAGE_SIZE) -> list[str]:
-    """Write data set ``name`` under ``root`` (``images/`` and ``split_zhou_<name>.json``); return class names.
+    """Write data set ``name`` under ``root`` (``images/``, ``split_zhou_<name>.json`` and per-class
+    ``descriptions.json``); return class names.
 
     The layout and split file are those of real data sets, so the same data module reads both.
     """
@@ -307,6 +362,7 @@ def write_toy_dataset(name: str, root, train_per_class: int = 24, val_per_class:
                 split[part].append([relpath, label, classname])
     (root / f"split_zhou_{name}.json").write_text(json.dumps(split, indent=1))
     (root / MANIFEST).write_text(json.dumps(_manifest(name, seed, size, counts), indent=1) + "\n")
+    write_descriptions(name, root)
     return [classname for classname, _ in classes]
 
 
@@ -331,4 +387,6 @@ def ensure_toy_dataset(name: str, root="data/toy", train_per_class: int = 24, va
     if found != _manifest(name, seed, size, counts):
         raise ConfigError(f"{directory} holds toy data written by another version of the toy world or with other "
                           f"settings; delete that directory to have it written again")
+    if not (directory / DESCRIPTIONS).is_file():  # data written before descriptions existed: they depend on nothing else
+        write_descriptions(name, directory)
     return directory
