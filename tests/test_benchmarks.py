@@ -11,8 +11,8 @@ import yaml
 from PIL import Image
 
 from vlprompt.data import ImageSplitDataModule, read_split_file
-from vlprompt.data.benchmarks import (BENCHMARKS, CROSS_DATASET_TARGETS, DOMAIN_GENERALIZATION_TARGETS,
-                                      build_split_file)
+from vlprompt.data.benchmarks import (BENCHMARKS, BIOMEDICAL_TARGETS, CROSS_DATASET_TARGETS,
+                                      DOMAIN_GENERALIZATION_TARGETS, build_split_file)
 from vlprompt.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -190,12 +190,35 @@ def fake_subset(image_dir):
     return make
 
 
+def fake_biomedical(image_dir: str, folders_: list[str]):
+    """A biomedical benchmark without its published split file: class folders, split 50/20/30 per class."""
+    def make(root):
+        folders(root / image_dir, folders_)
+        n = len(folders_)
+        return [name.replace("_", " ") for name in folders_], {"train": 5 * n, "val": 2 * n, "test": 3 * n}
+    return make
+
+
+BIOMEDICAL_TREES = {
+    "BTMRI": fake_biomedical("BTMRI", ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]),
+    "BUSI": fake_biomedical("BUSI", ["benign_tumor", "malignant_tumor", "normal_breast"]),
+    "CHMNIST": fake_biomedical("CHMNIST", ["adipose", "complex", "debris", "empty"]),
+    "COVID-QU-Ex": fake_biomedical("COVID", ["covid", "lung_opacity", "normal_lungs", "viral_pneumonia"]),
+    "CTKidney": fake_biomedical("CTKidney", ["cyst", "normal", "stone", "tumor"]),
+    "DermaMNIST": fake_biomedical("DermaMNIST", ["actinic_keratosis", "melanoma", "nevus"]),
+    "KneeXray": fake_biomedical("KneeXray", ["doubtful_arthritis", "minimal_arthritis", "no_arthritis"]),
+    "Kvasir": fake_biomedical("Kvasir", ["dyed_lifted_polyps", "esophagitis", "normal_cecum", "polyps"]),
+    "LC25000": fake_biomedical("LungColon", ["colon_adenocarcinoma", "colon_benign_tissue", "lung_adenocarcinoma"]),
+    "OCTMNIST": fake_biomedical("OCTMNIST", ["choroidal_neovascularization", "diabetic_macular_edema", "drusen"]),
+    "RETINA": fake_biomedical("RETINA", ["cataract", "diabetic_retinopathy", "glaucoma", "normal_retina"]),
+}
+
 FAKE_TREES = {
     "ImageNet": fake_imagenet, "Caltech101": fake_caltech101, "OxfordPets": fake_oxford_pets,
     "StanfordCars": fake_stanford_cars, "Flowers102": fake_flowers, "Food101": fake_food101,
     "FGVCAircraft": fake_fgvc_aircraft, "SUN397": fake_sun397, "DTD": fake_dtd, "EuroSAT": fake_eurosat,
     "UCF101": fake_ucf101, "ImageNetV2": fake_imagenet_v2, "ImageNetSketch": fake_imagenet_sketch,
-    "ImageNetA": fake_subset("imagenet-a"), "ImageNetR": fake_subset("imagenet-r"),
+    "ImageNetA": fake_subset("imagenet-a"), "ImageNetR": fake_subset("imagenet-r"), **BIOMEDICAL_TREES,
 }
 
 TEMPLATES = {  # from the CoOp papers (../shared/paper-defaults.md)
@@ -208,7 +231,8 @@ TEMPLATES = {  # from the CoOp papers (../shared/paper-defaults.md)
 
 def test_every_benchmark_has_a_fake_tree_and_a_config():
     assert set(FAKE_TREES) == set(BENCHMARKS)
-    assert set(CROSS_DATASET_TARGETS) | set(DOMAIN_GENERALIZATION_TARGETS) | {"ImageNet"} == set(BENCHMARKS)
+    assert (set(CROSS_DATASET_TARGETS) | set(DOMAIN_GENERALIZATION_TARGETS) | {"ImageNet"}
+            | set(BIOMEDICAL_TARGETS)) == set(BENCHMARKS)
     for name, benchmark in BENCHMARKS.items():
         config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["data"]
         assert config["dataset"] == name and Path(config["root"]).name == benchmark.directory

@@ -37,6 +37,14 @@ def test_fit_and_base_to_novel_suite_on_the_toy_world(learner, toy_data_config, 
           "--config", str(toy_data_config), "--data.shots", "2", "--data.subsample", "base",
           "--trainer.default_root_dir", str(tmp_path / "fit"), *quick])
     assert "vlprompt: checkpoint" in capsys.readouterr().out and list((tmp_path / "fit").rglob("last.ckpt"))
+    if learner == "mocoop":  # evaluated on a data set with other template groups: the checkpoint's experts serve
+        other = tmp_path / "other.yaml"
+        other.write_text(toy_data_config.read_text().split("  template_groups:")[0]
+                         + '  template_groups: [["a photo of a {}."], ["a sketch of a {}."]]\n')
+        main(["test", "--config", str(CONFIGS / "learners" / "mocoop.yaml"), "--config", str(CONFIGS / "clip" / "toy.yaml"),
+              "--config", str(other), "--data.subsample", "novel", "--trainer.default_root_dir", str(tmp_path / "test"),
+              "--ckpt_path", str(next((tmp_path / "fit").rglob("last.ckpt"))), *quick[2:]])
+        assert "test/acc" in capsys.readouterr().out
     assert any(f"{learner}: " in r.message and "trainable parameters" in r.message for r in caplog.records)
     runs = tmp_path / "runs"
     main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / f"{learner}.yaml"), "--clip",

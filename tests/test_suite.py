@@ -350,3 +350,11 @@ def test_wandb_offline_suite_groups_runs_and_records_summary_tables_and_a_summar
     assert summary["summary"]["ToyShapes/shots4/hm"] == pytest.approx(metrics["hm"])
     assert list(summary_run.glob("files/media/table/suite/table_*.table.json"))
     assert list(summary_run.glob("files/media/images/suite/*.png"))
+
+
+def test_base2novel_says_busi_has_no_such_setting_and_skips_it(capsys):
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
+          str(CONFIGS / "data" / "BUSI.yaml"), str(CONFIGS / "data" / "BTMRI.yaml"), "--seeds", "1", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "[suite] BUSI has no base-to-novel setting in its paper" in out
+    assert "run 1 of 1: base2novel coop BTMRI shots=16 seed=1" in out and "coop BUSI" not in out

@@ -37,6 +37,18 @@ DEFAULT_VARIANTS = {
         "aggregation only": "--model.init_args.text_loss_weight 0 --model.init_args.image_loss_weight 0 "
                             "--model.init_args.logit_loss_weight 0",
     },
+    "kapt": {
+        "KAPT (our reading)": "",
+        "no knowledge prompt": "--model.init_args.n_keywords 0",
+        "no adaptation head": "--model.init_args.adaptation_head false",
+        "neither (= CoOp with KAPT's recipe)": "--model.init_args.n_keywords 0 --model.init_args.adaptation_head false",
+    },
+    "mocoop": {
+        "MoCoOp (paper recipe)": "",
+        "no text term": "--model.init_args.text_loss_weight 0",
+        "no gate term": "--model.init_args.gate_loss_weight 0",
+        "frozen LayerNorms": "--model.init_args.finetune_vision_layernorm false",
+    },
 }
 
 

@@ -11,9 +11,14 @@ Every measured row is kept in a JSON file beside the report (``docs/toy-world.js
 docs/toy-world.md``): a run re-measures the learners it is given, keeps the rows of the others (``--fresh``
 drops them) and writes the report from all rows, each with its own seeds and time.
 
-CasPL rows (``coop+caspl``, ``maple+caspl``, ``promptsrc+caspl``) run the boosting stage first, once per data set
-and seed (``configs/learners/caspl_boost.yaml`` with the toy teacher ``configs/clip/toy-teacher.yaml``, on every
-training image and class name as the paper does), then the learner with ``boost_from`` that checkpoint.
+CasPL rows (``coop+caspl``, ``maple+caspl``, ``promptsrc+caspl``) run the boosting stage first
+(``configs/learners/caspl_boost.yaml`` with the toy teacher ``configs/clip/toy-teacher.yaml``, on every training
+image and class name as the paper does), then the learner with ``boost_from`` that checkpoint. Here the boosting
+prompts are fitted once per data set (seed 1) and shared by the three stage-2 seeds, which keeps the run within
+an hour on 2 cores; ``vlprompt suite --boost`` fits them per data set and seed, as the paper does.
+
+``--from-runs DIR`` reads the rows of a runs directory this tool wrote before (its ``<set>-<learner>-seed<S>``
+runs), so rows measured by an earlier version of the tool join the results file without being trained again.
 
 Zero-shot needs no seed (it does not see the shots); each trainable learner is trained once per seed with its
 paper recipe (its ``configs/learners/<name>.yaml``: batch size, epochs, learning rate), except CoOp, whose 200
@@ -27,8 +32,10 @@ between 40% and 85%. Exits with status 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -40,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
+from vlprompt.eval.accuracy import harmonic_mean  # noqa: E402
 from vlprompt.eval.base2novel import fit_checkpoint, run_base_to_novel  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
 from vlprompt.learners import get_learner_class, list_learners  # noqa: E402
@@ -64,18 +72,21 @@ def recipe_epochs(learner: str) -> int:
     return TOY_EPOCHS.get(learner, int((config.get("trainer") or {}).get("max_epochs", 10)))
 
 
-def boosting_checkpoint(dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str],
-                        fitted: dict) -> str:
-    """CasPL stage 1 on ``dataset`` for ``seed``: fitted once, remembered in ``fitted`` with its seconds."""
-    if (dataset, seed) not in fitted:
-        args = [*toy_run_args(CONFIGS, "caspl_boost", dataset, data_root, seed), "--config",
+#: The seed of the boosting stage, shared by every stage-2 seed of a data set (see the module docstring).
+BOOST_SEED = 1
+
+
+def boosting_checkpoint(dataset: str, data_root: Path, run_dir: Path, quiet: list[str], fitted: dict) -> str:
+    """CasPL stage 1 on ``dataset``: fitted once, remembered in ``fitted`` with its seconds."""
+    if dataset not in fitted:
+        args = [*toy_run_args(CONFIGS, "caspl_boost", dataset, data_root, BOOST_SEED), "--config",
                 str(CONFIGS / "clip" / "toy-teacher.yaml"), *quiet,
                 "--trainer.logger.init_args.save_dir", str(run_dir),
-                "--trainer.logger.init_args.name", f"{dataset}-caspl_boost-seed{seed}",
+                "--trainer.logger.init_args.name", f"{dataset}-caspl_boost-seed{BOOST_SEED}",
                 "--trainer.enable_model_summary", "false"]
         started = time.time()
-        fitted[(dataset, seed)] = (fit_checkpoint(args, "all"), time.time() - started)
-    return fitted[(dataset, seed)][0]
+        fitted[dataset] = (fit_checkpoint(args, "all"), time.time() - started)
+    return fitted[dataset][0]
 
 
 def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str],
@@ -85,8 +96,7 @@ def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run
     args = [*toy_run_args(CONFIGS, base, dataset, data_root, seed), *quiet,
             "--trainer.max_epochs", str(recipe_epochs(learner))]
     if learner.endswith(CASPL_SUFFIX):
-        args += ["--model.init_args.boost_from",
-                 boosting_checkpoint(dataset, data_root, seed, run_dir, quiet, fitted)]
+        args += ["--model.init_args.boost_from", boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)]
     return args
 
 
@@ -95,7 +105,43 @@ STAGE1_ROW = "caspl_boost (stage 1)"
 
 
 def fitted_seconds(fitted: dict, dataset: str) -> float:
-    return sum(seconds for (name, _), (_, seconds) in fitted.items() if name == dataset)
+    return fitted[dataset][1] if dataset in fitted else 0.0
+
+
+RUN_NAME = re.compile(r"^(?P<set>.+)-(?P<learner>[a-z_+]+)-seed(?P<seed>\d+)$")
+
+
+def _test_accuracy(version: Path) -> float:
+    with (version / "metrics.csv").open() as rows:
+        return float([row for row in csv.DictReader(rows) if row.get("test/acc")][-1]["test/acc"])
+
+
+def rows_from_runs(directory: Path) -> dict:
+    """Results rows rebuilt from a runs directory of this tool: ``<set>-<learner>-seed<S>/version_0`` is the fit,
+    ``version_1`` and ``version_2`` the base and novel tests (zero-shot: ``<set>-zeroshot``, versions 0 and 1);
+    a row's time runs from its fit's config to its last test's metrics."""
+    if not directory.is_dir():
+        sys.exit(f"toy_benchmark: --from-runs {directory} is not a directory")
+    results: dict = {}
+    for run in sorted(directory.iterdir()):
+        if run.name.endswith("-zeroshot"):
+            base, novel = (_test_accuracy(run / f"version_{v}") for v in (0, 1))
+            results.setdefault(run.name.removesuffix("-zeroshot"), {})["zeroshot"] = {
+                "seeds": [], "base_acc": [base], "novel_acc": [novel], "hm": [harmonic_mean(base, novel)]}
+            continue
+        match = RUN_NAME.match(run.name)
+        if not match or match["learner"] == "caspl_boost" or not (run / "version_2" / "metrics.csv").is_file():
+            continue
+        base, novel = (_test_accuracy(run / f"version_{v}") for v in (1, 2))
+        seconds = (run / "version_2" / "metrics.csv").stat().st_mtime - (run / "version_0" / "config.yaml").stat().st_mtime
+        row = results.setdefault(match["set"], {}).setdefault(match["learner"], {
+            "seeds": [], "epochs": recipe_epochs(match["learner"]), "seconds": 0.0, "base_acc": [], "novel_acc": [],
+            "hm": []})
+        row["seeds"].append(int(match["seed"]))
+        row["seconds"] += seconds
+        for key, value in zip(METRICS, (base, novel, harmonic_mean(base, novel))):
+            row[key].append(value)
+    return results
 
 
 def learners(rows: dict) -> list[str]:
@@ -128,6 +174,8 @@ def main() -> None:
                         help="Markdown report (default: runs/; the tracked docs/toy-world.md is rewritten "
                              "only when named here); its rows are kept in the .json beside it")
     parser.add_argument("--fresh", action="store_true", help="forget the rows measured before (the .json)")
+    parser.add_argument("--from-runs", type=Path, nargs="+", default=[],
+                        help="runs directories this tool wrote before: their rows join the results file")
     parser.add_argument("--merge", type=Path, nargs="+", default=[],
                         help="results files (.json) of other runs whose rows join this report's")
     options = parser.parse_args()
@@ -137,10 +185,13 @@ def main() -> None:
     quiet = ["--trainer.enable_progress_bar", "false"]
     results_path = options.out.with_suffix(".json")
     results = load_rows(results_path, options.fresh)
+    others = [rows_from_runs(directory) for directory in options.from_runs]
     for other in options.merge:
         if not other.is_file():
             sys.exit(f"toy_benchmark: --merge {other} does not exist")
-        for name, rows in load_rows(other, fresh=False).items():
+        others.append(load_rows(other, fresh=False))
+    for found in others:
+        for name, rows in found.items():
             results.setdefault(name, {}).update({key: row for key, row in rows.items() if key != "zeroshot"})
     fitted: dict = {}
     started = time.time()

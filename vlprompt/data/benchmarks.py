@@ -43,6 +43,8 @@ class Benchmark:
     template: str
     build: Callable[[Path, Path], Split] = field(repr=False)
     test_only: bool = False
+    #: Whether its paper evaluates it base-to-novel (BUSI, with 3 classes, is few-shot only in BiomedCoOp).
+    base_to_novel: bool = True
 
 
 # -- reading the data sets' own files --------------------------------------------------------------------------
@@ -291,6 +293,29 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("ImageNetR", "imagenet-rendition", "imagenet-r", "split_vlprompt_ImageNetR.json", "a photo of a {}.",
               imagenet_variant(ignored=("README.txt",)), test_only=True),
 )}
+#: The eleven biomedical benchmarks of BiomedCoOp (Koleilat et al., CVPR 2025), laid out as its DATASETS.md: a
+#: folder per data set holding an image folder of the same name (one sub-folder per class) and
+#: ``split_<folder>.json`` (BiomedCoOp publishes these split files; without one, a 50/20/30 split per class is
+#: built from the class folders, reproducible but not the published one). Modality in the comment.
+BIOMEDICAL = (
+    Benchmark("BTMRI", "BTMRI", "BTMRI", "split_BTMRI.json", "a photo of a {}.", class_folders()),  # brain MRI
+    Benchmark("BUSI", "BUSI", "BUSI", "split_BUSI.json", "a photo of a {}.", class_folders(),  # breast ultrasound
+              base_to_novel=False),
+    Benchmark("CHMNIST", "CHMNIST", "CHMNIST", "split_CHMNIST.json", "a photo of a {}.", class_folders()),  # histology
+    Benchmark("COVID-QU-Ex", "COVID", "COVID", "split_COVID.json", "a photo of a {}.", class_folders()),  # chest X-ray
+    Benchmark("CTKidney", "CTKidney", "CTKidney", "split_CTKidney.json", "a photo of a {}.", class_folders()),  # CT
+    Benchmark("DermaMNIST", "DermaMNIST", "DermaMNIST", "split_DermaMNIST.json", "a photo of a {}.",
+              class_folders()),  # dermatoscopy
+    Benchmark("KneeXray", "KneeXray", "KneeXray", "split_KneeXray.json", "a photo of a {}.", class_folders()),  # X-ray
+    Benchmark("Kvasir", "Kvasir", "Kvasir", "split_Kvasir.json", "a photo of a {}.", class_folders()),  # endoscopy
+    Benchmark("LC25000", "LungColon", "LungColon", "split_LungColon.json", "a photo of a {}.",
+              class_folders()),  # lung and colon histopathology
+    Benchmark("OCTMNIST", "OCTMNIST", "OCTMNIST", "split_OCTMNIST.json", "a photo of a {}.", class_folders()),  # OCT
+    Benchmark("RETINA", "RETINA", "RETINA", "split_RETINA.json", "a photo of a {}.", class_folders()),  # fundus
+)
+BENCHMARKS.update({b.name: b for b in BIOMEDICAL})
+BIOMEDICAL_TARGETS = tuple(b.name for b in BIOMEDICAL)
+
 #: The ten targets of the cross-data-set protocol and the four of domain generalisation (source: ImageNet).
 CROSS_DATASET_TARGETS = ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
                          "SUN397", "DTD", "EuroSAT", "UCF101")

@@ -100,6 +100,12 @@ def _read_yaml(path: Path) -> dict:
     return content or {}
 
 
+def _has_base_to_novel(dataset: str) -> bool:
+    from vlprompt.data.benchmarks import BENCHMARKS
+
+    return dataset not in BENCHMARKS or BENCHMARKS[dataset].base_to_novel
+
+
 def _dataset_name(path: Path) -> str:
     """The benchmark's name (``data.dataset``), else the data set's folder name (``data.root``), else the YAML's."""
     data = _read_yaml(path).get("data") or {}
@@ -412,6 +418,10 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
         return _show(planned) if dry_run else _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
+        if protocol == "base2novel" and not _has_base_to_novel(dataset):
+            print(f"[suite] {dataset} has no base-to-novel setting in its paper (BiomedCoOp evaluates it few-shot "
+                  "only); skipped", flush=True)
+            continue
         for k in shots:
             for seed in seeds:
                 run_dir = runs / protocol / learner / dataset / f"shots{k}_seed{seed}"

@@ -73,8 +73,10 @@ class PromptLearner(pl.LightningModule):
     #: Whether image features come from the frozen image tower unchanged, so the data module may cache them
     #: (``data.cache_image_features``); learners with visual prompts set it to False.
     frozen_image_features: ClassVar[bool] = True
-    #: Trainable parameters on ViT-B/16 as the paper reports them (or as computed from its reference code).
+    #: Trainable parameters on ``paper_backbone`` as the paper reports them (or as computed from its reference code).
     paper_trainable_parameters: ClassVar[Optional[int]] = None
+    #: The backbone the paper's count is on (ViT-B/16, or BiomedCLIP for the biomedical papers).
+    paper_backbone: ClassVar[str] = "ViT-B/16"
     #: Whether training reads labels (a distillation stage does not: no training accuracy is logged).
     uses_labels: ClassVar[bool] = True
     #: Whether the learner takes frozen CasPL boosting prompts under its own (``boost_from``).

@@ -117,3 +117,22 @@ def routing_loss(router_logits: torch.Tensor, image_features: torch.Tensor, prot
         top = similarity.topk(top_k, dim=-1).indices
         target = similarity.scatter_add(1, top, torch.full_like(top, boost, dtype=similarity.dtype)).softmax(dim=-1)
     return -(target * F.log_softmax(router_logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def prune_outlier_descriptions(logits: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
+    """BiomedCoOp's outlier pruning: from frozen logits ``B x C x N`` of a batch against every class's ``N``
+    descriptions and their features ``C x N x D``, the normalised ``C x D`` mean of the descriptions kept.
+
+    Description ``n`` scores ``s_n``, the batch mean of its best class logit; ``z = (s - median(s)) / MAD(s)``
+    (torch's median: the lower middle value; ``MAD`` the median absolute deviation); ``n`` is kept when
+    ``|(z_n - mean(z)) / std(z)| <= tau`` (``std`` unbiased). All are kept when the scores do not vary or none
+    would be."""
+    scores = logits.max(dim=1).values.mean(dim=0)
+    median = scores.median()
+    mad = (scores - median).abs().median()
+    z = (scores - median) / mad.clamp_min(torch.finfo(scores.dtype).tiny)
+    standardised = (z - z.mean()) / z.std().clamp_min(torch.finfo(scores.dtype).tiny)
+    keep = standardised.abs() <= tau
+    keep = torch.where(keep.any() & (mad > 0), keep, torch.ones_like(keep))
+    weights = keep.to(bank.dtype) / keep.sum()
+    return F.normalize(torch.einsum("cnd,n->cd", bank, weights), dim=-1)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.errors import ConfigError
 
 
 class FrozenReferences:
@@ -50,6 +51,16 @@ class FrozenReferences:
         key = ("descriptions", id(clip), tuple(classnames), tuple(map(tuple, texts)), normalize_each, str(clip.device))
         return self._cached(key, lambda: _ensemble(clip, texts, normalize_each))
 
+    def description_bank(self, clip: FrozenCLIP, classnames: Sequence[str],
+                         descriptions: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        """``C x N x D`` normalised text features of every description of every class (each class has ``N``)."""
+        texts = [list(descriptions[name]) for name in classnames]
+        if len({len(t) for t in texts}) != 1:
+            raise ConfigError("a description bank needs the same number of descriptions for every class")
+        key = ("description bank", id(clip), tuple(classnames), tuple(map(tuple, texts)), str(clip.device))
+        return self._cached(key, lambda: _encode_all(clip, [t for ts in texts for t in ts]).view(
+            len(texts), len(texts[0]), -1))
+
     @staticmethod
     @torch.no_grad()
     def image_features(clip: FrozenCLIP, images: torch.Tensor) -> torch.Tensor:
@@ -70,9 +81,12 @@ class FrozenReferences:
 TEXT_BATCH = 1024
 
 
+def _encode_all(clip: FrozenCLIP, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+    return torch.cat([clip.encode_text(clip.tokenize(texts[i:i + TEXT_BATCH]), normalize=normalize)
+                      for i in range(0, len(texts), TEXT_BATCH)])
+
+
 def _ensemble(clip: FrozenCLIP, texts_per_class: Sequence[Sequence[str]], normalize_each: bool) -> torch.Tensor:
-    flat = [text for texts in texts_per_class for text in texts]
-    encoded = torch.cat([clip.encode_text(clip.tokenize(flat[i:i + TEXT_BATCH]), normalize=normalize_each)
-                         for i in range(0, len(flat), TEXT_BATCH)])
+    encoded = _encode_all(clip, [text for texts in texts_per_class for text in texts], normalize_each)
     per_class = encoded.split([len(texts) for texts in texts_per_class])
     return F.normalize(torch.stack([features.mean(dim=0) for features in per_class]), dim=-1)
