@@ -86,11 +86,6 @@ class BiomedCoOp(CoOp):
         used = self.used_descriptions()
         return self.references.description_bank(self.clip, self.classnames, used)
 
-    def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
-        image = self.image_features(images)
-        text = self.text_features()
-        return StepOutputs(logits=self.logits(image, text), labels=labels, text_features=text, image_features=image)
-
     def loss_terms(self) -> list[LossTerm]:
         return [
             LossTerm("ce", 1.0, cross_entropy),

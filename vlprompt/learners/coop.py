@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from vlprompt.clip import FrozenCLIP
 from vlprompt.learners.base import PromptLearner
 from vlprompt.learners.context import ContextPrompts
+from vlprompt.learners.losses import StepOutputs
 from vlprompt.learners.registry import register_learner
 
 
@@ -61,3 +62,9 @@ class CoOp(PromptLearner):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.text_features)
         return self.logits(self.image_features(images), text)
+
+    def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+        """Logits, and the class text and image features they came from (the terms of CoOp's descendants read
+        them)."""
+        text, image = self.text_features(), self.image_features(images)
+        return StepOutputs(logits=self.logits(image, text), labels=labels, text_features=text, image_features=image)

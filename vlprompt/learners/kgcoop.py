@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.learners.coop import CoOp
-from vlprompt.learners.losses import LossTerm, StepOutputs, cross_entropy, feature_distance
+from vlprompt.learners.losses import LossTerm, cross_entropy, feature_distance
 from vlprompt.learners.registry import register_learner
 
 
@@ -43,10 +42,6 @@ class KgCoOp(CoOp):
     ):
         super().__init__(clip, classnames, templates, **kwargs)
         self.lambda_kg = lambda_kg
-
-    def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
-        text = self.text_features()
-        return StepOutputs(logits=self.logits(self.image_features(images), text), labels=labels, text_features=text)
 
     def loss_terms(self) -> list[LossTerm]:
         return [LossTerm("ce", 1.0, cross_entropy),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import ConfigError
 from vlprompt.learners.coop import CoOp
-from vlprompt.learners.losses import LossTerm, StepOutputs, cross_entropy
+from vlprompt.learners.losses import LossTerm, cross_entropy
 from vlprompt.learners.registry import register_learner
 
 
@@ -117,10 +117,6 @@ class VMFCoOp(CoOp):
         bank = self.references.description_bank(self.clip, self.classnames,
                                                  {name: s[:count] for name, s in self.descriptions.items()})
         return vmf_estimate(bank.float())
-
-    def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
-        text = self.text_features()
-        return StepOutputs(logits=self.logits(self.image_features(images), text), labels=labels, text_features=text)
 
     def loss_terms(self) -> list[LossTerm]:
         classify = (lambda out: symmetric_cross_entropy(out.logits, out.labels)) if self.symmetric else cross_entropy
