@@ -25,7 +25,7 @@ def build(clip, **hparams):
 def test_experts_start_from_their_groups_first_template(tiny_clip):
     learner = build(tiny_clip).eval()
     with torch.no_grad():
-        text = learner.expert_text_features()
+        text = learner.text_features()
         for expert, group in enumerate(GROUPS):
             frozen = tiny_clip.encode_text(tiny_clip.tokenize([group[0].format(n) for n in CLASSNAMES]), normalize=True)
             torch.testing.assert_close(text[expert], frozen, atol=1e-5, rtol=1e-5)
@@ -55,7 +55,7 @@ def test_routing_is_per_image_and_mixes_the_top_k_by_softmax(tiny_clip, image_ba
         router_logits, chosen, weights = learner.route(features_2)
         assert chosen.tolist() == [[0, 1], [2, 3]]
         torch.testing.assert_close(weights, router_logits.gather(1, chosen).softmax(-1))
-        text = learner.expert_text_features()
+        text = learner.text_features()
         logits = learner.mixed_logits(features_2, text, chosen, weights)
         for b in range(2):
             expected = sum(weights[b, k] * learner.clip.logit_scale * features_2[b] @ text[chosen[b, k]].t()

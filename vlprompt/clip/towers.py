@@ -142,13 +142,12 @@ class OpenCLIPTextTower(TextTower):
 
     def encode(self, embeds, pool_index, attention_mask, deep_prompts, prompt_start):
         owner = self.owner
-        if owner.attn_mask is not None:
-            # With a causal mask nothing after the last pooling position reaches a pooled feature: cut there.
-            length = int(pool_index.max()) + 1
-            mask = owner.attn_mask[:length, :length]
-        else:
-            length, mask = embeds.shape[1], None
-        x = embeds[:, :length] + owner.positional_embedding[:length].to(embeds.dtype)
+        # With a causal mask nothing after the last pooling position reaches a pooled feature, so callers cut the
+        # sequences there (prompt_batch when prompts are built, FrozenCLIP.encode_text for token ids): the length
+        # is known from the shape, without reading the pooling positions back from the device.
+        length = embeds.shape[1]
+        mask = owner.attn_mask[:length, :length] if owner.attn_mask is not None else None
+        x = embeds + owner.positional_embedding[:length].to(embeds.dtype)
         blocks = owner.transformer.resblocks
         deep_prompts = check_deep_prompts(deep_prompts, len(blocks))
         for layer, block in enumerate(blocks):

@@ -17,7 +17,8 @@ def read_descriptions(root: Path, path: str, classnames: Sequence[str]) -> dict[
     file = file if file.is_absolute() else Path(root) / file
     if not file.is_file():
         raise ConfigError(f"descriptions file {str(file)!r} does not exist; data.descriptions is a JSON file "
-                          '{"class name": ["sentence", ...]}')
+                          '{"class name": ["sentence", ...]} (tools/describe_classes.py writes one; toy data sets '
+                          "write theirs: python -m vlprompt.toy data/toy)")
     try:
         raw = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

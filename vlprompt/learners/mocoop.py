@@ -175,7 +175,7 @@ class MoCoOp(PromptLearner):
         self.register_buffer("attention_mask", attention_mask, persistent=False)
         self._positions = positions
 
-    def expert_text_features(self, experts: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def text_features(self, experts: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Normalised class features ``len(experts) x C x D`` of the given experts (all by default)."""
         experts = range(self.n_experts) if experts is None else experts
         n_cls, chunks, rows = self.n_classes, [], []
@@ -227,17 +227,17 @@ class MoCoOp(PromptLearner):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.image_features(images)
         _, chosen, weights = self.route(features)
-        return self.mixed_logits(features, self.cached_text_features(self.expert_text_features), chosen, weights)
+        return self.mixed_logits(features, self.cached_text_features(self.text_features), chosen, weights)
 
     # -- training ------------------------------------------------------------------------------------------------
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         features = self.image_features(images)
         router_logits, chosen, weights = self.route(features)
         if self.text_loss_weight != 0:  # the text term supervises every expert: encode them all once
-            experts, text = None, self.expert_text_features()
+            experts, text = None, self.text_features()
         else:  # only what some image chose: the others stay out of the graph
             experts = torch.unique(chosen)
-            text = self.expert_text_features(experts.tolist())
+            text = self.text_features(experts.tolist())
         logits = self.mixed_logits(features, text, chosen, weights, experts)
         return StepOutputs(logits=logits, labels=labels, text_features=text, image_features=features,
                            extras={"router_logits": router_logits})
