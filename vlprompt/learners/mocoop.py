@@ -133,7 +133,7 @@ class MoCoOp(PromptLearner):
         self.expert_templates = list(templates)
         self.experts = nn.ModuleList(TemplateExpert(self.clip, template) for template in templates)
         self.router = nn.Linear(self.clip.embed_dim, len(templates), device=self.clip.device)
-        if hasattr(self, "token_embeds"):
+        if hasattr(self, "token_ids"):
             self._on_classnames_changed()
 
     def on_save_checkpoint(self, checkpoint) -> None:
@@ -158,7 +158,7 @@ class MoCoOp(PromptLearner):
 
     # -- prompts -------------------------------------------------------------------------------------------------
     def _on_classnames_changed(self) -> None:
-        """Token embeddings of every expert's prompt for every class (expert-major), and the learned positions."""
+        """Token ids of every expert's prompt for every class (expert-major), and the learned positions."""
         rows, positions = [], []
         for expert in self.experts:
             expert_positions = []
@@ -168,9 +168,8 @@ class MoCoOp(PromptLearner):
                 expert_positions.append([*range(*tokens.spans[0]), *range(*tokens.spans[2])])
             positions.append(torch.tensor(expert_positions, dtype=torch.long))
         ids, pool_index, attention_mask = self.clip.prompt_batch(rows)
-        with torch.no_grad():
-            embeds = self.clip.embed_tokens(ids)
-        self.register_buffer("token_embeds", embeds, persistent=False)
+        # Token ids, embedded per step: E x C prompts (20 x 1000 on ImageNet) would hold ~0.8 GB of embeddings.
+        self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("pool_index", pool_index, persistent=False)
         self.register_buffer("attention_mask", attention_mask, persistent=False)
         self._positions = positions
@@ -181,10 +180,12 @@ class MoCoOp(PromptLearner):
         n_cls, chunks, rows = self.n_classes, [], []
         for e in experts:
             block = slice(e * n_cls, (e + 1) * n_cls)
-            positions = self._positions[e].to(self.token_embeds.device)
+            positions = self._positions[e].to(self.token_ids.device)
             class_rows = torch.arange(n_cls, device=positions.device)[:, None].expand_as(positions)
-            ctx = self.experts[e].ctx.to(self.token_embeds.dtype).expand(n_cls, -1, -1)
-            chunks.append(self.token_embeds[block].index_put((class_rows, positions), ctx))
+            with torch.no_grad():
+                words = self.clip.embed_tokens(self.token_ids[block])
+            chunks.append(words.index_put((class_rows, positions), self.experts[e].ctx.to(words.dtype).expand(
+                n_cls, -1, -1)))
             rows.append(torch.arange(block.start, block.stop, device=positions.device))
         rows = torch.cat(rows)
         mask = self.attention_mask[rows] if self.attention_mask is not None else None
