@@ -71,8 +71,9 @@ class MoCoOp(PromptLearner):
     it adds Gaussian noise in place to a frozen buffer the loss never reads: not done; its text supervision also
     covers the novel classes' names during base training (LASP's setting): vlprompt supervises the classes it
     trains on; the gate's soft targets are constants (no gradient through them). With ``text`` at weight 0 only
-    the experts some image in the batch selects are encoded, so the others get no gradient
-    (``may_leave_parameters_unused``: under DDP pass ``--trainer.strategy ddp_find_unused_parameters_true``).
+    the experts some image in the batch selects are encoded (which ones is read back from the device, one
+    synchronisation per step in that mode), so the others get no gradient (``may_leave_parameters_unused``: under
+    DDP pass ``--trainer.strategy ddp_find_unused_parameters_true``).
     """
 
     paper_trainable_parameters = 50_692  # ours, on ViT-B/16 with DEFAULT_TEMPLATE_GROUPS: the paper states none
