@@ -197,6 +197,7 @@ def main() -> None:
         for name, rows in found.items():
             results.setdefault(name, {}).update({key: row for key, row in rows.items() if key != "zeroshot"})
     fitted: dict = {}
+    results = {name: results[name] for name in DATASETS if name in results}  # the world's order, however merged
     started = time.time()
     for name in options.datasets:
         rows = results.setdefault(name, {})
