@@ -305,7 +305,9 @@ class FrozenCLIP(nn.Module):
             features = self._model.encode_text(ids)
         else:
             if self._text.cut_after_last_token:  # exact, as prompt_batch cuts: padding reaches no feature
-                ids = ids[:, :int((ids != self._text.pieces.pad_id).sum(dim=1).max())]
+                mask = self._text.attention_mask(ids)  # what the tower itself masks (Hugging Face), else padding
+                real = mask.bool() if mask is not None else ids != self._text.pieces.pad_id
+                ids = ids[:, :int(real.any(dim=0).nonzero().max()) + 1]
             features = self.encode_text_embeddings(self.embed_tokens(ids), self.pool_index(ids),
                                                    attention_mask=self._text.attention_mask(ids))
         return F.normalize(features, dim=-1) if normalize else features
