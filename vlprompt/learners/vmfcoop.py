@@ -114,9 +114,11 @@ class VMFCoOp(CoOp):
         if min(lengths) < 2:
             raise ConfigError("vmfcoop estimates a distribution per class: every class needs at least 2 descriptions")
         count = min(lengths)  # the same count for every class, as the bank needs
-        bank = self.references.description_bank(self.clip, self.classnames,
-                                                 {name: s[:count] for name, s in self.descriptions.items()})
-        return vmf_estimate(bank.float())
+        used = {name: s[:count] for name, s in self.descriptions.items()}
+        # Both terms read the anchors every step: fitted once per class set, cleared with the class names.
+        key = ("vmf anchors", id(self.clip), tuple(self.classnames), str(self.clip.device))
+        return self.references._cached(key, lambda: vmf_estimate(
+            self.references.description_bank(self.clip, self.classnames, used).float()))
 
     def loss_terms(self) -> list[LossTerm]:
         classify = (lambda out: symmetric_cross_entropy(out.logits, out.labels)) if self.symmetric else cross_entropy
