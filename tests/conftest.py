@@ -64,6 +64,14 @@ def learner_arguments(name: str, clip, classnames) -> dict:
 CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_directory(tmp_path_factory):
+    """Tests (and the programs they start) keep vlprompt's cached help texts in their own folder."""
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("VLPROMPT_CACHE_DIR", str(tmp_path_factory.mktemp("vlprompt-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     torch.manual_seed(0)

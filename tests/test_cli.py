@@ -226,3 +226,39 @@ def test_wandb_runs_keep_their_config_beside_their_checkpoint(shapes, tmp_path, 
     assert len(checkpoints) == 2
     epochs = {yaml.safe_load((c.parent.parent / "config.yaml").read_text())["trainer"]["max_epochs"] for c in checkpoints}
     assert epochs == {1, 2} and not (tmp_path / "runs").exists() and not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_plain_help_of_a_lightning_command_is_kept_and_read_back_without_lightning(tmp_path, monkeypatch, capsys):
+    from vlprompt import commands, help_cache
+
+    monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "100")  # the width is part of the key; the subprocess below sees the same
+    code, built, _ = run_in_process(["fit", "--help"], capsys)
+    assert code == 0 and "--trainer.max_epochs" in built and "--model.help" in built
+    assert help_cache.cached_help("fit") == built and help_cache.cached_help("test") is None
+
+    def no_lightning(args):
+        raise AssertionError("the kept help text should have answered")
+
+    monkeypatch.setattr(commands, "_lightning_main", no_lightning)
+    assert run_in_process(["fit", "--help"], capsys)[:2] == (0, built)
+    # Anything else on the line goes to the parser, never to the kept text.
+    with pytest.raises(AssertionError, match="should have answered"):
+        main(["fit", "--trainer.max_epochs", "1", "--help"])
+    monkeypatch.setenv("VLPROMPT_HELP_CACHE", "0")
+    with pytest.raises(AssertionError, match="should have answered"):
+        main(["fit", "--help"])
+    monkeypatch.delenv("VLPROMPT_HELP_CACHE")
+
+    script = ("import sys\nfrom vlprompt.commands import main\ntry:\n    main(['fit', '--help'])\nexcept SystemExit:\n"
+              "    pass\nprint('HEAVY', [m for m in ('torch', 'pytorch_lightning') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout == built + "HEAVY []\n", result.stderr[-500:]
+
+    # A new version of a package the text shows, or an edited vlprompt source, is a new key.
+    with monkeypatch.context() as patched:
+        patched.setattr(help_cache, "_version", lambda name: "0.0-other")
+        assert help_cache.cached_help("fit") is None
+    assert help_cache.cached_help("fit") == built
+    (tmp_path / "help-fit.json").write_text("{damaged")
+    assert help_cache.cached_help("fit") is None

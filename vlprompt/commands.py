@@ -6,7 +6,8 @@
     vlprompt report runs/suite
 
 Nothing heavy is imported before the subcommand is known: ``vlprompt --help``, ``suite --help`` and
-``report --help`` answer without loading torch or Lightning.
+``report --help`` answer without loading torch or Lightning, and ``fit --help`` (and the other Lightning
+subcommands' plain ``--help``) is built once and then read from disk (:mod:`vlprompt.help_cache`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         choices = ", ".join(LIGHTNING_COMMANDS + PROTOCOL_COMMANDS)
         sys.stderr.write(f"vlprompt: error: unknown command {argv[0]!r}; choose from {choices} (vlprompt --help)\n")
         sys.exit(2)
+    from vlprompt import help_cache
+
+    if help_cache.is_plain_help(argv):
+        text = help_cache.cached_help(argv[0])
+        if text is not None:
+            sys.stdout.write(text)
+            sys.exit(0)
+        help_cache.build_and_keep_help(argv[0], lambda: _lightning_main(args))
+        return
+    _lightning_main(args)
+
+
+def _lightning_main(args: Optional[Sequence[str]]) -> None:
     from vlprompt.cli import main as lightning_main
 
     lightning_main(args)
