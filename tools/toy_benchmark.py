@@ -79,8 +79,9 @@ BOOST_SEED = 1
 def boosting_checkpoint(dataset: str, data_root: Path, run_dir: Path, quiet: list[str], fitted: dict) -> str:
     """CasPL stage 1 on ``dataset``: fitted once, remembered in ``fitted`` with its seconds."""
     if dataset not in fitted:
+        # --data.shots -1 after the toy data config (which sets 16): every training image, the paper's setting.
         args = [*toy_run_args(CONFIGS, "caspl_boost", dataset, data_root, BOOST_SEED), "--config",
-                str(CONFIGS / "clip" / "toy-teacher.yaml"), *quiet,
+                str(CONFIGS / "clip" / "toy-teacher.yaml"), "--data.shots", "-1", *quiet,
                 "--trainer.logger.init_args.save_dir", str(run_dir),
                 "--trainer.logger.init_args.name", f"{dataset}-caspl_boost-seed{BOOST_SEED}",
                 "--trainer.enable_model_summary", "false"]
