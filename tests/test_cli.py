@@ -116,11 +116,11 @@ def test_help_lists_every_command_and_a_missing_or_unknown_one_is_named(capsys):
     assert code == 2 and "suite" in err and "report" in err
     code, _, err = run_in_process(["suit"], capsys)
     assert code == 2 and err.strip() == ("vlprompt: error: unknown command 'suit'; choose from fit, validate, test, "
-                                         "predict, suite, report (vlprompt --help)")
+                                         "predict, suite, report, meta-init (vlprompt --help)")
 
 
 def test_help_of_protocol_commands_does_not_load_lightning():
-    for command in ("--help", "suite --help", "report --help"):
+    for command in ("--help", "suite --help", "report --help", "meta-init --help"):
         script = ("import sys\nfrom vlprompt.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
                   "    pass\nheavy = [m for m in ('torch', 'pytorch_lightning', 'open_clip') if m in sys.modules]\n"
                   "print('HEAVY', heavy)")

@@ -2,6 +2,7 @@
 """Pretrain the tiny toy-world CLIP (``vlprompt-tiny``) and record what it reaches.
 
     python tools/pretrain_toy_clip.py --force        # about 9 minutes on 2 CPU cores
+    python tools/pretrain_toy_clip.py --arch vlprompt-bert-tiny --force   # the toy biomedical CLIP
 
 Writes ``vlprompt/clip/pretrained/vlprompt-tiny-toy.safetensors`` (fp16), its ``.sha256`` and a
 ``vlprompt-tiny-toy.json`` record (training settings, sha256, zero-shot accuracy on every toy data set and
@@ -26,8 +27,10 @@ import logging  # noqa: E402
 import torch  # noqa: E402
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
-from vlprompt.eval.toy import CHECK_SETS, zero_shot_accuracies  # noqa: E402
-from vlprompt.toy.pretrain import TOY_ARCH, TOY_TEACHER_ARCH, PretrainConfig, pretrain_toy_clip  # noqa: E402
+from vlprompt.clip.toy_architectures import TOY_BERT, write_toy_bert_files  # noqa: E402
+from vlprompt.eval.toy import CHECK_SETS, WORLD_CHECK_SETS, zero_shot_accuracies  # noqa: E402
+from vlprompt.toy.pretrain import (ARCH_WORLDS, TOY_ARCH, TOY_BERT_ARCH, TOY_TEACHER_ARCH, PretrainConfig,  # noqa: E402
+                                   pretrain_toy_clip)
 
 
 def main() -> None:
@@ -42,8 +45,9 @@ def main() -> None:
                         help="styles drawn as the world's pretraining mix (photos 60%%) or evenly (the toy teacher)")
     parser.add_argument("--degrade", type=float, default=defaults.degrade,
                         help="share of training images noised or blurred, captions unchanged (default 0)")
-    parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH), default=TOY_ARCH,
-                        help=f"{TOY_ARCH} (the student) or {TOY_TEACHER_ARCH} (the toy teacher of CasPL)")
+    parser.add_argument("--arch", choices=(TOY_ARCH, TOY_TEACHER_ARCH, TOY_BERT_ARCH), default=TOY_ARCH,
+                        help=f"{TOY_ARCH} (the student), {TOY_TEACHER_ARCH} (the toy teacher of CasPL) or "
+                             f"{TOY_BERT_ARCH} (BERT text tower and timm ViT, on the toy medical world)")
     parser.add_argument("--out", type=Path, help="default: the shipped file of --arch (vlprompt/clip/pretrained/)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets are written")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
@@ -66,6 +70,8 @@ def main() -> None:
     if options.out.exists() and not options.force:
         sys.exit(f"pretrain_toy_clip: error: {options.out} exists; pass --force to replace it or --out elsewhere")
 
+    if options.arch == TOY_BERT:  # its text tower's config and vocabulary are the project's own files
+        print(f"wrote {write_toy_bert_files()}")
     config = PretrainConfig(steps=options.steps, batch_size=options.batch_size, pool_size=options.pool_size,
                             lr=options.lr, seed=options.seed, arch=options.arch,
                             style_mix=options.style_mix, degrade=options.degrade)
@@ -96,8 +102,9 @@ def write_record(options, record: dict, record_path: Path) -> None:
     if digest != record["sha256"]:
         sys.exit(f"pretrain_toy_clip: error: {options.out} does not match its record's sha256; retrain it")
     accuracies = zero_shot_accuracies(str(options.out), options.data, arch=record["architecture"])
+    world = ARCH_WORLDS[record["architecture"]]
     record.update(zero_shot_test_accuracy=accuracies["datasets"], check_set_accuracy=accuracies["check"],
-                  check_sets=CHECK_SETS)
+                  check_sets={name: CHECK_SETS[name] for name in WORLD_CHECK_SETS[world]})
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     for name, acc in accuracies["datasets"].items():
         print(f"  zero-shot {name:22s} {acc:5.1f}")

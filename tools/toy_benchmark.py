@@ -51,7 +51,10 @@ from vlprompt.eval.accuracy import harmonic_mean  # noqa: E402
 from vlprompt.eval.base2novel import fit_checkpoint, run_base_to_novel  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
 from vlprompt.learners import get_learner_class, list_learners  # noqa: E402
-from vlprompt.toy.world import DATASETS, DOMAIN_SHIFTS  # noqa: E402
+from vlprompt.toy.medical import MEDICAL_DATASETS  # noqa: E402
+from vlprompt.meta_init import main as meta_init  # noqa: E402
+from vlprompt.toy.world import (CAPTION_CORPUS, DATASETS, DOMAIN_SHIFTS, MANIFEST, TOY_DATASETS, toy_dataset,  # noqa: E402
+                                write_caption_corpus)
 
 CONFIGS = REPO / "configs"
 TARGET_GAIN = 5.0
@@ -60,6 +63,12 @@ TOY_EPOCHS = {"coop": 25}
 METRICS = ("base_acc", "novel_acc", "hm")
 #: CasPL's second stage on the toy world: these learners, each on top of the boosting prompts.
 CASPL_SUFFIX, CASPL_LEARNERS = "+caspl", ("coop", "maple", "promptsrc")
+#: GRAM on the toy world: these learners start from a meta-learned context and fine-tune with its regulator.
+GRAM_SUFFIX, GRAM_LEARNERS = "+gram", ("coop", "maple")
+
+
+def base_learner(learner: str) -> str:
+    return learner.removesuffix(CASPL_SUFFIX).removesuffix(GRAM_SUFFIX)
 
 
 def mean_std(values: list[float]) -> str:
@@ -67,7 +76,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def recipe_epochs(learner: str) -> int:
-    learner = learner.removesuffix(CASPL_SUFFIX)
+    learner = base_learner(learner)
     config = yaml.safe_load((CONFIGS / "learners" / f"{learner}.yaml").read_text())
     return TOY_EPOCHS.get(learner, int((config.get("trainer") or {}).get("max_epochs", 10)))
 
@@ -93,12 +102,35 @@ def boosting_checkpoint(dataset: str, data_root: Path, run_dir: Path, quiet: lis
 def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str],
                      fitted: dict) -> list[str]:
     """``vlprompt`` arguments of one row's run (CasPL rows fit or reuse their boosting prompts first)."""
-    base = learner.removesuffix(CASPL_SUFFIX)
+    base = base_learner(learner)
     args = [*toy_run_args(CONFIGS, base, dataset, data_root, seed), *quiet,
             "--trainer.max_epochs", str(recipe_epochs(learner))]
     if learner.endswith(CASPL_SUFFIX):
         args += ["--model.init_args.boost_from", boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)]
+    if learner.endswith(GRAM_SUFFIX):
+        gram = gram_checkpoint(base, data_root, run_dir, fitted)
+        args += ["--model.init_args.init_from", gram, "--model.init_args.gradient_regulator", gram]
     return args
+
+
+#: GRAM's meta-training corpus on the toy world (``python -m vlprompt.toy --captions``), and its size.
+GRAM_CORPUS_SIZE = 2000
+
+
+def gram_checkpoint(learner: str, data_root: Path, run_dir: Path, fitted: dict) -> str:
+    """``vlprompt meta-init`` for ``learner`` on the toy caption corpus with the toy CLIP and default options:
+    once per learner, shared by every data set and seed (the corpus is none of theirs)."""
+    key = f"gram:{learner}"
+    if key not in fitted:
+        corpus = data_root / CAPTION_CORPUS
+        if not (corpus / MANIFEST).is_file():
+            write_caption_corpus(corpus, GRAM_CORPUS_SIZE)
+        out = run_dir / f"gram-{learner}.ckpt"
+        started = time.time()
+        meta_init(["--pairs", str(corpus), "--learner", str(CONFIGS / "learners" / f"{learner}.yaml"), "--clip",
+                   str(CONFIGS / "clip" / "toy.yaml"), "--out", str(out)])
+        fitted[key] = (str(out), time.time() - started)
+    return fitted[key][0]
 
 
 #: Key of a data set's CasPL stage-1 record in the results (its time, shared by the ``+caspl`` rows).
@@ -160,11 +192,35 @@ def load_rows(path: Path, fresh: bool) -> dict:
         sys.exit(f"toy_benchmark: {path} is not a results file of this tool; move it away or pass --fresh")
 
 
+def set_tables(results: dict, label) -> list[str]:
+    """One base-to-novel table per data set, then the average over them of the learners measured on all."""
+    lines = []
+    for name, rows in results.items():
+        lines += [f"### {name}", "", "| learner | Base | Novel | HM |", "|---|---:|---:|---:|"]
+        lines += [f"| {learner if learner == 'zeroshot' else label(learner, rows[learner])} | "
+                  + " | ".join(mean_std(rows[learner][key]) for key in METRICS) + " |"
+                  for learner in ["zeroshot", *learners(rows)]]
+        lines.append("")
+    if not results:
+        return lines
+    everywhere = [learner for learner in ["zeroshot", *learners(next(iter(results.values())))]
+                  if all(learner in rows for rows in results.values())]
+    lines += [f"### Average over the {len(results)} data sets (means of the per-set means)", "",
+              "| learner | Base | Novel | HM | training time, all sets and seeds |", "|---|---:|---:|---:|---:|"]
+    for learner in everywhere:
+        means = [statistics.mean(statistics.mean(rows[learner][key]) for rows in results.values()) for key in METRICS]
+        spent = sum(rows[learner].get("seconds", 0.0) for rows in results.values())
+        lines.append(f"| {learner} | " + " | ".join(f"{value:.1f}" for value in means) + " | "
+                     + (f"{spent / 60:.1f} min |" if learner != "zeroshot" else "- |"))
+    return lines + [""]
+
+
 def main() -> None:
     # Stage learners that read no labels (CasPL's boosting stage) are not base-to-novel learners of their own.
     trainable = [name for name in list_learners()
                  if get_learner_class(name).needs_training and get_learner_class(name).uses_labels]
     trainable += [f"{name}{CASPL_SUFFIX}" for name in CASPL_LEARNERS]
+    trainable += [f"{name}{GRAM_SUFFIX}" for name in GRAM_LEARNERS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets live")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
@@ -172,8 +228,9 @@ def main() -> None:
                         help="learners to train (none: only re-measure zero-shot and rewrite the report)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (few shots and init)")
     downstream = [n for n in DATASETS if n not in DOMAIN_SHIFTS]
-    parser.add_argument("--datasets", nargs="+", default=downstream, choices=downstream,
-                        help="toy data sets to measure on (the others keep their rows)")
+    parser.add_argument("--datasets", nargs="+", default=downstream, choices=[*downstream, *MEDICAL_DATASETS],
+                        help="toy data sets to measure on (the others keep their rows); the medical ones "
+                             f"({', '.join(MEDICAL_DATASETS)}) with the toy biomedical CLIP vlprompt-bert-tiny")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "toy-world.md",
                         help="Markdown report (default: runs/; the tracked docs/toy-world.md is rewritten "
                              "only when named here); its rows are kept in the .json beside it")
@@ -198,7 +255,7 @@ def main() -> None:
         for name, rows in found.items():
             results.setdefault(name, {}).update({key: row for key, row in rows.items() if key != "zeroshot"})
     fitted: dict = {}
-    results = {name: results[name] for name in DATASETS if name in results}  # the world's order, however merged
+    results = {name: results[name] for name in TOY_DATASETS if name in results}  # the world's order, however merged
     started = time.time()
     for name in options.datasets:
         rows = results.setdefault(name, {})
@@ -207,11 +264,14 @@ def main() -> None:
         rows["zeroshot"] = {"seeds": [], **{key: [zeroshot[key]] for key in METRICS}}
         for learner in options.learners:
             stage1_before, learner_started = fitted_seconds(fitted, name), time.time()
+            shared_before = sum(seconds for _, seconds in fitted.values())
             runs = [run_base_to_novel(learner_run_args(learner, name, options.data, seed, run_dir, quiet, fitted),
                                       run_dir, f"{name}-{learner}-seed{seed}") for seed in options.seeds]
             stage1 = fitted_seconds(fitted, name)  # the boosting prompts this row fitted: shared, timed apart
+            # Shared stages (boosting prompts, GRAM's meta-training) are timed apart from the rows that use them.
+            shared = sum(seconds for _, seconds in fitted.values()) - shared_before
             rows[learner] = {"seeds": list(options.seeds), "epochs": recipe_epochs(learner),
-                             "seconds": time.time() - learner_started - (stage1 - stage1_before),
+                             "seconds": time.time() - learner_started - shared,
                              **{key: [run[key] for run in runs] for key in METRICS}}
             if stage1 > stage1_before:
                 rows[STAGE1_ROW] = {"seconds": stage1}
@@ -225,7 +285,7 @@ def main() -> None:
     # On the forgetting sets CoOp must also lose novel accuracy, and zero-shot must be unsaturated.
     forgetting = {name: {"novel_loss": rows["zeroshot"]["novel_acc"][0] - statistics.mean(rows["coop"]["novel_acc"]),
                          "zero_shot": (rows["zeroshot"]["base_acc"][0], rows["zeroshot"]["novel_acc"][0])}
-                  for name, rows in results.items() if "coop" in rows and DATASETS[name].novel_styles}
+                  for name, rows in results.items() if "coop" in rows and toy_dataset(name).novel_styles}
     forgetting_met = all(f["novel_loss"] >= TARGET_GAIN and all(40 <= a <= 85 for a in f["zero_shot"])
                          for f in forgetting.values())
     met = all(gain >= TARGET_GAIN for gain in gains.values()) and forgetting_met
@@ -246,7 +306,7 @@ def main() -> None:
         "## Zero-shot accuracy on every toy data set (all classes, test split)", "",
         "Target: between 40% and 85% on each.", "",
         "| data set | classes | styles | zero-shot |", "|---|---:|---|---:|",
-        *(f"| {name} | {len(DATASETS[name].classes())} | {', '.join(DATASETS[name].styles)} | {acc:.1f} |"
+        *(f"| {name} | {len(toy_dataset(name).classes())} | {', '.join(toy_dataset(name).styles)} | {acc:.1f} |"
           for name, acc in record["zero_shot_test_accuracy"].items()), "",
         "(Recorded when the weights were pretrained; sets added since, such as ToySketchedBase, have their zero-shot "
         "rows in the base-to-novel tables below.)", "",
@@ -254,7 +314,10 @@ def main() -> None:
         f"Each learner trains with its paper recipe (epochs: {recipes}). `+caspl` rows are CasPL's second stage: "
         "the learner on top of boosting prompts distilled from the toy teacher `vlprompt-small` "
         "(`configs/learners/caspl_boost.yaml`, 20 epochs on every training image and class name of the data set, "
-        "once per data set and seed). The domain-shifted copies of ToyShapes are test domains of the "
+        f"fitted once per data set with seed {BOOST_SEED} and shared by the stage-2 seeds). `+gram` rows start "
+        "from GRAM's meta-learned context and fine-tune with its gradient regulator (our reading; `vlprompt "
+        f"meta-init` with default options on {GRAM_CORPUS_SIZE} captioned toy images, once per learner). "
+        "The domain-shifted copies of ToyShapes are test domains of the "
         "domain-generalisation protocol, never trained on, so they have no rows here.", "",
     ]
     if gains:
@@ -267,21 +330,18 @@ def main() -> None:
                   f"zero-shot's, zero-shot between 40% and 85% on both halves ("
                   f"{'met' if forgetting_met else 'NOT met'}: novel {-found['novel_loss']:+.1f}, zero-shot "
                   f"{found['zero_shot'][0]:.1f} / {found['zero_shot'][1]:.1f}).", ""]
-    for name, rows in results.items():
-        lines += [f"### {name}", "", "| learner | Base | Novel | HM |", "|---|---:|---:|---:|"]
-        lines += [f"| {learner if learner == 'zeroshot' else label(learner, rows[learner])} | "
-                  + " | ".join(mean_std(rows[learner][key]) for key in METRICS) + " |"
-                  for learner in ["zeroshot", *learners(rows)]]
-        lines.append("")
-    everywhere = [learner for learner in ["zeroshot", *learners(next(iter(results.values())))]
-                  if all(learner in rows for rows in results.values())]
-    lines += [f"### Average over the {len(results)} data sets (means of the per-set means)", "",
-              "| learner | Base | Novel | HM | training time, all sets and seeds |", "|---|---:|---:|---:|---:|"]
-    for learner in everywhere:
-        means = [statistics.mean(statistics.mean(rows[learner][key]) for rows in results.values()) for key in METRICS]
-        spent = sum(rows[learner].get("seconds", 0.0) for rows in results.values())
-        lines.append(f"| {learner} | " + " | ".join(f"{value:.1f}" for value in means) + " | "
-                     + (f"{spent / 60:.1f} min |" if learner != "zeroshot" else "- |"))
+    shapes = {name: rows for name, rows in results.items() if name not in MEDICAL_DATASETS}
+    medical = {name: rows for name, rows in results.items() if name in MEDICAL_DATASETS}
+    lines += set_tables(shapes, label)
+    if medical:
+        bert = json.loads(shipped_weights_path("vlprompt-bert-tiny", "toy").with_suffix(".json").read_text())
+        lines += ["## The toy medical world", "",
+                  f"The toy biomedical CLIP `vlprompt-bert-tiny` (BERT-style text tower, timm ViT; `pretrained=\"toy\"`, "
+                  f"sha256 `{bert['sha256'][:16]}...`), pretrained in {bert['train_minutes']} min on "
+                  f"{bert['torch_threads']} CPU threads by `{bert['command'].strip()}`, reads these sets "
+                  "(`configs/clip/toy-bert.yaml`). Zero-shot accuracy recorded then (all classes, test split): "
+                  + ", ".join(f"{name} {acc:.1f}" for name, acc in bert["zero_shot_test_accuracy"].items()) + ".", ""]
+        lines += set_tables(medical, label)
     stage1 = sum(rows.get(STAGE1_ROW, {}).get("seconds", 0.0) for rows in results.values())
     if stage1:
         lines += ["", f"CasPL's boosting stage, shared by the `+caspl` rows (not in their times): {stage1 / 60:.1f} min "

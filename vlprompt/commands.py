@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-PROTOCOL_COMMANDS = ("suite", "report")
+PROTOCOL_COMMANDS = ("suite", "report", "meta-init")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
-USAGE = """usage: vlprompt {fit,validate,test,predict,suite,report} ...
+USAGE = """usage: vlprompt {fit,validate,test,predict,suite,report,meta-init} ...
 
 Prompt learning for a frozen CLIP.
 
@@ -30,6 +30,7 @@ commands:
   suite      run an evaluation protocol over data sets and seeds: base2novel, few-shot, cross-dataset,
              domain-generalization (resumable)
   report     mean ± std over seeds of a suite's results: Markdown, CSV and LaTeX tables, plots
+  meta-init  GRAM: meta-learn a prompt initialisation and gradient regulator on image-caption pairs
 
 `vlprompt COMMAND --help` lists a command's options.
 """
@@ -46,8 +47,10 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         with report_user_errors():
             if argv[0] == "suite":
                 from vlprompt.eval import suite as command
-            else:
+            elif argv[0] == "report":
                 from vlprompt.eval import report as command
+            else:
+                from vlprompt import meta_init as command
             command.main(argv[1:])
         return
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:

@@ -40,7 +40,8 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 #: Weights shipped with vlprompt: ``(architecture, pretrained shortcut) -> file`` in :data:`SHIPPED_WEIGHTS_DIR`.
 SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "pretrained"
 SHIPPED_WEIGHTS = {("vlprompt-tiny", "toy"): "vlprompt-tiny-toy.safetensors",
-                   ("vlprompt-small", "toy"): "vlprompt-small-toy.safetensors"}
+                   ("vlprompt-small", "toy"): "vlprompt-small-toy.safetensors",
+                   ("vlprompt-bert-tiny", "toy"): "vlprompt-bert-tiny-toy.safetensors"}
 
 #: Entries OpenAI's CLIP checkpoints hold besides the weights; they mark a file as OpenAI's format.
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -59,18 +60,24 @@ def _register_config_path(path: Path) -> None:
 
 
 def register_model_configs() -> None:
-    """Make vlprompt's own architectures (:data:`MODEL_CONFIG_DIR`) known to open_clip."""
+    """Make vlprompt's own architectures (:data:`MODEL_CONFIG_DIR`, and the packaged ones of
+    :mod:`vlprompt.clip.toy_architectures` with their towers) known to open_clip."""
+    from vlprompt.clip.toy_architectures import register_toy_architectures, resolve_packaged_config
+
     _register_config_path(MODEL_CONFIG_DIR)
+    for path in register_toy_architectures():
+        _register_config_dict(resolve_packaged_config(path), name=path.stem)
 
 
-def _register_config_dict(config: Mapping[str, Any]) -> str:
-    """Register an architecture given as a dict and return the name open_clip knows it by."""
+def _register_config_dict(config: Mapping[str, Any], name: Optional[str] = None) -> str:
+    """Register an architecture given as a dict (as ``name``, else a name from its content) and return the name
+    open_clip knows it by."""
     global _config_tmpdir
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
         raise ConfigError(f"CLIP config dict lacks {missing}; an open_clip model config has embed_dim, vision_cfg and text_cfg")
     text = json.dumps(config, sort_keys=True)
-    name = "vlprompt-cfg-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    name = name or "vlprompt-cfg-" + hashlib.sha256(text.encode()).hexdigest()[:12]
     if _config_tmpdir is None:
         _config_tmpdir = tempfile.mkdtemp(prefix="vlprompt-model-configs-")
     path = Path(_config_tmpdir) / f"{name}.json"

@@ -58,6 +58,10 @@ class PromptLearner(pl.LightningModule):
         boost_from: the ``last.ckpt`` of a ``caspl_boost`` fit (CasPL's first stage): its boosting prompts are
             loaded frozen and cascaded under the learner's own at every layer (:mod:`vlprompt.learners.cascade`),
             for learners that declare ``supports_boosting``.
+        init_from: a GRAM checkpoint (``vlprompt meta-init``): its meta-learned context replaces the learner's
+            initial context when a fit sets up (learners with a text context; our reading of GRAM,
+            :mod:`vlprompt.learners.gram`).
+        gradient_regulator: a GRAM checkpoint whose regulator gates the context's gradient at every training step.
     """
 
     registry_name: ClassVar[str] = ""
@@ -97,6 +101,8 @@ class PromptLearner(pl.LightningModule):
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
         boost_from: Optional[str] = None,
+        init_from: Optional[str] = None,
+        gradient_regulator: Optional[str] = None,
     ):
         super().__init__()
         if not isinstance(clip, FrozenCLIP):
@@ -121,6 +127,9 @@ class PromptLearner(pl.LightningModule):
                                   "stage runs on coop, kgcoop, cocoop, maple, ivlp and promptsrc")
             self.boost = BoostingPrompts(boost_from, clip)
             self.frozen_image_features = False  # the boosting prompts change the image features
+        #: GRAM (vlprompt/learners/gram.py): a meta-learned context and gradient regulator, applied at fit set-up.
+        self.gram_init_from, self.gram_regulator_from = init_from or None, gradient_regulator or None
+        self._gram = None
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         #: ``{classname: accuracy in percent}`` of the last test run.
         self.per_class_test_accuracy: dict[str, float] = {}
@@ -232,6 +241,17 @@ class PromptLearner(pl.LightningModule):
     def _require_trainable(self) -> None:
         if self.num_trainable_parameters() == 0:
             raise ConfigError(f"learner {self.registry_name!r} has nothing to train; evaluate it with `vlprompt test`")
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a resumed checkpoint, which then replaces the initialisation as it should.
+        if stage == "fit" and (self.gram_init_from or self.gram_regulator_from) and self._gram is None:
+            from vlprompt.learners.gram import GramPlugin
+
+            self._gram = GramPlugin(self.gram_init_from, self.gram_regulator_from)
+            if self._gram.init is not None:
+                self._gram.apply_init(self)
+            if self._gram.regulator is not None:
+                self._gram.attach_regulator(self)
 
     def on_fit_start(self) -> None:
         self._require_trainable()

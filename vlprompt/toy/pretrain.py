@@ -23,11 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.toy.medical import draw_medical_pool, medical_caption
 from vlprompt.toy.world import IMAGE_SIZE, PRETRAIN_STYLES, caption, render, sample_concept
 
 TOY_ARCH = "vlprompt-tiny"
 #: The toy teacher: a wider tiny CLIP (CasPL's teacher in the toy world), pretrained the same way.
 TOY_TEACHER_ARCH = "vlprompt-small"
+#: The toy biomedical CLIP: a BERT-style text tower and a timm ViT, pretrained on the toy medical world.
+TOY_BERT_ARCH = "vlprompt-bert-tiny"
+#: The world each toy architecture is pretrained on (and its zero-shot accuracy measured on).
+ARCH_WORLDS = {TOY_ARCH: "shapes", TOY_TEACHER_ARCH: "shapes", TOY_BERT_ARCH: "medical"}
 
 
 @dataclass
@@ -49,7 +54,10 @@ class PretrainConfig:
     degrade: float = 0.0
 
 
-def _draw_pool(size: int, rng: random.Random, style_mix: str = "world"):
+def _draw_pool(size: int, rng: random.Random, style_mix: str = "world", world: str = "shapes"):
+    if world == "medical":
+        images, described = draw_medical_pool(size, rng, IMAGE_SIZE)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), described
     if style_mix not in ("world", "even"):
         raise ValueError(f"style_mix must be 'world' or 'even', got {style_mix!r}")
     styles, weights = zip(*PRETRAIN_STYLES.items())
@@ -86,8 +94,8 @@ def _degrade(images: torch.Tensor, share: float, generator: torch.Generator) -> 
 
 def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
                       report: Optional[Callable[[int, float, float], None]] = None) -> torch.nn.Module:
-    """Train ``config.arch`` (``vlprompt-tiny``, or the teacher ``vlprompt-small``) from scratch and return the
-    open_clip model (fp32, eval mode).
+    """Train ``config.arch`` (``vlprompt-tiny``, the teacher ``vlprompt-small``, or the biomedical
+    ``vlprompt-bert-tiny`` on the medical world) from scratch and return the open_clip model (fp32, eval mode).
 
     ``report(step, loss, seconds)`` is called every 50 steps and at the end.
     """
@@ -102,7 +110,9 @@ def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
     mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
 
-    pool, described = _draw_pool(config.pool_size, rng, config.style_mix)
+    world = ARCH_WORLDS.get(config.arch, "shapes")
+    pool, described = _draw_pool(config.pool_size, rng, config.style_mix, world)
+    caption_of = medical_caption if world == "medical" else caption
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -126,7 +136,7 @@ def pretrain_toy_clip(config: PretrainConfig = PretrainConfig(),
         if config.degrade > 0:
             images = _degrade(images, config.degrade, generator)
         images = (images - mean) / std
-        captions = [caption(*described[i], rng) for i in index.tolist()]
+        captions = [caption_of(*described[i], rng) for i in index.tolist()]
         image_features = model.encode_image(images, normalize=True)
         text_features = clip.encode_text(clip.tokenize(captions), normalize=True)
         logits = model.logit_scale.exp() * image_features @ text_features.t()

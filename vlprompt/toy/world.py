@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vlprompt.errors import ConfigError
+from vlprompt.toy.medical import MEDICAL_DATASETS
 
 IMAGE_SIZE = 32
 #: Bumped whenever drawing or a data set's definition changes, so data written before is not mistaken for it.
@@ -234,6 +235,25 @@ class ToyDataset:
             combos = [{**c, key: v} for c in combos for v in self.values[key]]
         return [(_classname(self.varying, combo), combo) for combo in combos]
 
+    def draw(self, fixed: dict, style: str, rng: random.Random, size: int) -> Image.Image:
+        """One image of the class whose concepts are ``fixed``, the others drawn at random."""
+        return render(sample_concept(fixed, rng), style, rng, size)
+
+    def describe(self) -> dict[str, list[str]]:
+        """``{classname: [sentence, ...]}``: two sentences for each concept that defines the class, one naming the
+        data set's drawing style (the same for every class), and two uninformative ones, in a fixed shuffled
+        order. Only the defining sentences tell classes apart."""
+        described = {}
+        for classname, fixed in self.classes():
+            rng = random.Random(f"{self.name}:{classname}:descriptions")
+            sentences = [sentence for key in self.varying for sentence in _FACTS[key](fixed[key])]
+            style = STYLES[self.styles[0]]  # the data set's style, the same for every class
+            sentences.append(f"The picture is {'an' if style[0] in 'aeiou' else 'a'} {style}.")
+            sentences += rng.sample(_UNINFORMATIVE, 2)
+            rng.shuffle(sentences)
+            described[classname] = sentences
+        return described
+
 
 def _classname(varying: Sequence[str], combo: dict) -> str:
     concept = Concept(colour=combo.get("colour", ""), shape=combo.get("shape", "shape"),
@@ -275,6 +295,10 @@ for _name, _style in DOMAIN_SHIFTS.items():
     DATASETS[_name] = ToyDataset(_name, _base.varying, _base.values, styles=(_style,))
 
 
+#: Every toy data set: the shapes world's and the medical world's (:mod:`vlprompt.toy.medical`).
+TOY_DATASETS = {**DATASETS, **MEDICAL_DATASETS}
+
+
 # -- per-class descriptions ----------------------------------------------------------------------------------
 #: What the toy world knows of each concept value, as sentences a description source could give.
 _FACTS = {
@@ -303,21 +327,16 @@ _UNINFORMATIVE = ("It is a common sight in pictures.", "People recognise it at a
                   "It is an object people talk about.", "Many photographs include one.")
 
 
+def toy_dataset(name: str):
+    """The definition of toy data set ``name``, of the shapes world or the medical one."""
+    if name not in TOY_DATASETS:
+        raise ConfigError(f"unknown toy data set {name!r}; choose from {', '.join(TOY_DATASETS)}")
+    return TOY_DATASETS[name]
+
+
 def describe_classes(name: str) -> dict[str, list[str]]:
-    """``{classname: [sentence, ...]}`` for toy data set ``name``: two sentences for each concept that defines the
-    class, one naming the data set's drawing style (the same for every class), and two uninformative ones, in a
-    fixed shuffled order. Only the defining sentences tell classes apart."""
-    spec = DATASETS[name]
-    described = {}
-    for classname, fixed in spec.classes():
-        rng = random.Random(f"{name}:{classname}:descriptions")
-        sentences = [sentence for key in spec.varying for sentence in _FACTS[key](fixed[key])]
-        style = STYLES[spec.styles[0]]  # the data set's style, the same for every class
-        sentences.append(f"The picture is {'an' if style[0] in 'aeiou' else 'a'} {style}.")
-        sentences += rng.sample(_UNINFORMATIVE, 2)
-        rng.shuffle(sentences)
-        described[classname] = sentences
-    return described
+    """``{classname: [sentence, ...]}`` for toy data set ``name`` (what its ``describe`` writes)."""
+    return toy_dataset(name).describe()
 
 
 def write_descriptions(name: str, root) -> Path:
@@ -341,9 +360,7 @@ def write_toy_dataset(name: str, root, train_per_class: int = 24, val_per_class:
 
     The layout and split file are those of real data sets, so the same data module reads both.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown toy data set {name!r}; choose from {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    spec = toy_dataset(name)
     root = Path(root)
     rng = random.Random(f"{name}:{seed}")
     split: dict[str, list] = {"train": [], "val": [], "test": []}
@@ -358,7 +375,7 @@ def write_toy_dataset(name: str, root, train_per_class: int = 24, val_per_class:
                 path = root / "images" / relpath
                 path.parent.mkdir(parents=True, exist_ok=True)
                 style = rng.choice(spec.styles_of(label))
-                render(sample_concept(fixed, rng), style, rng, size).save(path, optimize=False)
+                spec.draw(fixed, style, rng, size).save(path, optimize=False)
                 split[part].append([relpath, label, classname])
     (root / f"split_zhou_{name}.json").write_text(json.dumps(split, indent=1))
     (root / MANIFEST).write_text(json.dumps(_manifest(name, seed, size, counts), indent=1) + "\n")
@@ -390,3 +407,24 @@ def ensure_toy_dataset(name: str, root="data/toy", train_per_class: int = 24, va
     if not (directory / DESCRIPTIONS).is_file():  # data written before descriptions existed: they depend on nothing else
         write_descriptions(name, directory)
     return directory
+
+
+#: The toy image-caption corpus (GRAM's meta-training data): its folder name under the toy data root.
+CAPTION_CORPUS = "ToyCaptions"
+
+
+def write_caption_corpus(root, size: int = 2000, seed: int = 0) -> Path:
+    """Write ``size`` captioned images of the toy world under ``root`` (``NNNNN.png`` with ``NNNNN.txt``), drawn as
+    pretraining draws them (every concept and pretraining style, captions leaving concepts out). Their random
+    stream is the corpus's own, so no image is one of a downstream data set's. Returns ``root``."""
+    root = Path(root)
+    rng = random.Random(f"{CAPTION_CORPUS}:{seed}")
+    styles, weights = zip(*PRETRAIN_STYLES.items())
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(size):
+        concept, style = sample_concept({}, rng), rng.choices(styles, weights)[0]
+        render(concept, style, rng).save(root / f"{index:05d}.png", optimize=False)
+        (root / f"{index:05d}.txt").write_text(caption(concept, style, rng) + "\n")
+    (root / MANIFEST).write_text(json.dumps({"corpus": CAPTION_CORPUS, "world_version": WORLD_VERSION, "seed": seed,
+                                             "size": size}, indent=1) + "\n")
+    return root

@@ -1,0 +1,127 @@
+"""``vlprompt meta-init``: meta-learn GRAM's prompt initialisation and gradient regulator on image-caption pairs.
+
+    vlprompt meta-init --pairs data/toy/ToyCaptions --learner configs/learners/coop.yaml \\
+        --clip configs/clip/toy.yaml --out runs/gram-coop.ckpt
+    vlprompt fit --config configs/learners/coop.yaml ... --model.init_args.init_from runs/gram-coop.ckpt \\
+        --model.init_args.gradient_regulator runs/gram-coop.ckpt
+
+The context is meta-learned with the learner's own ``n_ctx`` and ``ctx_init`` (read from its YAML) on the CLIP it
+will fine-tune, so the checkpoint fits that learner. Our reading of GRAM: :mod:`vlprompt.learners.gram`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from vlprompt.errors import ConfigError
+from vlprompt.meta_config import OPTION_HELP, REGULATOR_FORMS, MetaConfig
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _learner_settings(learner_yaml: Path, clip_yaml: Optional[Path]) -> tuple[str, dict, int, Optional[str]]:
+    """The learner's registered name, the CLIP's ``FrozenCLIP`` arguments, and its ``n_ctx`` and ``ctx_init``."""
+    from vlprompt.learners import get_learner_class, list_learners
+
+    model = _read_yaml(learner_yaml).get("model") or {}
+    class_path = model.get("class_path", "")
+    names = [n for n in list_learners() if f"{get_learner_class(n).__module__}.{get_learner_class(n).__name__}"
+             == class_path]
+    if not names:
+        raise ConfigError(f"{str(learner_yaml)!r} names no registered learner (model.class_path {class_path!r})")
+    init = model.get("init_args") or {}
+    clip_source = ((_read_yaml(clip_yaml).get("model") or {}).get("init_args") or {}).get("clip") if clip_yaml else None
+    clip_args = dict((init.get("clip") or {}).get("init_args") or {})
+    clip_args.update((clip_source or {}).get("init_args") or {})
+    if not clip_args.get("name"):
+        raise ConfigError("no CLIP named: give --clip configs/clip/<name>.yaml")
+    defaults = inspect.signature(get_learner_class(names[0]).__init__).parameters
+    if "n_ctx" not in defaults:
+        raise ConfigError(f"{names[0]} has no text context (n_ctx) for GRAM to meta-learn; use coop, cocoop, kgcoop, "
+                          "maple, ivlp, promptsrc, biomedcoop or vmfcoop")
+    n_ctx = int(init.get("n_ctx", defaults["n_ctx"].default))
+    ctx_init = init.get("ctx_init", defaults["ctx_init"].default if "ctx_init" in defaults else None)
+    return names[0], clip_args, n_ctx, ctx_init
+
+
+def encode_pair_images(clip, pairs, batch_size: int = 256):
+    """Normalised frozen image features of the pairs' images, in order."""
+    import torch
+    from PIL import Image
+
+    from vlprompt.data import image_transform
+
+    transform = image_transform(clip.preprocess_cfg)
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = torch.stack([transform(Image.open(p.image).convert("RGB")) for p in pairs[start:start + batch_size]])
+            features.append(clip.encode_image(batch, normalize=True))
+    return torch.cat(features)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="vlprompt meta-init", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Every option's default is vlprompt's reading of GRAM (no public code).")
+    parser.add_argument("--pairs", type=Path, required=True,
+                        help="image-caption pairs: a CSV file (filepath, caption) or a folder of images with .txt captions")
+    parser.add_argument("--learner", type=Path, required=True,
+                        help="the learner's YAML (its n_ctx and ctx_init shape the meta-learned context)")
+    parser.add_argument("--clip", type=Path, help="CLIP config YAML (default: the learner YAML's)")
+    parser.add_argument("--out", type=Path, required=True, help="the GRAM checkpoint to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 is fastest for the "
+                                                     "toy CLIP while other processes share the cores)")
+    for field in fields(MetaConfig):
+        option = "--" + field.name.replace("_", "-")
+        described = f"{OPTION_HELP[field.name]} (default {field.default})"
+        if field.name == "regulator":
+            parser.add_argument(option, choices=REGULATOR_FORMS, default=field.default, help=described)
+        else:
+            parser.add_argument(option, type=type(field.default), default=field.default, help=described)
+    options = parser.parse_args(argv)
+    if options.out.exists() and not options.force:
+        raise ConfigError(f"{options.out} exists; pass --force to replace it or choose another --out")
+    if options.out.suffix not in (".ckpt", ".pt", ".pth"):
+        raise ConfigError(f"--out {options.out} should end in .ckpt (a torch checkpoint)")
+    config = MetaConfig(**{f.name: getattr(options, f.name) for f in fields(MetaConfig)})
+    for name in ("steps", "tasks_per_step", "ways", "shots", "queries", "inner_steps", "clusters"):
+        if getattr(config, name) < 1 or (name == "ways" and config.ways < 2):
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {2 if name == 'ways' else 1}")
+
+    import torch
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    from vlprompt.clip import FrozenCLIP
+    from vlprompt.data.captions import read_caption_pairs
+    from vlprompt.learners.gram import describe_gram, meta_train, save_gram
+
+    learner, clip_args, n_ctx, ctx_init = _learner_settings(options.learner, options.clip)
+    pairs = read_caption_pairs(options.pairs)
+    started = time.time()
+    clip = FrozenCLIP(**clip_args)
+    image_features = encode_pair_images(clip, pairs)
+    print(f"[meta-init] {len(pairs)} pairs encoded with {clip_args['name']} ({time.time() - started:.0f} s); "
+          f"meta-learning {learner}'s context ({n_ctx} tokens from {ctx_init!r})", flush=True)
+    torch.manual_seed(config.seed)
+    content = meta_train(clip, image_features, [p.caption for p in pairs], n_ctx, ctx_init, config,
+                         report=lambda step, loss: print(f"[meta-init] step {step:4d}/{config.steps}  query loss "
+                                                         f"{loss:.3f}  {time.time() - started:5.0f} s", flush=True))
+    content.update(learner=learner, seconds=time.time() - started)
+    save_gram(content, options.out)
+    print(f"[meta-init] {describe_gram(content)}\n[meta-init] wrote {options.out} in {(time.time() - started) / 60:.1f} "
+          f"min; fine-tune with --model.init_args.init_from {options.out} --model.init_args.gradient_regulator "
+          f"{options.out}")
