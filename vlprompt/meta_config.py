@@ -20,7 +20,8 @@ class MetaConfig:
     queries: int = 4          # query images per pseudo-class
     inner_steps: int = 5
     inner_lr: float = 0.1     # plain SGD on the context
-    outer_lr: float = 1e-3    # Adam, prompt initialisation and regulator
+    outer_lr: float = 1e-3    # Adam, prompt initialisation
+    regulator_lr: float = 0.05  # Adam, regulator (its gradient passes through inner_lr, so it is small)
     clusters: int = 64
     regulator: str = "elementwise"
     seed: int = 0
@@ -35,7 +36,8 @@ OPTION_HELP = {
     "queries": "query pairs per pseudo-class (the outer update is their loss after the inner loop)",
     "inner_steps": "SGD steps of the inner loop, each with the regulated gradient",
     "inner_lr": "learning rate of the inner loop (plain SGD on the context)",
-    "outer_lr": "Adam's learning rate for the context initialisation and the regulator",
+    "outer_lr": "Adam's learning rate for the context initialisation",
+    "regulator_lr": "Adam's learning rate for the regulator's gate logits",
     "clusters": "clusters of the cross-modal hierarchical clustering (pseudo-classes to draw tasks from)",
     "regulator": "gate per prompt entry (elementwise) or per context token (token)",
     "seed": "seed of task sampling and initialisation",

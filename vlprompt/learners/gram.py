@@ -26,7 +26,9 @@ Our reading:
   support loss with regulated gradients, ``ctx <- ctx - inner_lr * R(g)`` (gradients taken at each inner point
   and treated as constants); then the query loss at the adapted context is differentiated once: its gradient
   reaches the initialisation directly (first-order MAML) and the regulator through the ``R(g)`` terms. Adam
-  updates both (``outer_lr``). Image features are frozen, so they are computed once for the whole corpus.
+  updates both (``outer_lr`` for the context, ``regulator_lr`` for the gate: its gradient carries a factor
+  ``inner_lr`` and would barely move it at the context's rate). Image features are frozen, so they are
+  computed once for the whole corpus.
 - Plugging in: ``init_from: gram.ckpt`` copies the context into the learner before training, and
   ``gradient_regulator: gram.ckpt`` gates the context's gradient at every fine-tuning step (a tensor hook on that
   one parameter: nothing else, the frozen CLIP least of all, sees it). Either can be used alone (ablation).
@@ -74,7 +76,7 @@ class GradientRegulator(nn.Module):
         if tuple(gradient.shape) != self.shape:
             raise ConfigError(f"the GRAM regulator was meta-learned for prompts of shape {list(self.shape)}; this "
                               f"learner's context has shape {list(gradient.shape)} (match n_ctx and the CLIP)")
-        return self.gate().to(gradient.dtype) * gradient
+        return self.gate().to(gradient.device, gradient.dtype) * gradient
 
 
 def task_loss(prompts: ContextPrompts, clip: FrozenCLIP, ctx: torch.Tensor, image_features: torch.Tensor,
@@ -159,7 +161,8 @@ def meta_train(clip: FrozenCLIP, image_features: torch.Tensor, captions: Sequenc
         raise ConfigError(f"no {config.ways} clusters have {config.shots + config.queries} pairs each; give more pairs, "
                           "fewer --clusters, or smaller --ways/--shots/--queries")
     regulator = GradientRegulator(tuple(prompts.ctx.shape), config.regulator)
-    optimizer = torch.optim.Adam([prompts.ctx, *regulator.parameters()], lr=config.outer_lr)
+    optimizer = torch.optim.Adam([{"params": [prompts.ctx], "lr": config.outer_lr},
+                                  {"params": list(regulator.parameters()), "lr": config.regulator_lr}])
     losses = []
     for step in range(config.steps):
         optimizer.zero_grad(set_to_none=True)
@@ -251,8 +254,8 @@ class GramPlugin:
             raise ConfigError(f"the GRAM regulator was meta-learned for a context of shape {list(self.regulator.shape)}"
                               f" and {learner.registry_name}'s has {list(ctx.shape)}; meta-train with this learner's "
                               "n_ctx and CLIP")
-        if self._hook is None:
-            regulator = self.regulator.to(ctx.device)
+        if self._hook is None:  # set up before Lightning moves the learner: the gate follows the gradient's device
+            regulator = self.regulator
             self._hook = ctx.register_hook(lambda gradient: regulator(gradient))
 
 
