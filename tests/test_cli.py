@@ -232,10 +232,11 @@ def test_plain_help_of_a_lightning_command_is_kept_and_read_back_without_lightni
     from vlprompt import commands, help_cache
 
     monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("COLUMNS", "100")  # the width is part of the key; the subprocess below sees the same
+    monkeypatch.setenv("COLUMNS", "60")  # kept texts are laid out at HELP_WIDTH whatever the terminal
     code, built, _ = run_in_process(["fit", "--help"], capsys)
     assert code == 0 and "--trainer.max_epochs" in built and "--model.help" in built
     assert help_cache.cached_help("fit") == built and help_cache.cached_help("test") is None
+    assert max(map(len, built.splitlines())) > 60  # laid out at HELP_WIDTH, not at the terminal's 60 columns
 
     def no_lightning(args):
         raise AssertionError("the kept help text should have answered")

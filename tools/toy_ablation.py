@@ -5,8 +5,8 @@
     python tools/toy_ablation.py promptsrc ToyShapes --variant "no text term=--model.init_args.text_loss_weight 0"
 
 Each variant is a name and the ``vlprompt`` overrides it adds to the learner's recipe (its YAML, the shipped toy
-CLIP and the toy data set's config, as ``tools/toy_benchmark.py`` runs it). Prints a Markdown table of mean ±
-std of Base / Novel / HM over the seeds.
+CLIP and the toy data set's config, with the toy benchmark's epochs, as ``tools/toy_benchmark.py`` runs it).
+Prints a Markdown table of mean ± std of Base / Novel / HM over the seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from toy_benchmark import recipe_epochs  # noqa: E402
 
 from vlprompt.eval.base2novel import run_base_to_novel  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
@@ -75,7 +78,8 @@ def main() -> None:
     lines = [f"| {options.learner} on {options.dataset} | Base | Novel | HM |", "|---|---:|---:|---:|"]
     for index, (name, overrides) in enumerate(variants.items()):
         runs = [run_base_to_novel([*toy_run_args(CONFIGS, options.learner, options.dataset, options.data, seed),
-                                   "--trainer.enable_progress_bar", "false", *shlex.split(overrides)],
+                                   "--trainer.enable_progress_bar", "false",
+                                   "--trainer.max_epochs", str(recipe_epochs(options.learner)), *shlex.split(overrides)],
                                   run_dir, f"variant{index}-seed{seed}") for seed in options.seeds]
         lines.append(f"| {name} | " + " | ".join(mean_std([run[key] for run in runs])
                                                for key in ("base_acc", "novel_acc", "hm")) + " |")

@@ -4,8 +4,9 @@ Building that text means importing Lightning (its Trainer's signature is read), 
 torchmetrics, which imports transformers, torchvision's detection ops and scipy.signal: about 3.5x a bare
 ``import torch`` on a laptop, for every ``--help``. The text only depends on the code that builds it, so it is
 kept under the cache directory, keyed by everything it is made from: the vlprompt sources (path, size, mtime),
-the versions of the packages whose signatures it shows, the Python executable and the terminal width. A
-changed key builds and keeps it again; a cache that cannot be read or written is ignored.
+the versions of the packages whose signatures it shows and the Python executable. It is laid out
+:data:`HELP_WIDTH` columns wide whatever the terminal, so the text ``make install`` keeps (it asks once) is the one
+a later terminal gets. A changed key builds and keeps it again; a cache that cannot be read or written is ignored.
 
 Only a bare ``COMMAND --help`` (or ``-h``) is served from the cache: with ``--config`` files or other arguments
 the parser itself answers. ``VLPROMPT_HELP_CACHE=0`` switches the cache off; ``VLPROMPT_CACHE_DIR`` moves it
@@ -19,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Callable, Optional, Sequence
 SHAPING_DISTRIBUTIONS = ("pytorch-lightning", "lightning", "lightning-utilities", "jsonargparse", "torch",
                          "torchmetrics", "open_clip_torch", "docstring-parser", "typeshed-client")
 HELP_FLAGS = ("-h", "--help")
+#: The width the kept help texts are laid out at (argparse reads it from ``COLUMNS``).
+HELP_WIDTH = 100
 
 
 def cache_directory() -> Path:
@@ -54,7 +56,7 @@ def help_key(command: str) -> str:
     """A digest of everything ``command --help`` is built from."""
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for part in (command, sys.executable, sys.version, str(shutil.get_terminal_size().columns),
+    for part in (command, sys.executable, sys.version, str(HELP_WIDTH),
                  *(f"{name}={_version(name)}" for name in SHAPING_DISTRIBUTIONS)):
         digest.update(part.encode() + b"\0")
     for source in sorted(package.rglob("*.py")):
@@ -78,7 +80,8 @@ def cached_help(command: str) -> Optional[str]:
 
 def build_and_keep_help(command: str, build: Callable[[], None]) -> None:
     """Run ``build`` (which prints the help and exits), print what it printed and keep it for next time."""
-    captured = io.StringIO()
+    captured, columns = io.StringIO(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_WIDTH)
     try:
         with contextlib.redirect_stdout(captured):
             build()
@@ -90,4 +93,9 @@ def build_and_keep_help(command: str, build: Callable[[], None]) -> None:
             with contextlib.suppress(OSError):
                 write_json_atomically(_cache_file(command), {"key": help_key(command), "text": captured.getvalue()})
         raise
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     sys.stdout.write(captured.getvalue())
