@@ -280,8 +280,9 @@ def main() -> None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps({"datasets": results}, indent=1) + "\n")  # a row at a time: resumable
     minutes = (time.time() - started) / 60
+    # The target is the shapes world's design criterion; the medical sets report their rows without one.
     gains = {name: statistics.mean(rows["coop"]["base_acc"]) - rows["zeroshot"]["base_acc"][0]
-             for name, rows in results.items() if "coop" in rows}
+             for name, rows in results.items() if "coop" in rows and name not in MEDICAL_DATASETS}
     # On the forgetting sets CoOp must also lose novel accuracy, and zero-shot must be unsaturated.
     forgetting = {name: {"novel_loss": rows["zeroshot"]["novel_acc"][0] - statistics.mean(rows["coop"]["novel_acc"]),
                          "zero_shot": (rows["zeroshot"]["base_acc"][0], rows["zeroshot"]["novel_acc"][0])}
@@ -323,7 +324,7 @@ def main() -> None:
     if gains:
         gains_met = all(gain >= TARGET_GAIN for gain in gains.values())
         lines += [f"Target: CoOp base accuracy at least {TARGET_GAIN:.0f} points above zero-shot on every downstream "
-                  f"data set ({'met' if gains_met else 'NOT met'}: " +
+                  f"data set of the shapes world ({'met' if gains_met else 'NOT met'}: " +
                   ", ".join(f"{name} {gain:+.1f}" for name, gain in gains.items()) + ").", ""]
     for name, found in forgetting.items():
         lines += [f"Target on {name} (forgetting): CoOp novel accuracy at least {TARGET_GAIN:.0f} points below "
