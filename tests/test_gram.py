@@ -164,3 +164,24 @@ def test_meta_init_then_fit_with_init_and_regulator(shapes, tmp_path, capsys):
           "--trainer.default_root_dir", str(tmp_path / "fit"), "--model.init_args.init_from", str(out),
           "--model.init_args.gradient_regulator", str(out)])
     assert "vlprompt: checkpoint" in capsys.readouterr().out
+
+
+def test_every_context_learner_takes_a_gram_initialisation_bitwise(tiny_clip, tmp_path):
+    from conftest import learner_arguments
+    from vlprompt.learners import get_learner_class, list_learners
+    from vlprompt.learners.context import ContextPrompts
+
+    taking = []
+    for name in list_learners():
+        if not get_learner_class(name).needs_training or name == "caspl_boost":
+            continue
+        learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
+                                         **learner_arguments(name, tiny_clip, CLASSNAMES))
+        if not isinstance(getattr(learner, "prompts", None), ContextPrompts):
+            continue
+        ctx = torch.randn(learner.prompts.ctx.shape)
+        path = gram_file(tmp_path / f"{name}.ckpt", ctx, torch.zeros(ctx.shape))
+        GramPlugin(str(path), None).apply_init(learner)
+        assert torch.equal(learner.prompts.ctx.detach(), ctx), name
+        taking.append(name)
+    assert {"coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "biomedcoop", "vmfcoop"} <= set(taking)

@@ -126,7 +126,7 @@ class FrozenCLIP(nn.Module):
         from vlprompt.clip.towers import text_tower_of, vision_tower_of
 
         super().__init__()
-        pretrained, cache_dir = _none_if_null(pretrained), _none_if_null(cache_dir)
+        pretrained, cache_dir = none_if_null(pretrained), none_if_null(cache_dir)
         register_model_configs()
         self.source = {"name": name, "pretrained": pretrained}
         model_name = _register_config_dict(name) if isinstance(name, Mapping) else name
@@ -440,7 +440,7 @@ def _create_model(model_name: str, pretrained: Optional[str], cache_dir: Optiona
     return model
 
 
-def _none_if_null(value: Optional[str]) -> Optional[str]:
+def none_if_null(value: Optional[str]) -> Optional[str]:
     """``None`` for a ``null`` given on the command line: jsonargparse hands a nested class's ``Optional[str]``
     argument the string 'None' for ``--model.init_args.clip.init_args.pretrained null``. No tag or file is
     called 'None'."""

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.clip.frozen import none_if_null
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
@@ -128,7 +129,7 @@ class PromptLearner(pl.LightningModule):
             self.boost = BoostingPrompts(boost_from, clip)
             self.frozen_image_features = False  # the boosting prompts change the image features
         #: GRAM (vlprompt/learners/gram.py): a meta-learned context and gradient regulator, applied at fit set-up.
-        self.gram_init_from, self.gram_regulator_from = init_from or None, gradient_regulator or None
+        self.gram_init_from, self.gram_regulator_from = none_if_null(init_from), none_if_null(gradient_regulator)
         self._gram = None
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         #: ``{classname: accuracy in percent}`` of the last test run.
