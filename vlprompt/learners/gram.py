@@ -260,9 +260,9 @@ class GramPlugin:
 
 
 def describe_gram(content: dict) -> str:
+    """One line on what a GRAM checkpoint holds."""
     gate = 2 * torch.sigmoid(content["regulator"]["logits"])
-    return (f"GRAM: context {list(content['ctx'].shape)} meta-learned on {content['pairs']} pairs in "
+    text = (f"GRAM: context {list(content['ctx'].shape)} meta-learned on {content['pairs']} pairs in "
             f"{content['clusters']} clusters; regulator ({content['regulator']['form']}) gate "
-            f"{float(gate.min()):.2f}-{float(gate.max()):.2f}, mean {float(gate.mean()):.2f}; last query loss "
-            f"{content['query_loss'][-1]:.3f}" if content.get("query_loss") else "")
-
+            f"{float(gate.min()):.2f}-{float(gate.max()):.2f}, mean {float(gate.mean()):.2f}")
+    return text + (f"; last query loss {content['query_loss'][-1]:.3f}" if content.get("query_loss") else "")
