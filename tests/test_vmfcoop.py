@@ -74,3 +74,20 @@ def test_terms_switch_off_and_the_learner_trains(tiny_clip, image_batch):
     out = plain.training_loss(images, labels)
     assert set(out.terms) == {"ce"}
     torch.testing.assert_close(out.total, F.cross_entropy(out.outputs.logits, labels))
+
+
+def test_anchors_and_their_log_normaliser_are_fitted_once_per_class_set(tiny_clip, image_batch, monkeypatch):
+    from vlprompt.learners import vmfcoop
+
+    images, labels = image_batch
+    calls = []
+    original = vmfcoop.vmf_log_normaliser
+    monkeypatch.setattr(vmfcoop, "vmf_log_normaliser", lambda kappa, dim: calls.append(dim) or original(kappa, dim))
+    learner = vlprompt.build_learner("vmfcoop", clip=tiny_clip, classnames=CLASSNAMES, descriptions=describe(CLASSNAMES))
+    for _ in range(3):
+        learner.training_loss(images, labels).total.backward()
+    assert len(calls) == 1  # the host-side Bessel function: once, not per step
+    mu, kappa, log_c = learner.anchors()
+    text = F.normalize(torch.randn(len(CLASSNAMES), mu.shape[-1]), dim=-1)
+    torch.testing.assert_close(spherical_contrastive_loss(text, mu, kappa, log_c),
+                               spherical_contrastive_loss(text, mu, kappa))

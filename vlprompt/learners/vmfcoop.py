@@ -45,10 +45,14 @@ def semantic_anchor_loss(text: torch.Tensor, anchors: torch.Tensor, kappa: torch
     return (weights * (1 - F.cosine_similarity(text, anchors.to(text.dtype), dim=-1))).sum()
 
 
-def spherical_contrastive_loss(text: torch.Tensor, anchors: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+def spherical_contrastive_loss(text: torch.Tensor, anchors: torch.Tensor, kappa: torch.Tensor,
+                               log_normaliser: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy over classes of the vMF log-likelihoods ``kappa_k mu_k . t_c + log C_d(kappa_k)``: each learned
-    class feature must be likelier under its own class's distribution than under any other's (our reading)."""
-    logits = kappa[None] * (text @ anchors.to(text.dtype).t()) + vmf_log_normaliser(kappa, text.shape[-1])[None]
+    class feature must be likelier under its own class's distribution than under any other's (our reading).
+    ``log_normaliser`` is ``log C_d(kappa)`` when already computed (it is evaluated on the host, by scipy)."""
+    if log_normaliser is None:
+        log_normaliser = vmf_log_normaliser(kappa, text.shape[-1])
+    logits = kappa[None] * (text @ anchors.to(text.dtype).t()) + log_normaliser.to(kappa.device)[None]
     return F.cross_entropy(logits.float(), torch.arange(text.shape[0], device=text.device))
 
 
@@ -108,8 +112,9 @@ class VMFCoOp(CoOp):
                          lr=lr, **kwargs)
         self.anchor_weight, self.spherical_weight, self.symmetric = anchor_weight, spherical_weight, symmetric
 
-    def anchors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu C x D, kappa C)`` of every class, from its descriptions' frozen features (cached per class set)."""
+    def anchors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mu C x D, kappa C, log C_d(kappa) C)`` of every class, from its descriptions' frozen features, cached
+        per class set (so the host-side Bessel function runs once, not every step)."""
         lengths = {len(sentences) for sentences in self.descriptions.values()}
         if min(lengths) < 2:
             raise ConfigError("vmfcoop estimates a distribution per class: every class needs at least 2 descriptions")
@@ -117,14 +122,19 @@ class VMFCoOp(CoOp):
         used = {name: s[:count] for name, s in self.descriptions.items()}
         # Both terms read the anchors every step: fitted once per class set, cleared with the class names.
         key = ("vmf anchors", id(self.clip), tuple(self.classnames), str(self.clip.device))
-        return self.references._cached(key, lambda: vmf_estimate(
-            self.references.description_bank(self.clip, self.classnames, used).float()))
+
+        def fit() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            mu, kappa = vmf_estimate(self.references.description_bank(self.clip, self.classnames, used).float())
+            return mu, kappa, vmf_log_normaliser(kappa, mu.shape[-1])
+
+        return self.references._cached(key, fit)
 
     def loss_terms(self) -> list[LossTerm]:
         classify = (lambda out: symmetric_cross_entropy(out.logits, out.labels)) if self.symmetric else cross_entropy
         return [
             LossTerm("ce", 1.0, classify),
-            LossTerm("anchor", self.anchor_weight, lambda out: semantic_anchor_loss(out.text_features, *self.anchors())),
+            LossTerm("anchor", self.anchor_weight,
+                     lambda out: semantic_anchor_loss(out.text_features, *self.anchors()[:2])),
             LossTerm("spherical", self.spherical_weight,
                      lambda out: spherical_contrastive_loss(out.text_features, *self.anchors())),
         ]
