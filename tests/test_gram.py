@@ -11,8 +11,8 @@ import torch
 import vlprompt
 from vlprompt.data.captions import read_caption_pairs
 from vlprompt.errors import ConfigError
-from vlprompt.learners.gram import (GradientRegulator, GramPlugin, cluster_pairs, meta_step, read_gram,
-                                    sample_task, save_gram)
+from vlprompt.learners.gram import (GradientRegulator, GramPlugin, cluster_members, cluster_pairs, meta_step,
+                                    read_gram, sample_task, save_gram)
 from vlprompt.meta_config import MetaConfig
 from vlprompt.toy.world import write_caption_corpus
 
@@ -115,13 +115,13 @@ def test_tasks_draw_distinct_clusters_with_their_own_pairs():
     truth = torch.arange(6).repeat_interleave(10)
     assert all(len(set(labels[truth == k].tolist())) == 1 for k in range(6))  # the planted clusters are found
     config = MetaConfig(ways=3, shots=2, queries=3)
-    clusters, support, support_labels, query, query_labels = sample_task(labels, config, random.Random(0))
+    clusters, support, support_labels, query, query_labels = sample_task(cluster_members(labels), config, random.Random(0))
     assert len(set(clusters)) == 3 and len(support) == 6 and len(query) == 9
     assert not set(support.tolist()) & set(query.tolist())
     for way, cluster in enumerate(clusters):
         assert (labels[support[support_labels == way]] == cluster).all()
         assert (labels[query[query_labels == way]] == cluster).all()
-    assert sample_task(labels, MetaConfig(ways=7), random.Random(0)) is None
+    assert sample_task(cluster_members(labels), MetaConfig(ways=7), random.Random(0)) is None
 
 
 def test_caption_pairs_from_a_folder_and_from_csv_files(tmp_path):

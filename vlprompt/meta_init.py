@@ -58,15 +58,15 @@ def _learner_settings(learner_yaml: Path, clip_yaml: Optional[Path]) -> tuple[st
 def encode_pair_images(clip, pairs, batch_size: int = 256):
     """Normalised frozen image features of the pairs' images, in order."""
     import torch
-    from PIL import Image
 
     from vlprompt.data import image_transform
+    from vlprompt.data.images import read_rgb
 
     transform = image_transform(clip.preprocess_cfg)
     features = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            batch = torch.stack([transform(Image.open(p.image).convert("RGB")) for p in pairs[start:start + batch_size]])
+            batch = torch.stack([transform(read_rgb(p.image)) for p in pairs[start:start + batch_size]])
             features.append(clip.encode_image(batch, normalize=True))
     return torch.cat(features)
 
@@ -116,7 +116,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     image_features = encode_pair_images(clip, pairs)
     print(f"[meta-init] {len(pairs)} pairs encoded with {clip_args['name']} ({time.time() - started:.0f} s); "
           f"meta-learning {learner}'s context ({n_ctx} tokens from {ctx_init!r})", flush=True)
-    torch.manual_seed(config.seed)
     content = meta_train(clip, image_features, [p.caption for p in pairs], n_ctx, ctx_init, config,
                          report=lambda step, loss: print(f"[meta-init] step {step:4d}/{config.steps}  query loss "
                                                          f"{loss:.3f}  {time.time() - started:5.0f} s", flush=True))

@@ -8,9 +8,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlprompt.data.images import IMAGE_SUFFIXES
 from vlprompt.errors import ConfigError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
 from vlprompt.data.descriptions import read_descriptions
-from vlprompt.data.images import check_images, read_rgb
+from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
                                   subsample_classes)
 from vlprompt.errors import ConfigError
@@ -89,8 +89,6 @@ def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[
     return T.Compose(head + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-#: What ``unlabeled_dir`` counts as an image.
-UNLABELED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageSplitDataModule(pl.LightningDataModule):
@@ -191,10 +189,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.unlabeled_dir {str(self.unlabeled_dir)!r} is not a directory; pass a folder "
                                   "of images")
             relpaths = sorted(str(p.relative_to(self.unlabeled_dir)) for p in self.unlabeled_dir.rglob("*")
-                              if p.suffix.lower() in UNLABELED_SUFFIXES and p.is_file())
+                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not relpaths:
                 raise ConfigError(f"data.unlabeled_dir {str(self.unlabeled_dir)!r} holds no images "
-                                  f"({', '.join(UNLABELED_SUFFIXES)})")
+                                  f"({', '.join(IMAGE_SUFFIXES)})")
             # Training images without labels (-1): for learners that read none (CasPL's boosting stage).
             self.split = {**self.split, "train": [Item(path, -1, "") for path in relpaths]}
         self.datasets: dict[str, ImageListDataset] = {}

@@ -30,6 +30,8 @@ CHECK_THREADS = min(16, (os.cpu_count() or 1) * 4)
 #: Files per task of the start-up check.
 CHECK_CHUNK = 512
 #: Errors PIL raises for files it cannot read.
+#: What counts as an image file where a folder is read without a list (unlabelled images, image-caption pairs).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 

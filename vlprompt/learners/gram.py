@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import ConfigError
 from vlprompt.learners.context import ContextPrompts
+from vlprompt.learners.references import encode_texts
 from vlprompt.meta_config import REGULATOR_FORMS, MetaConfig
 
 #: Marks a GRAM checkpoint (and its format's version).
@@ -125,11 +126,16 @@ def cluster_names(captions: Sequence[str], text_features: torch.Tensor, labels: 
     return names
 
 
-def sample_task(labels: torch.Tensor, config: MetaConfig, rng: random.Random) -> Optional[tuple]:
-    """``(clusters, support indices, support labels, query indices, query labels)`` of one task, or None when fewer
-    than ``ways`` clusters have ``shots + queries`` members."""
+def cluster_members(labels: torch.Tensor) -> dict[int, list[int]]:
+    """The pair indices of each cluster (found once; every task draws from them)."""
+    return {c: (labels == c).nonzero().flatten().tolist() for c in labels.unique().tolist()}
+
+
+def sample_task(members: dict[int, list[int]], config: MetaConfig, rng: random.Random) -> Optional[tuple]:
+    """``(clusters, support indices, support labels, query indices, query labels)`` of one task drawn from the
+    clusters' ``members`` (:func:`cluster_members`), or None when fewer than ``ways`` clusters have ``shots +
+    queries`` members."""
     needed = config.shots + config.queries
-    members = {c: (labels == c).nonzero().flatten().tolist() for c in labels.unique().tolist()}
     eligible = sorted(c for c, m in members.items() if len(m) >= needed)
     if len(eligible) < config.ways:
         return None
@@ -151,13 +157,12 @@ def meta_train(clip: FrozenCLIP, image_features: torch.Tensor, captions: Sequenc
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     with torch.no_grad():
-        text_features = torch.cat([clip.encode_text(clip.tokenize(list(captions[i:i + 256])), normalize=True)
-                                   for i in range(0, len(captions), 256)])
+        text_features = encode_texts(clip, list(captions))
     labels = cluster_pairs(image_features, text_features, config.clusters)
-    names = cluster_names(captions, text_features, labels)
+    names, members = cluster_names(captions, text_features, labels), cluster_members(labels)
     placeholder = [names[c] for c in sorted(names)[:config.ways]]
     prompts = ContextPrompts(clip, placeholder, n_ctx, ctx_init)
-    if sample_task(labels, config, rng) is None:
+    if sample_task(members, config, rng) is None:
         raise ConfigError(f"no {config.ways} clusters have {config.shots + config.queries} pairs each; give more pairs, "
                           "fewer --clusters, or smaller --ways/--shots/--queries")
     regulator = GradientRegulator(tuple(prompts.ctx.shape), config.regulator)
@@ -168,7 +173,7 @@ def meta_train(clip: FrozenCLIP, image_features: torch.Tensor, captions: Sequenc
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(config.tasks_per_step):
-            clusters, support, support_labels, query, query_labels = sample_task(labels, config, rng)
+            clusters, support, support_labels, query, query_labels = sample_task(members, config, rng)
             prompts.build(clip, [names[c] for c in clusters])
             loss = meta_step(prompts.ctx, regulator,
                              lambda ctx: task_loss(prompts, clip, ctx, image_features[support], support_labels),
@@ -223,7 +228,9 @@ class GramPlugin:
 
     def __init__(self, init_from: Optional[str], gradient_regulator: Optional[str]):
         self.init = read_gram(init_from) if init_from else None
-        self.regulation = read_gram(gradient_regulator) if gradient_regulator else None
+        # Usually the same file: read once.
+        same = gradient_regulator == init_from and self.init is not None
+        self.regulation = self.init if same else read_gram(gradient_regulator) if gradient_regulator else None
         self.regulator = regulator_from(self.regulation) if self.regulation else None
         self._hook = None
 

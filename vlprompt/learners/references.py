@@ -58,7 +58,7 @@ class FrozenReferences:
         if len({len(t) for t in texts}) != 1:
             raise ConfigError("a description bank needs the same number of descriptions for every class")
         key = ("description bank", id(clip), tuple(classnames), tuple(map(tuple, texts)), str(clip.device))
-        return self._cached(key, lambda: _encode_all(clip, [t for ts in texts for t in ts]).view(
+        return self._cached(key, lambda: encode_texts(clip, [t for ts in texts for t in ts]).view(
             len(texts), len(texts[0]), -1))
 
     @staticmethod
@@ -81,12 +81,13 @@ class FrozenReferences:
 TEXT_BATCH = 1024
 
 
-def _encode_all(clip: FrozenCLIP, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+def encode_texts(clip: FrozenCLIP, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+    """Frozen text features of ``texts``, encoded in batches of :data:`TEXT_BATCH`."""
     return torch.cat([clip.encode_text(clip.tokenize(texts[i:i + TEXT_BATCH]), normalize=normalize)
                       for i in range(0, len(texts), TEXT_BATCH)])
 
 
 def _ensemble(clip: FrozenCLIP, texts_per_class: Sequence[Sequence[str]], normalize_each: bool) -> torch.Tensor:
-    encoded = _encode_all(clip, [text for texts in texts_per_class for text in texts], normalize_each)
+    encoded = encode_texts(clip, [text for texts in texts_per_class for text in texts], normalize_each)
     per_class = encoded.split([len(texts) for texts in texts_per_class])
     return F.normalize(torch.stack([features.mean(dim=0) for features in per_class]), dim=-1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
 from pathlib import Path
 
 from vlprompt.toy.world import CAPTION_CORPUS, TOY_DATASETS as DATASETS, ensure_toy_dataset, write_caption_corpus
