@@ -3,7 +3,6 @@ cascade of frozen boosting prompts under a second-stage learner (layout, frozen,
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 import pytorch_lightning as pl
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.learners.caspl import image_keys
 from vlprompt.learners.cascade import BoostingPrompts, content_hash
 from vlprompt.learners.losses import logit_distillation
 
@@ -88,13 +88,28 @@ def test_teacher_image_features_are_computed_once_per_image_without_augmentation
     calls = []
     original = teacher.encode_image
     monkeypatch.setattr(teacher, "encode_image", lambda x, **kw: calls.append(x.shape[0]) or original(x, **kw))
-    learner._batch_keys = [hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest() for image in images]
+    learner._batch_keys = image_keys(images)
     first = learner.teacher_image_features(images)
     again = learner.teacher_image_features(images)
     learner._batch_keys = None
     fresh = learner.teacher_image_features(images)
     assert calls == [6, 6]  # cached once, then recomputed only without keys
     assert torch.equal(first, again) and torch.equal(first, fresh)
+
+
+def test_the_teacher_cache_is_filled_before_training_without_touching_the_random_state(tiny_clip, teacher,
+                                                                                      image_batch):
+    images, _ = image_batch
+    learner = boost_learner(tiny_clip, teacher)
+    loader = DataLoader(TensorDataset(images, torch.full((6,), -1)), batch_size=4, shuffle=True)
+    state = torch.get_rng_state()
+    learner.fill_teacher_cache(loader)
+    assert torch.equal(torch.get_rng_state(), state)  # training then draws the batches it would have drawn
+    assert len(learner._teacher_cache) == 6
+    learner._batch_keys = image_keys(images)
+    torch.testing.assert_close(learner.teacher_image_features(images),
+                               teacher.encode_image(learner.teacher_inputs(images), normalize=True))
+    assert not learner.teacher_offloaded  # the teacher leaves only a GPU (tools/bench.py --caspl-memory measures it)
 
 
 @pytest.mark.parametrize("name", SECOND_STAGE)

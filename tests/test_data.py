@@ -146,3 +146,22 @@ def test_image_feature_cache_is_refused_where_it_would_be_wrong(tmp_path):
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match="maple changes the image features"):
         trainer.fit(maple, datamodule=data)
+
+
+def test_loader_workers_default_to_what_the_machine_has(tmp_path, monkeypatch):
+    from vlprompt.data import datamodule
+
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(datamodule.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert datamodule.default_num_workers() == 8  # 15 spare cores, capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert datamodule.default_num_workers() == 3  # 4 cores per device, one of them for its training process
+    monkeypatch.setattr(datamodule.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert datamodule.default_num_workers() == 0
+    write_toy_dataset("ToyShapes", tmp_path, train_per_class=1, val_per_class=1, test_per_class=1)
+    split = "split_zhou_ToyShapes.json"
+    assert ImageSplitDataModule(tmp_path, split_file=split).num_workers == 0
+    assert ImageSplitDataModule(tmp_path, split_file=split, num_workers=2).num_workers == 2
+    with pytest.raises(ConfigError, match="data.num_workers must be 0 or more"):
+        ImageSplitDataModule(tmp_path, split_file=split, num_workers=-1)

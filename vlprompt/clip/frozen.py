@@ -110,6 +110,10 @@ class FrozenCLIP(nn.Module):
             gives random weights, towers included (no pretrained Hugging Face or timm tower is downloaded).
             Ignored by open_clip for ``hf-hub:``/``local-dir:`` names.
         cache_dir: where open_clip caches downloads.
+        low_precision_weights: when a learner trains or evaluates in mixed precision (``bf16-mixed``,
+            ``16-mixed``), hold the frozen matrix weights in that compute dtype (:meth:`hold_in`) instead of letting
+            autocast re-cast them at every step. ``False`` keeps them in fp32 (autocast then casts per call, as
+            plain open_clip does).
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class FrozenCLIP(nn.Module):
         name: Union[str, dict],
         pretrained: Optional[str] = None,
         cache_dir: Optional[str] = None,
+        low_precision_weights: bool = True,
     ):
         # open_clip (and the Hugging Face and timm code it pulls in) is imported when a CLIP is built, not when
         # vlprompt is imported: `vlprompt fit --help` and the protocols' help never pay for it.
@@ -142,6 +147,9 @@ class FrozenCLIP(nn.Module):
         # Fixed once built; checkpoints record it on every save, so it is not re-derived from the modules each time.
         self._quick_gelu = any(isinstance(module, QuickGELU) for module in model.modules())
         self._embed_dim: Optional[int] = None
+        self.low_precision_weights = low_precision_weights
+        #: The dtype the matrix weights are held in once :meth:`hold_in` ran (None: as built, fp32).
+        self.compute_dtype: Optional[torch.dtype] = None
 
     # -- nn.Module plumbing ---------------------------------------------------------------------------------
     def __deepcopy__(self, memo) -> "FrozenCLIP":
@@ -156,6 +164,36 @@ class FrozenCLIP(nn.Module):
     def _apply(self, fn, recurse=True):
         self._model._apply(fn)
         return super()._apply(fn, recurse)
+
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """Hold the matrix weights (linear, convolution, attention projections: open_clip's
+        ``convert_weights_to_lp``) in ``dtype``, once, so mixed-precision steps compute with them directly instead
+        of autocast casting every frozen weight again at every step. Norms, embeddings and the logit scale stay
+        fp32, as autocast runs norms in fp32 anyway. From then on every ``encode_*`` call runs under autocast to
+        ``dtype`` (entered here when the caller has not) and returns fp32 features when it entered it. Nothing
+        happens when ``low_precision_weights`` is off or the weights already are in ``dtype``."""
+        from open_clip.model import convert_weights_to_lp
+
+        if not self.low_precision_weights or dtype == self.compute_dtype:
+            return
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ConfigError(f"frozen weights can be held in bfloat16 or float16, not {dtype}")
+        if self.compute_dtype is not None:
+            raise ConfigError(f"this CLIP's weights are already held in {self.compute_dtype}; build another CLIP "
+                              f"for {dtype} (holding them twice would lose precision)")
+        convert_weights_to_lp(self._model, dtype)
+        self.compute_dtype = dtype
+
+    @contextlib.contextmanager
+    def autocast(self):
+        """Autocast to the held dtype around an ``encode_*`` call; yields whether it entered it (its outputs are
+        then handed back as fp32, as an fp32 caller expects)."""
+        device_type = self.device.type
+        if self.compute_dtype is None or torch.is_autocast_enabled(device_type):
+            yield False
+            return
+        with torch.autocast(device_type, dtype=self.compute_dtype):
+            yield True
 
     @property
     def model(self) -> nn.Module:
@@ -309,7 +347,9 @@ class FrozenCLIP(nn.Module):
         """Text features of token ids, through the same path as learned prompts (open_clip's own
         ``encode_text`` for towers that cannot take learned tokens)."""
         if self._text is None:
-            features = self._model.encode_text(ids)
+            with self.autocast() as entered:
+                features = self._model.encode_text(ids)
+            features = features.float() if entered else features
         else:
             if self._text.cut_after_last_token:  # exact, as prompt_batch cuts: padding reaches no feature
                 mask = self._text.attention_mask(ids)  # what the tower itself masks (Hugging Face), else padding
@@ -337,7 +377,10 @@ class FrozenCLIP(nn.Module):
             prompt_start: first position of the replaced span (1 = right after the start token).
             attention_mask: ``N x L``, 1 for real tokens (Hugging Face towers need it; others ignore it).
         """
-        return self._require_text().encode(embeds, pool_index, attention_mask, deep_prompts or {}, prompt_start)
+        with self.autocast() as entered:
+            features = self._require_text().encode(embeds, pool_index, attention_mask, deep_prompts or {},
+                                                   prompt_start)
+        return features.float() if entered else features
 
     # -- image side ----------------------------------------------------------------------------------------------
     def encode_image(
@@ -355,18 +398,23 @@ class FrozenCLIP(nn.Module):
             deep_prompts: ``{layer: prompts}`` with ``layer >= 1``; before that layer the prompt tokens are
                 replaced (``n x width`` or ``B x n x width``).
         """
-        if prompts is None:
-            if deep_prompts:
-                raise ConfigError("visual deep prompts need input visual prompts to replace")
-            features = self._model.encode_image(images)
-        else:
-            features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
+        if prompts is None and deep_prompts:
+            raise ConfigError("visual deep prompts need input visual prompts to replace")
+        with self.autocast() as entered:
+            if prompts is None:
+                features = self._model.encode_image(images)
+            else:
+                features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
+        features = features.float() if entered else features
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image_tokens(self, images: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and the final-layer patch tokens ``B x N x embed_dim``, projected into the joint space
         as the pooled feature is (ViT towers; the features equal :meth:`encode_image`'s)."""
-        features, tokens = self._require_vit("give patch tokens").encode_with_tokens(images)
+        with self.autocast() as entered:
+            features, tokens = self._require_vit("give patch tokens").encode_with_tokens(images)
+        if entered:
+            features, tokens = features.float(), tokens.float()
         if normalize:
             features, tokens = F.normalize(features, dim=-1), F.normalize(tokens, dim=-1)
         return features, tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -66,6 +67,19 @@ class CachedImageFeatures(Dataset):
         return self.views[view, index], int(self.labels[index])
 
 
+#: More loader processes than this rarely feed one device faster (each decodes whole images) and cost memory.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """Loader processes that fit this machine: the cores this process may use, divided among the devices
+    training on this node (``LOCAL_WORLD_SIZE``, else the GPUs present), less one for the training process
+    itself, between 0 and :data:`MAX_DEFAULT_WORKERS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    devices = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(torch.cuda.device_count(), 1)
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // devices - 1))
+
+
 def _distributed_world_size() -> int:
     available = torch.distributed.is_available() and torch.distributed.is_initialized()
     return torch.distributed.get_world_size() if available else 1
@@ -115,7 +129,11 @@ class ImageSplitDataModule(pl.LightningDataModule):
         subsample: ``all`` classes, or the ``base`` / ``novel`` half.
         templates: the dataset's hand-written prompt templates, ``{}`` is the class name (default: the
             benchmark's, else ``a photo of a {}.``).
-        batch_size, eval_batch_size, num_workers: data loading.
+        batch_size, eval_batch_size: data loading.
+        num_workers: loader processes; ``None`` (default) fits the machine (:func:`default_num_workers`: the CPU
+            cores this process may use, shared among the devices of this node, one kept for the training
+            process, at most 8). Workers persist across epochs, and batches go to pinned memory when a GPU is
+            present.
         augment: random resized crop (scale 0.08-1) and horizontal flip for training, as Dassl does.
         image_size: override the model's input size.
         cache_image_features: encode the training images once with the learner's frozen image tower and train
@@ -146,7 +164,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         templates: Optional[Sequence[str]] = None,
         batch_size: int = 32,
         eval_batch_size: int = 100,
-        num_workers: int = 4,
+        num_workers: Optional[int] = None,
         augment: bool = True,
         image_size: Optional[int] = None,
         cache_image_features: bool = False,
@@ -177,7 +195,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
         self.template_groups = [list(group) for group in template_groups] if template_groups else None
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more (or null to fit the machine), got {num_workers}")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment, self.image_size, self.subsample = augment, image_size, subsample
         if cached_views < 1 or (cached_views > 1 and not augment):
             raise ConfigError(f"cached_views must be 1, or more with augment: true (got {cached_views} with augment "

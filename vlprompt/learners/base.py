@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, ClassVar, Optional, Sequence
+import types
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,6 +27,14 @@ from vlprompt.learners.references import FrozenReferences
 #: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``).
 CHECKPOINT_FORMAT = 2
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+#: Trainer precisions whose steps compute in a low dtype: the frozen weights are held in it (FrozenCLIP.hold_in).
+MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+#: The methods ``compile`` replaces, where a learner has them.
+#: (``image_features`` wraps ``encode_image`` where visual prompts apply: compiling the outer method covers both, and a
+#: compiled method calling another compiled one breaks torch's CUDA-graph mode.)
+COMPILED_METHODS = ("text_features", "image_features")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class PromptLearner(pl.LightningModule):
@@ -63,6 +72,10 @@ class PromptLearner(pl.LightningModule):
             initial context when a fit sets up (learners with a text context; our reading of GRAM,
             :mod:`vlprompt.learners.gram`).
         gradient_regulator: a GRAM checkpoint whose regulator gates the context's gradient at every training step.
+        compile: ``torch.compile`` the learner's heavy paths (``text_features``, ``image_features``) when a fit,
+            validation, test or prediction sets up: ``False`` (default), ``True`` (torch's default mode) or a torch
+            compile mode; ``"reduce-overhead"`` also replays CUDA graphs, which pays where shapes are static and
+            steps are launch-bound (small batches). The first steps compile.
     """
 
     registry_name: ClassVar[str] = ""
@@ -104,6 +117,7 @@ class PromptLearner(pl.LightningModule):
         boost_from: Optional[str] = None,
         init_from: Optional[str] = None,
         gradient_regulator: Optional[str] = None,
+        compile: Union[bool, str] = False,
     ):
         super().__init__()
         if not isinstance(clip, FrozenCLIP):
@@ -131,6 +145,8 @@ class PromptLearner(pl.LightningModule):
         #: GRAM (vlprompt/learners/gram.py): a meta-learned context and gradient regulator, applied at fit set-up.
         self.gram_init_from, self.gram_regulator_from = none_if_null(init_from), none_if_null(gradient_regulator)
         self._gram = None
+        self.compile_mode = _compile_mode(compile)
+        self._compiled = False
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         #: ``{classname: accuracy in percent}`` of the last test run.
         self.per_class_test_accuracy: dict[str, float] = {}
@@ -205,7 +221,8 @@ class PromptLearner(pl.LightningModule):
             return compute()
         if self._text_cache is None:
             with torch.no_grad():
-                self._text_cache = compute()
+                # A copy: a compiled path's output may live in a CUDA-graph pool that the next replay reuses.
+                self._text_cache = compute().clone() if self._compiled else compute()
         return self._text_cache
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -244,6 +261,12 @@ class PromptLearner(pl.LightningModule):
             raise ConfigError(f"learner {self.registry_name!r} has nothing to train; evaluate it with `vlprompt test`")
 
     def setup(self, stage: str) -> None:
+        dtype = MIXED_PRECISION_DTYPES.get(str(self.trainer.precision)) if self._trainer is not None else None
+        if dtype is not None:
+            for model in self.frozen_models.values():
+                model.hold_in(dtype)
+        if self.compile_mode is not None and not self._compiled:
+            self.compile_paths()
         # Before Lightning restores a resumed checkpoint, which then replaces the initialisation as it should.
         if stage == "fit" and (self.gram_init_from or self.gram_regulator_from) and self._gram is None:
             from vlprompt.learners.gram import GramPlugin
@@ -253,6 +276,33 @@ class PromptLearner(pl.LightningModule):
                 self._gram.apply_init(self)
             if self._gram.regulator is not None:
                 self._gram.attach_regulator(self)
+
+    def compile_paths(self) -> None:
+        """Replace the learner's heavy methods by ``torch.compile``d ones (``compile``'s mode). Each is bound as a
+        method, so a deep copy (weight averaging) binds the compiled function to the copy, not to this learner."""
+        for name in COMPILED_METHODS:
+            function = getattr(type(self), name, None)
+            if callable(function):
+                setattr(self, name, types.MethodType(torch.compile(function, mode=self.compile_mode), self))
+        self._compiled = True
+        self._text_cache = None
+
+    def _mark_cuda_graph_step(self) -> None:
+        # CUDA-graph replays reuse their output memory: tell torch a new step begins, so the last one's is free.
+        if self._compiled and self.compile_mode in CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._mark_cuda_graph_step()
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self._mark_cuda_graph_step()
+
+    def on_test_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self._mark_cuda_graph_step()
+
+    def on_predict_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self._mark_cuda_graph_step()
 
     def on_fit_start(self) -> None:
         self._require_trainable()
@@ -364,6 +414,17 @@ class PromptLearner(pl.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._text_cache = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _compile_mode(value: Union[bool, str, None]) -> Optional[str]:
+    """The torch compile mode of the ``compile`` option (None: off)."""
+    if value is None or value is False or value in ("false", "False"):
+        return None
+    if value is True or value in ("true", "True"):
+        return "default"
+    if value not in COMPILE_MODES:
+        raise ConfigError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}; got {value!r}")
+    return value
 
 
 def _random_state() -> dict[str, Any]:

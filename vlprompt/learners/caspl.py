@@ -38,7 +38,9 @@ class CasPLBoost(IVLP):
     Deliberate differences from the reference: the teacher's image features are computed once per training
     image and reused when augmentation is off (exactly what the reference recomputes every step; keyed by the
     image's bytes); the teacher reads images at its own size and normalisation (converted from the student's
-    input tensor when they differ); autocast instead of fp16 weights. ``distillation_weight`` 0 switches the
+    input tensor when they differ); autocast instead of fp16 weights. With the cache on, every training image's
+    teacher features are computed before the first step and the teacher then leaves the GPU
+    (``offload_teacher``), so stage 1 holds only the student on the device. ``distillation_weight`` 0 switches the
     only loss term off (nothing then trains; kept for uniform ablation switches).
     """
 
@@ -60,6 +62,7 @@ class CasPLBoost(IVLP):
         temperature: float = 1.0,
         distillation_weight: float = 1.0,
         cache_teacher: bool = True,
+        offload_teacher: bool = True,
         lr: float = 0.0025,
         **kwargs,
     ):
@@ -75,14 +78,59 @@ class CasPLBoost(IVLP):
                          n_vision_ctx=n_vision_ctx, vision_depth=vision_depth, lr=lr, **kwargs)
         self.teacher = teacher
         self.temperature, self.distillation_weight, self.cache_teacher = temperature, distillation_weight, cache_teacher
+        self.offload_teacher = offload_teacher
         #: Teacher image features by image content (bytes hash), filled as training images are first seen.
         self._teacher_cache: dict[str, torch.Tensor] = {}
         self._batch_keys: Optional[list[str]] = None
+        #: The teacher's class text features, kept on the student's device while the teacher is offloaded.
+        self._teacher_text: Optional[torch.Tensor] = None
 
     # -- the teacher ---------------------------------------------------------------------------------------------
     def teacher_text_features(self) -> torch.Tensor:
         """Frozen ``C x D`` teacher text features of the data set's first hand template."""
+        if self._teacher_text is not None:
+            return self._teacher_text
         return self.references.template_ensemble(self.teacher, self.classnames, self.templates[:1])
+
+    def _on_classnames_changed(self) -> None:
+        super()._on_classnames_changed()
+        self._teacher_text = None
+
+    @property
+    def teacher_offloaded(self) -> bool:
+        return self.teacher.device != self.clip.device
+
+    def _teacher_back(self) -> None:
+        """The teacher on the student's device again (an image the cache has not seen needs it)."""
+        if self.teacher_offloaded:
+            self.teacher.to(self.clip.device)
+            self._teacher_text = None
+
+    def on_train_start(self) -> None:
+        # Every training image's teacher features, once, before the first step; then, off a GPU, the teacher's
+        # weights leave the device (they are the larger CLIP), so the steps hold the student and its activations
+        # only.
+        if not self._caching():
+            return
+        self.fill_teacher_cache(self.trainer.datamodule.train_dataloader())
+        if self.offload_teacher and self.teacher is not self.clip and self.clip.device.type != "cpu":
+            self._teacher_text = self.teacher_text_features()
+            self.teacher.to("cpu")
+            if self.clip.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def fill_teacher_cache(self, loader) -> None:
+        """Teacher image features of every image ``loader`` yields (as ``(images, ...)`` batches), keyed as training
+        batches are. The global random state is left as it was, so training draws the same batches."""
+        with torch.random.fork_rng(devices=[]):
+            for batch in loader:
+                images = batch[0]
+                self._batch_keys = image_keys(images)
+                try:
+                    self.teacher_image_features(images.to(self.clip.device))
+                finally:
+                    self._batch_keys = None
 
     def teacher_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """The student's input batch at the teacher's image size and normalisation (itself when they agree)."""
@@ -106,6 +154,7 @@ class CasPLBoost(IVLP):
             return self.references.image_features(self.teacher, self.teacher_inputs(images))
         missing = [i for i, key in enumerate(keys) if key not in self._teacher_cache]
         if missing:
+            self._teacher_back()
             index = torch.tensor(missing, device=images.device)
             computed = self.references.image_features(self.teacher, self.teacher_inputs(images[index]))
             for i, feature in zip(missing, computed):
@@ -120,9 +169,7 @@ class CasPLBoost(IVLP):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if self._trainer is not None and self.trainer.training and self._caching():
             images, labels = batch[0], batch[1]
-            # On the host before the copy to the device: no synchronisation, and exact.
-            keys = [hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest() for image in images]
-            return images, labels, keys
+            return images, labels, image_keys(images)
         return batch
 
     def training_step(self, batch, batch_idx):
@@ -144,3 +191,9 @@ class CasPLBoost(IVLP):
         return [LossTerm("distillation", self.distillation_weight,
                          lambda out: logit_distillation(out.logits, out.extras["teacher_logits"], self.temperature,
                                                         normalize_by="batch"))]
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """Cache keys of a batch of images: the hash of each image's bytes, on the host (before the copy to the
+    device: no synchronisation, and exact)."""
+    return [hashlib.sha1(image.contiguous().cpu().numpy().tobytes()).hexdigest() for image in images]

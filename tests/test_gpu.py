@@ -1,0 +1,69 @@
+"""What only a GPU can show: the CasPL teacher leaving the device once its features are cached, and a fit with the
+frozen weights held in bf16 and the learner compiled with CUDA graphs. Skipped without CUDA (tools/gpu_checks.sh
+runs them on a lent GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import vlprompt
+
+from conftest import CLASSNAMES, tiny_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class UnaugmentedData(pl.LightningDataModule):
+    """Fixed images without augmentation: what lets CasPL cache its teacher."""
+
+    augment = False
+
+    def __init__(self, images, labels):
+        super().__init__()
+        self.images, self.labels = images, labels
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.images, self.labels), batch_size=4, shuffle=True)
+
+
+def trainer(tmp_path, **options) -> pl.Trainer:
+    return pl.Trainer(accelerator="cuda", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      limit_val_batches=0, num_sanity_val_steps=0, **options)
+
+
+class WhereModelsAre(pl.Callback):
+    """The devices of the student and the teacher during training (a fit's end moves the learner to the CPU)."""
+
+    def on_train_epoch_end(self, trainer, learner):
+        self.seen = (learner.clip.device.type, learner.teacher.device.type, learner.teacher_offloaded,
+                     len(learner._teacher_cache))
+
+
+def test_caspl_offloads_its_teacher_once_every_image_is_cached(tmp_path):
+    torch.manual_seed(0)
+    student = vlprompt.load_clip(tiny_config())
+    teacher = vlprompt.load_clip(tiny_config(text_cfg={"width": 48, "heads": 3}))
+    learner = vlprompt.build_learner("caspl_boost", clip=student, teacher=teacher, classnames=CLASSNAMES, lr=0.05,
+                                     warmup_epochs=0)
+    images = torch.randn(12, 3, 32, 32)
+    before = learner.prompts.ctx.detach().clone()
+    where = WhereModelsAre()
+    trainer(tmp_path, callbacks=[where]).fit(learner, datamodule=UnaugmentedData(images, torch.full((12,), -1)))
+    assert where.seen == ("cuda", "cpu", True, 12)
+    assert not torch.equal(learner.prompts.ctx.detach().cpu(), before)
+
+
+def test_a_fit_in_bf16_holds_the_weights_and_runs_compiled_with_cuda_graphs(tmp_path):
+    torch.manual_seed(0)
+    clip = vlprompt.load_clip(tiny_config())
+    learner = vlprompt.build_learner("coop", clip=clip, classnames=CLASSNAMES, compile="reduce-overhead")
+    images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % len(CLASSNAMES)
+    before = learner.prompts.ctx.detach().clone()
+    trainer(tmp_path, precision="bf16-mixed").fit(learner, DataLoader(TensorDataset(images, labels), batch_size=4))
+    assert clip.compute_dtype == torch.bfloat16 and learner._compiled
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in learner.parameters())
+    assert not torch.equal(learner.prompts.ctx.detach().cpu(), before)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU speed and memory check of tools/bench.py in one go, about 8 minutes on one H100 or H200:
+#   bash tools/gpu_checks.sh [OUT_DIR]      (default runs/gpu; the report is OUT_DIR/benchmarks-gpu.md)
+# Each check has its own time limit, so one that hangs or fails leaves the others' numbers in the report.
+set -u
+out=${1:-runs/gpu}
+mkdir -p "$out"
+report="$out/benchmarks-gpu.md"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+check() {
+    local limit=$1
+    shift
+    echo "== tools/bench.py $* (limit ${limit}s)"
+    timeout "$limit" "$python" tools/bench.py "$@" --out "$report" || echo "!! exit $?: tools/bench.py $*"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+check 250 --gpu-speed --device cuda
+echo "== pytest tests/test_gpu.py"
+timeout 100 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+check 45 --caspl-memory --device cuda
+check 45 --caspl-memory --device cuda --precision bf16-mixed
+check 130 --device cuda --precision bf16-mixed --classes 100 1000
+check 100 --data-loading --device cuda
