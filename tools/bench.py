@@ -7,6 +7,7 @@
     python tools/bench.py --caspl-memory       # CasPL stage 1: cached teacher vs recomputed, ViT-B/16 vs ViT-L/14
     python tools/bench.py --gpu-speed          # GPU step targets: today's way vs weights held in bf16 vs compiled
     python tools/bench.py --data-loading       # does `vlprompt fit` keep the device fed on generated JPEGs?
+    python tools/bench.py --shared-prefix --classes 4 100 1000   # CoOp's text step, context encoded once or not
     bash tools/gpu_checks.sh docs              # every GPU check in one go (about 8 minutes on an H100 or H200)
 
 Everything runs in one process on the same model, data and settings, so the ratios compare like with like on
@@ -15,7 +16,8 @@ text features recomputed for every batch, CoCoOp's prompts for every image encod
 ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the bytes autograd keeps for the backward pass
 (activations), which is what grows with batch x classes. Writes the tables to ``runs/benchmarks.md``
 (``--out docs/benchmarks.md`` for the tracked copy; the GPU report is docs/benchmarks-gpu.md). ``--startup``,
-``--caspl-memory``, ``--gpu-speed`` and ``--data-loading`` replace only their own section there.
+``--caspl-memory``, ``--gpu-speed``, ``--data-loading`` and ``--shared-prefix`` replace only their own section
+there.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ STARTUP_HEADING = "## Start-up"
 CASPL_HEADING = "## CasPL stage 1: cached teacher"
 GPU_SPEED_HEADING = "## GPU step speed"
 DATA_HEADING = "## Data loading"
+PREFIX_HEADING = "## Shared prefix"
 #: Sections measured by their own options: the main report keeps them as they were.
 GPU_SUMMARY_HEADING = "## On a GPU"
 OWN_SECTIONS = (STARTUP_HEADING, CASPL_HEADING, CASPL_HEADING + " (GPU, fp32)", CASPL_HEADING + " (GPU, bf16)",
-                GPU_SPEED_HEADING, DATA_HEADING, GPU_SUMMARY_HEADING)
+                GPU_SPEED_HEADING, DATA_HEADING, GPU_SUMMARY_HEADING, PREFIX_HEADING)
 #: GPU targets (issue 17): CoOp's step against today's (fp32 frozen weights under autocast, not compiled) and
 #: against its own summed kernel time; MaPLe's images/s against today's; evaluation against bare open_clip.
 GPU_TARGETS = {"coop_step_vs_today": 0.6, "coop_step_vs_kernels": 1.15, "maple_speedup": 1.5, "eval_vs_bare": 0.95}
@@ -172,6 +175,9 @@ def main() -> None:
     parser.add_argument("--data-loading", action="store_true",
                         help="measure only whether `vlprompt fit` keeps the device fed on generated JPEGs (5 epochs "
                              "against steps x the step time), and replace that section of --out")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="measure only CoOp's text-side step with the shared context encoded once against once per "
+                             "class, at each of --classes, and replace that section of --out")
     parser.add_argument("--jpegs", type=int, default=1600, help="images of the --data-loading set")
     parser.add_argument("--gpu-classes", type=int, default=1000, help="classes of the --gpu-speed CoOp rows")
     parser.add_argument("--gpu-batch", type=int, default=32, help="batch of the --gpu-speed CoOp rows")
@@ -191,6 +197,9 @@ def main() -> None:
         return
     if options.data_loading:
         write_data_section(options, torch.device(options.device))
+        return
+    if options.shared_prefix:
+        write_shared_prefix_section(options, torch.device(options.device))
         return
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -265,6 +274,10 @@ def main() -> None:
                 F.cross_entropy(logits, labels).backward()
             return run
         ours_text = timer(text_step(coop.text_features))
+        # Ours with the context encoded once per class instead of once (no shared prefix): what sharing saves.
+        unshared_text = timer(text_step(lambda: F.normalize(clip.encode_text_embeddings(
+            coop.prompts.embeddings(), coop.prompts.pool_index, prompt_start=coop.prompts.prompt_start,
+            attention_mask=coop.prompts.attention_mask).float(), dim=-1)))
         naive_text = timer(text_step(lambda: naive_text_features(clip, coop.prompts.embeddings(),
                                                                  coop.prompts.pool_index)))
 
@@ -306,7 +319,8 @@ def main() -> None:
         coop_eval = next(r["eval_ips"] for r in rows if r["learner"] == "coop")
         ratios = {"coop_text_step": ours_text / naive_text, "eval_throughput": coop_eval / bare_ips,
                   "cocoop_memory": memory_ours / memory_naive if memory_naive else None}
-        sections.append((n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact))
+        sections.append((n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact,
+                         unshared_text))
         print(f"{n_classes} classes: " + ", ".join(f"{k} {'OOM' if v is None else format(v, '.3f') + 'x'}"
                                                    for k, v in ratios.items()), flush=True)
 
@@ -459,6 +473,67 @@ def write_startup_section(out: Path, repeats: int) -> None:
               "`make install` builds it once for each Lightning subcommand, so after installing even the first call "
               "is the fast one.", ""]
     replace_section(out, STARTUP_HEADING, lines)
+
+
+def write_shared_prefix_section(options, device: torch.device) -> None:
+    """CoOp's text-side training step (text features, logits against fixed image features, backward) with the
+    context shared by all classes encoded once, against the same prompts encoded whole, interleaved in one process,
+    at every ``--classes`` count. The learner only shares from ``MIN_SEQUENCES_TO_SHARE`` classes on; this calls the
+    prefix path directly so every count is measured both ways."""
+    from vlprompt.clip import towers
+
+    torch.manual_seed(0)
+    clip = vlprompt.load_clip(options.model).to(device)
+    started, rows = time.time(), []
+    for n_classes in options.classes:
+        coop = vlprompt.build_learner("coop", clip, classnames(n_classes)).to(device).train()
+        prompts = coop.prompts
+        features = F.normalize(torch.randn(options.batch, clip.embed_dim, device=device), dim=-1)
+        labels = torch.arange(options.batch, device=device) % n_classes
+
+        def step(share: bool):
+            def run():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16-mixed"):
+                    text = clip.encode_text_embeddings(prompts.embeddings(), prompts.pool_index,
+                                                       prompt_start=prompts.prompt_start,
+                                                       attention_mask=prompts.attention_mask,
+                                                       shared_prefix=prompts.shared_prefix if share else 0)
+                    logits = coop.logits(features, F.normalize(text.float(), dim=-1))
+                F.cross_entropy(logits, labels).backward()
+            return run
+        timer, seconds = Timer(device, options.repeats), {True: float("inf"), False: float("inf")}
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_patched(towers, "MIN_SEQUENCES_TO_SHARE", 2))
+            for _ in range(3):  # interleaved rounds; the best median of each
+                for share in (True, False):
+                    seconds[share] = min(seconds[share], timer(step(share)))
+        rows.append((n_classes, prompts.shared_prefix, prompts.token_embeds.shape[1], seconds[True], seconds[False]))
+        print(rows[-1], flush=True)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    lines = [PREFIX_HEADING, "",
+             f"`python tools/bench.py --shared-prefix --classes {' '.join(map(str, options.classes))}` ({machine}; "
+             f"torch {torch.__version__}; {options.model}, random init, precision {options.precision}; CoOp's "
+             f"defaults (4 context tokens initialised from \"a photo of a\"), batch {options.batch}; best of 3 "
+             f"interleaved medians of {options.repeats}; {(time.time() - started) / 60:.1f} min): the text-side "
+             "training step with the shared prefix encoded once, against every prompt encoded whole.", "",
+             "| classes | shared prefix / prompt length | encoded once (s) | whole (s) | ratio |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {prefix} / {length} | {shared:.4f} | {whole:.4f} | {shared / whole:.2f}x |"
+              for n, prefix, length, shared, whole in rows]
+    lines += ["", f"The learners share from {towers.MIN_SEQUENCES_TO_SHARE} prompts on "
+              "(`vlprompt/clip/towers.py`, `MIN_SEQUENCES_TO_SHARE`).", ""]
+    replace_section(options.out, PREFIX_HEADING, lines)
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def _image_size(clip) -> int:
@@ -787,7 +862,7 @@ def write_report(options, device: torch.device, sections, seconds: float) -> Non
              "", f"Machine: {machine}; torch {torch.__version__}; {options.model} (random init), precision "
              f"{options.precision}; training batch {options.batch}, evaluation batch {options.eval_batch}, "
              f"median of {options.repeats}; {seconds / 60:.1f} min.", ""]
-    for n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact in sections:
+    for n_classes, rows, bare_ips, ours_text, naive_text, memory_ours, memory_naive, ratios, exact, unshared in sections:
         # A baseline that ran out of memory leaves its ratio unmeasured; ours fitting where it did not is a pass.
         met = {k: (v is None or (v <= TARGETS[k] if k != "eval_throughput" else v >= TARGETS[k]))
                for k, v in ratios.items()}
@@ -803,6 +878,8 @@ def write_report(options, device: torch.device, sections, seconds: float) -> Non
                   f"| CoOp text-side training step (s) | {ours_text:.4f} | {naive_text:.4f} | "
                   f"{ratios['coop_text_step']:.3f}x | <= {TARGETS['coop_text_step']}x | "
                   f"{'yes' if met['coop_text_step'] else 'no'} |",
+                  f"| CoOp text-side step, ours without the shared prefix (s) | {unshared:.4f} | {naive_text:.4f} | "
+                  f"{unshared / naive_text:.3f}x | - | - |",
                   f"| CoOp evaluation vs bare image encoding (images/s) | "
                   f"{next(r['eval_ips'] for r in rows if r['learner'] == 'coop'):.1f} | {bare_ips:.1f} | "
                   f"{ratios['eval_throughput']:.3f}x | >= {TARGETS['eval_throughput']}x | "
@@ -812,7 +889,8 @@ def write_report(options, device: torch.device, sections, seconds: float) -> Non
                   f"{'-' if memory_naive is None else format(ratios['cocoop_memory'], '.3f') + 'x'} | "
                   f"<= {TARGETS['cocoop_memory']}x | "
                   f"{'yes' if met['cocoop_memory'] else 'no'} |", "",
-                  f"Ours vs naive CoOp text features: max abs difference {exact:.2e} (the cut after EOT is exact). "
+                  f"Ours vs naive CoOp text features: max abs difference {exact:.2e} (the cut after EOT and the "
+                  "shared prefix are exact). "
                   f"Learners run with their defaults; the CoCoOp comparison uses text_chunk_size "
                   f"{options.cocoop_chunk} and activation checkpointing"
                   + ("" if device.type == "cuda" else " (its memory adds the one chunk recomputed at a time "

@@ -22,3 +22,4 @@ check 45 --caspl-memory --device cuda
 check 45 --caspl-memory --device cuda --precision bf16-mixed
 check 130 --device cuda --precision bf16-mixed --classes 100 1000
 check 100 --data-loading --device cuda
+check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32

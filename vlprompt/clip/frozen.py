@@ -366,6 +366,8 @@ class FrozenCLIP(nn.Module):
         deep_prompts: Optional[DeepPrompts] = None,
         prompt_start: int = 1,
         attention_mask: Optional[torch.Tensor] = None,
+        shared_prefix: int = 0,
+        prefix_groups: int = 1,
     ) -> torch.Tensor:
         """Text features of token embeddings (``N x L x width``), some of which may be learned.
 
@@ -376,10 +378,15 @@ class FrozenCLIP(nn.Module):
                 starting at ``prompt_start`` are replaced by ``prompts`` (``n x width`` or ``N x n x width``).
             prompt_start: first position of the replaced span (1 = right after the start token).
             attention_mask: ``N x L``, 1 for real tokens (Hugging Face towers need it; others ignore it).
+            shared_prefix: how many leading positions are the same in every sequence (a context shared by all
+                classes, and deep prompts shared by all within it): a causal text tower encodes them once instead
+                of once per sequence, exactly. Only a promise the caller can keep: 0 (default) assumes nothing.
+            prefix_groups: the prefix is shared within each of this many equal, consecutive groups of sequences
+                (one per image for per-image contexts) rather than by all.
         """
         with self.autocast() as entered:
             features = self._require_text().encode(embeds, pool_index, attention_mask, deep_prompts or {},
-                                                   prompt_start)
+                                                   prompt_start, shared_prefix, prefix_groups)
         return features.float() if entered else features
 
     # -- image side ----------------------------------------------------------------------------------------------

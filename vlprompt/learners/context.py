@@ -121,8 +121,18 @@ class ContextPrompts(nn.Module):
         if self._boost is not None:
             deep_prompts = self._boost.text_deep_prompts(deep_prompts, self.n_ctx)
         start = self.prompt_start if deep_prompts else self._prefix_length
+        # Per-image prompts (repeat > 1, image-major) share their prefix within each image's classes.
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
-                                           prompt_start=start, attention_mask=mask)
+                                           prompt_start=start, attention_mask=mask, shared_prefix=self.shared_prefix,
+                                           prefix_groups=repeat)
+
+    @property
+    def shared_prefix(self) -> int:
+        """Leading positions that are the same in every class's prompt: the start tokens, the shared context,
+        the boosting tokens and fixed init words before the class name (``end`` layout); 0 otherwise."""
+        if self.class_token_position != "end" or self.class_specific:
+            return 0
+        return self._prefix_length + self.n_ctx + len(self._boost_ids) + len(self._fixed_ids)
 
     def _pieces(self, name: str) -> tuple[list, list[int]]:
         """Prompt pieces for one class and the indices of the learned ones."""
