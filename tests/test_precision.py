@@ -136,3 +136,66 @@ def test_a_compiled_learner_fits_in_bf16_with_inductor(image_batch, tmp_path):
     trainer.fit(learner, DataLoader(TensorDataset(*image_batch), batch_size=3))
     assert learner._compiled and learner.clip.compute_dtype == torch.bfloat16
     assert all(torch.isfinite(p).all() for p in learner.parameters())
+
+
+def kept_bytes(run) -> int:
+    """Bytes autograd keeps for the backward pass during ``run`` (each storage once)."""
+    seen, total = set(), [0]
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in seen:
+            seen.add(tensor.untyped_storage().data_ptr())
+            total[0] += tensor.untyped_storage().nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return total[0]
+
+
+VISUAL_PROMPTS = [name for name in TRAINABLE if name in ("caspl_boost", "ivlp", "maple", "promptsrc")]
+
+
+@pytest.mark.parametrize("name", VISUAL_PROMPTS)
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(name, tiny_clip, image_batch):
+    images, labels = image_batch
+    losses, gradients, kept = {}, {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
+                                         activation_checkpointing=checkpointing,
+                                         **learner_arguments(name, tiny_clip, CLASSNAMES)).train()
+
+        def run():
+            losses[checkpointing] = learner.training_loss(images, labels).total
+        kept[checkpointing] = kept_bytes(run)
+        losses[checkpointing].backward()
+        gradients[checkpointing] = {k: p.grad for k, p in learner.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(losses[True], losses[False])
+    assert gradients[True].keys() == gradients[False].keys()
+    for key, gradient in gradients[False].items():
+        torch.testing.assert_close(gradients[True][key], gradient, rtol=1e-5, atol=1e-7)
+    assert kept[True] < kept[False] / 2, kept
+
+
+def test_activation_checkpointing_recomputes_an_eva_block_with_its_prompts_counted_as_prefix():
+    # EVA-02 counts the prompt tokens as prefix tokens (outside the rotary embedding) only while they are in: the
+    # recomputation in the backward pass must count them again.
+    config = {"embed_dim": 16,
+              "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224",
+                             "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": "linear"},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    torch.manual_seed(0)
+    clip = vlprompt.load_clip(config)
+    prompts = torch.randn(2, clip.vision_width, requires_grad=True)
+    deep = {1: torch.randn(2, clip.vision_width, requires_grad=True)}
+    images = torch.randn(2, 3, 224, 224)
+    gradients = []
+    for checkpoint in (False, True):
+        features = clip.encode_image(images, prompts=prompts, deep_prompts=deep, checkpoint=checkpoint)
+        (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+        gradients.append((prompts.grad.clone(), deep[1].grad.clone()))
+        prompts.grad, deep[1].grad = None, None
+    prefix = [block.attn.num_prefix_tokens for block in clip.model.visual.trunk.blocks]
+    assert prefix == [clip.model.visual.trunk.num_prefix_tokens] * len(prefix)  # restored after every call
+    for plain, recomputed in zip(*gradients):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)

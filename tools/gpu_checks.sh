@@ -20,6 +20,7 @@ echo "== pytest tests/test_gpu.py"
 timeout 100 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
 check 45 --caspl-memory --device cuda
 check 45 --caspl-memory --device cuda --precision bf16-mixed
+check 45 --caspl-memory --device cuda --activation-checkpointing
 check 130 --device cuda --precision bf16-mixed --classes 100 1000
 check 100 --data-loading --device cuda
 check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32

@@ -396,6 +396,7 @@ class FrozenCLIP(nn.Module):
         prompts: Optional[torch.Tensor] = None,
         deep_prompts: Optional[DeepPrompts] = None,
         normalize: bool = False,
+        checkpoint: bool = False,
     ) -> torch.Tensor:
         """Image features, optionally with learned visual tokens.
 
@@ -404,6 +405,8 @@ class FrozenCLIP(nn.Module):
                 (after the patch tokens; after the class token on EVA-02, see :mod:`vlprompt.clip.towers`).
             deep_prompts: ``{layer: prompts}`` with ``layer >= 1``; before that layer the prompt tokens are
                 replaced (``n x width`` or ``B x n x width``).
+            checkpoint: with prompts, recompute each block's activations in the backward pass instead of keeping
+                them (less memory for about a third more compute; exact).
         """
         if prompts is None and deep_prompts:
             raise ConfigError("visual deep prompts need input visual prompts to replace")
@@ -411,7 +414,8 @@ class FrozenCLIP(nn.Module):
             if prompts is None:
                 features = self._model.encode_image(images)
             else:
-                features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {})
+                features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {},
+                                                                           checkpoint)
         features = features.float() if entered else features
         return F.normalize(features, dim=-1) if normalize else features
 

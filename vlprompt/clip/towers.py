@@ -21,6 +21,7 @@ appended after the text) still encode token ids for zero-shot through open_clip'
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -297,7 +298,10 @@ class VisionTower:
     width: int
     layers: int
 
-    def encode(self, images: torch.Tensor, prompts: torch.Tensor, deep_prompts: DeepPrompts) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, prompts: torch.Tensor, deep_prompts: DeepPrompts,
+               checkpoint: bool = False) -> torch.Tensor:
+        """Image features with prompt tokens; ``checkpoint`` recomputes each block's activations in the backward
+        pass instead of keeping them."""
         raise NotImplementedError
 
     def encode_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,7 +317,7 @@ class OpenCLIPViT(VisionTower):
     width = property(lambda self: self.visual.transformer.width)
     layers = property(lambda self: len(self.visual.transformer.resblocks))
 
-    def encode(self, images, prompts, deep_prompts):
+    def encode(self, images, prompts, deep_prompts, checkpoint=False):
         visual = self.visual
         batch = images.shape[0]
         x = visual.conv1(images).flatten(2).transpose(1, 2)
@@ -327,7 +331,7 @@ class OpenCLIPViT(VisionTower):
         for layer, block in enumerate(visual.transformer.resblocks):
             if layer in deep_prompts:
                 x = replace_span(x, x.shape[1] - n_prompts, deep_prompts[layer])
-            x = block(x)
+            x = run_block(block, x, checkpoint)
         # Prompt tokens are dropped before pooling so average pooling sees only the image's own tokens.
         pooled, _ = visual._pool(x[:, :-n_prompts])
         return pooled @ visual.proj if visual.proj is not None else pooled
@@ -352,7 +356,7 @@ class TimmViT(VisionTower):
     width = property(lambda self: self.trunk.embed_dim)
     layers = property(lambda self: len(self.trunk.blocks))
 
-    def encode(self, images, prompts, deep_prompts):
+    def encode(self, images, prompts, deep_prompts, checkpoint=False):
         trunk = self.trunk
         x = trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images)))
         n_prompts = prompts.shape[-2]
@@ -361,7 +365,7 @@ class TimmViT(VisionTower):
         for layer, block in enumerate(trunk.blocks):
             if layer in deep_prompts:
                 x = replace_span(x, x.shape[1] - n_prompts, deep_prompts[layer])
-            x = block(x)
+            x = run_block(block, x, checkpoint)
         x = trunk.norm(x[:, :-n_prompts])
         return self.visual.head(trunk.forward_head(x))
 
@@ -383,7 +387,7 @@ class TimmEva(TimmViT):
     while the prompts are in: the rotary embedding then meets exactly the patch grid it was made for.
     """
 
-    def encode(self, images, prompts, deep_prompts):
+    def encode(self, images, prompts, deep_prompts, checkpoint=False):
         trunk = self.trunk
         if getattr(trunk, "rope_mixed", False):
             raise ConfigError("visual prompts on a timm Eva with depth-dependent (mixed) rotary embeddings are not "
@@ -393,17 +397,18 @@ class TimmEva(TimmViT):
         prompts = expand_batch(prompts, x.shape[0]).to(x.dtype)
         x = trunk.norm_pre(torch.cat([x[:, :prefix], prompts, x[:, prefix:]], dim=1))
         deep_prompts = check_deep_prompts(deep_prompts, len(trunk.blocks))
-        attentions = [block.attn for block in trunk.blocks]
-        for attention in attentions:
-            attention.num_prefix_tokens += n_prompts
-        try:
-            for layer, block in enumerate(trunk.blocks):
-                if layer in deep_prompts:
-                    x = replace_span(x, prefix, deep_prompts[layer])
-                x = block(x, rope=rope)
-        finally:
-            for attention in attentions:
-                attention.num_prefix_tokens -= n_prompts
+
+        def with_prompts_as_prefix(block, x):
+            # Counted as prefix tokens for this call only, so a checkpointed block recomputes the same way.
+            block.attn.num_prefix_tokens += n_prompts
+            try:
+                return block(x, rope=rope)
+            finally:
+                block.attn.num_prefix_tokens -= n_prompts
+        for layer, block in enumerate(trunk.blocks):
+            if layer in deep_prompts:
+                x = replace_span(x, prefix, deep_prompts[layer])
+            x = run_block(functools.partial(with_prompts_as_prefix, block), x, checkpoint)
         x = trunk.norm(torch.cat([x[:, :prefix], x[:, prefix + n_prompts:]], dim=1))
         return self.visual.head(trunk.forward_head(x))
 
@@ -429,6 +434,14 @@ def check_deep_prompts(deep_prompts: Optional[DeepPrompts], n_layers: int) -> De
         raise ConfigError(f"deep prompts for layers {bad} are out of range 1..{n_layers - 1} "
                           "(layer 0 prompts are the input prompts)")
     return deep_prompts
+
+
+def run_block(block, x: torch.Tensor, checkpoint: bool, **kwargs) -> torch.Tensor:
+    """``block(x, **kwargs)``; with ``checkpoint`` (and gradients on), its activations are recomputed in the
+    backward pass instead of kept (the frozen towers run in eval mode: no dropout, so the recomputation is exact)."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kwargs)
+    return block(x, **kwargs)
 
 
 def expand_batch(prompts: torch.Tensor, batch: int) -> torch.Tensor:

@@ -52,11 +52,10 @@ class CoCoOp(PromptLearner):
         activation_checkpointing: bool = False,
         **kwargs,
     ):
-        super().__init__(clip, classnames, templates, **kwargs)
+        super().__init__(clip, classnames, templates, activation_checkpointing=activation_checkpointing, **kwargs)
         if text_chunk_size is not None and text_chunk_size < 1:
             raise ConfigError(f"text_chunk_size must be a positive number of images or null, got {text_chunk_size}")
         self.text_chunk_size = text_chunk_size
-        self.activation_checkpointing = activation_checkpointing
         self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
         image_dim, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
