@@ -137,11 +137,12 @@ def naive_text_features(clip, embeds: torch.Tensor, pool_index: torch.Tensor) ->
     context = model.positional_embedding.shape[0]
     padding = model.token_embedding.weight[0].expand(embeds.shape[0], context - embeds.shape[1], -1)
     x = torch.cat([embeds, padding.to(embeds.dtype)], dim=1) + model.positional_embedding
-    with clip.autocast() as entered:  # weights held in bf16 compute in it, as the wrapper's own paths do
-        x = model.transformer(x, attn_mask=model.attn_mask)
-        x = model.ln_final(x)
-        features = x[torch.arange(x.shape[0]), pool_index] @ model.text_projection
-    return F.normalize(features.float() if entered else features, dim=-1)
+
+    def encode(x):
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        return x[torch.arange(x.shape[0]), pool_index] @ model.text_projection
+    # Weights held in bf16 compute in it, as the wrapper's own paths do.
+    return F.normalize(clip.compute(encode, x), dim=-1)
 
 
 def main() -> None:
@@ -191,18 +192,13 @@ def main() -> None:
     if options.startup:
         write_startup_section(options.out, options.repeats)
         return
-    if options.caspl_memory:
-        write_caspl_section(options, torch.device(options.device))
-        return
-    if options.gpu_speed:
-        write_gpu_speed_section(options, torch.device(options.device))
-        return
-    if options.data_loading:
-        write_data_section(options, torch.device(options.device))
-        return
-    if options.shared_prefix:
-        write_shared_prefix_section(options, torch.device(options.device))
-        return
+    # Each of these measures only its own section of --out.
+    sections = {"caspl_memory": write_caspl_section, "gpu_speed": write_gpu_speed_section,
+                "data_loading": write_data_section, "shared_prefix": write_shared_prefix_section}
+    for option, write_section in sections.items():
+        if getattr(options, option):
+            write_section(options, torch.device(options.device))
+            return
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(0)
@@ -213,8 +209,7 @@ def main() -> None:
     clip = vlprompt.load_clip(options.model).to(device)
     if options.precision == "bf16-mixed":
         clip.hold_in(torch.bfloat16)  # as `vlprompt fit --trainer.precision bf16-mixed` does
-    size = clip.preprocess_cfg["size"]
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size = _image_size(clip)
     started = time.time()
     sections = []
     for n_classes in options.classes:
@@ -402,8 +397,7 @@ def write_caspl_section(options, device: torch.device) -> None:
             torch.cuda.synchronize()
         total = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
         measured[cached] = {"memory": memory, "total": total, "seconds": time.perf_counter() - step_started}
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = _machine(device)
     gpu = device.type == "cuda"
     key = "total" if gpu else "memory"
     ratio = measured[True][key] / max(measured[False][key], 1)
@@ -517,8 +511,7 @@ def write_shared_prefix_section(options, device: torch.device) -> None:
                     seconds[share] = min(seconds[share], timer(step(share)))
         rows.append((n_classes, prompts.shared_prefix, prompts.token_embeds.shape[1], seconds[True], seconds[False]))
         print(rows[-1], flush=True)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = _machine(device)
     lines = [PREFIX_HEADING, "",
              f"`python tools/bench.py --shared-prefix --classes {' '.join(map(str, options.classes))}` ({machine}; "
              f"torch {torch.__version__}; {options.model}, random init, precision {options.precision}; CoOp's "
@@ -704,8 +697,7 @@ def write_gpu_speed_section(options, device: torch.device) -> None:
     except Exception as error:
         notes.append(f"evaluation measurement failed: {type(error).__name__}: {error}")
 
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = _machine(device)
     lines = [GPU_SPEED_HEADING, "",
              f"`python tools/bench.py --gpu-speed` ({machine}; torch {torch.__version__}; {options.model}, random "
              f"init; bf16 autocast; best of {options.gpu_rounds} interleaved rounds, each the median of "
@@ -856,13 +848,19 @@ def write_data_section(options, device: torch.device) -> None:
     replace_section(options.out, DATA_HEADING, lines)
 
 
+def _machine(device: torch.device) -> str:
+    """The card, or the CPU and its threads, as each report names its machine."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
 def _mb(value: int) -> str:
     return f"{value / 2**20:,.1f}"
 
 
 def write_report(options, device: torch.device, sections, seconds: float) -> None:
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = _machine(device)
     memory_kind = "peak allocated (MB)" if device.type == "cuda" else "saved for backward (MB)"
     lines = ["# Benchmarks", "",
              f"`python tools/bench.py {' '.join(sys.argv[1:])}`".replace("`python tools/bench.py `",

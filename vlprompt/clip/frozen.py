@@ -184,16 +184,16 @@ class FrozenCLIP(nn.Module):
         convert_weights_to_lp(self._model, dtype)
         self.compute_dtype = dtype
 
-    @contextlib.contextmanager
-    def autocast(self):
-        """Autocast to the held dtype around an ``encode_*`` call; yields whether it entered it (its outputs are
-        then handed back as fp32, as an fp32 caller expects)."""
+    def compute(self, function, *args, **kwargs):
+        """``function(*args, **kwargs)`` (a computation with the frozen weights) in the held dtype: under autocast to
+        it, entered here when the caller has not entered one, in which case the output (a tensor or a tuple of
+        them) comes back as fp32, as an fp32 caller expects. Without held weights it simply calls ``function``."""
         device_type = self.device.type
         if self.compute_dtype is None or torch.is_autocast_enabled(device_type):
-            yield False
-            return
+            return function(*args, **kwargs)
         with torch.autocast(device_type, dtype=self.compute_dtype):
-            yield True
+            output = function(*args, **kwargs)
+        return tuple(part.float() for part in output) if isinstance(output, tuple) else output.float()
 
     @property
     def model(self) -> nn.Module:
@@ -347,9 +347,7 @@ class FrozenCLIP(nn.Module):
         """Text features of token ids, through the same path as learned prompts (open_clip's own
         ``encode_text`` for towers that cannot take learned tokens)."""
         if self._text is None:
-            with self.autocast() as entered:
-                features = self._model.encode_text(ids)
-            features = features.float() if entered else features
+            features = self.compute(self._model.encode_text, ids)
         else:
             if self._text.cut_after_last_token:  # exact, as prompt_batch cuts: padding reaches no feature
                 mask = self._text.attention_mask(ids)  # what the tower itself masks (Hugging Face), else padding
@@ -384,10 +382,8 @@ class FrozenCLIP(nn.Module):
             prefix_groups: the prefix is shared within each of this many equal, consecutive groups of sequences
                 (one per image for per-image contexts) rather than by all.
         """
-        with self.autocast() as entered:
-            features = self._require_text().encode(embeds, pool_index, attention_mask, deep_prompts or {},
-                                                   prompt_start, shared_prefix, prefix_groups)
-        return features.float() if entered else features
+        return self.compute(self._require_text().encode, embeds, pool_index, attention_mask, deep_prompts or {},
+                            prompt_start, shared_prefix, prefix_groups)
 
     # -- image side ----------------------------------------------------------------------------------------------
     def encode_image(
@@ -410,22 +406,17 @@ class FrozenCLIP(nn.Module):
         """
         if prompts is None and deep_prompts:
             raise ConfigError("visual deep prompts need input visual prompts to replace")
-        with self.autocast() as entered:
-            if prompts is None:
-                features = self._model.encode_image(images)
-            else:
-                features = self._require_vit("take visual prompts").encode(images, prompts, deep_prompts or {},
-                                                                           checkpoint)
-        features = features.float() if entered else features
+        if prompts is None:
+            features = self.compute(self._model.encode_image, images)
+        else:
+            features = self.compute(self._require_vit("take visual prompts").encode, images, prompts,
+                                    deep_prompts or {}, checkpoint)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image_tokens(self, images: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and the final-layer patch tokens ``B x N x embed_dim``, projected into the joint space
         as the pooled feature is (ViT towers; the features equal :meth:`encode_image`'s)."""
-        with self.autocast() as entered:
-            features, tokens = self._require_vit("give patch tokens").encode_with_tokens(images)
-        if entered:
-            features, tokens = features.float(), tokens.float()
+        features, tokens = self.compute(self._require_vit("give patch tokens").encode_with_tokens, images)
         if normalize:
             features, tokens = F.normalize(features, dim=-1), F.normalize(tokens, dim=-1)
         return features, tokens

@@ -205,9 +205,9 @@ class MoCoOp(PromptLearner):
         if not self._layernorm_names:
             return super().image_features(images)
         replaced = dict(zip(self._layernorm_names, self.layernorms))
-        with self.clip.autocast() as entered:
-            features = torch.func.functional_call(self.clip.model.visual, replaced, (images,), strict=False)
-        return F.normalize(features.float() if entered else features, dim=-1)
+        features = self.clip.compute(torch.func.functional_call, self.clip.model.visual, replaced, (images,),
+                                     strict=False)
+        return F.normalize(features, dim=-1)
 
     def route(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(router logits B x E, chosen experts B x k, their mixing weights B x k)``."""
