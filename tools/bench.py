@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +42,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 
 import vlprompt  # noqa: E402
 from vlprompt.learners import get_learner_class, list_learners  # noqa: E402
@@ -118,6 +121,40 @@ def peak_memory(fn, device: torch.device, weights=()) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         fn()
     return total[0]
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """On a CPU, the peak bytes of live tensor storages while the mode is on, as a GPU's
+    ``max_memory_allocated`` counts them: ``resident`` tensors (weights, inputs, caches: counted once per storage)
+    plus every storage an operation allocates (forward, backward and recomputation alike), freed when its last
+    tensor dies. An output sharing an input's storage (a view, an in-place result) allocates nothing. It leaves out
+    what a GPU adds: the allocator's rounding and the libraries' workspaces. torch's own
+    ``torch.distributed._tools.MemTracker`` would be the tool, but it refuses modules with frozen parameters."""
+
+    def __init__(self, resident=()):
+        super().__init__()
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in resident if t.device.type == "cpu"}
+        self.live = self.peak = sum(storages.values())
+
+    def _freed(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        allocated = {}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+                storage = tensor.untyped_storage()
+                if storage.nbytes() and storage.data_ptr() not in inputs:
+                    allocated[storage.data_ptr()] = storage
+        for storage in allocated.values():
+            self.live += storage.nbytes()
+            # Storages keep their Python object while alive, so this runs when the memory is released.
+            weakref.finalize(storage, self._freed, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
 
 
 def out_of_memory_as_none(measure):
@@ -348,9 +385,11 @@ def replace_section(out: Path, heading: str, lines: list[str]) -> None:
 
 def write_caspl_section(options, device: torch.device) -> None:
     """CasPL stage 1 at ``--caspl-batch``: the peak memory of a training step whose teacher image features come
-    from the cache, against the same step computing them (the reference's way), in one process. On a GPU the cached
-    step runs as a fit runs it, with the teacher offloaded once the cache is filled (``offload_teacher``), and the
-    peak counts everything allocated, weights included; on a CPU it is the bytes autograd keeps."""
+    from the cache, against the same step computing them (the reference's way), in one process. The cached step
+    runs as a fit on a GPU runs it, with the teacher off the device once the cache is filled (``offload_teacher``).
+    The peak counts everything allocated, weights included: on a GPU as allocated, on a CPU as modelled by
+    ``LiveTensorBytes`` (the teacher moved to the meta device stands for it leaving the GPU). The bytes autograd
+    keeps for backward are reported too."""
     torch.manual_seed(0)
     student = vlprompt.load_clip(options.model).to(device)
     teacher = vlprompt.load_clip(options.teacher).to(device)
@@ -369,9 +408,13 @@ def write_caspl_section(options, device: torch.device) -> None:
         learner._batch_keys = keys
         learner.teacher_image_features(images)  # fills the cache, as the fit does before its first step
         learner._batch_keys = None
-    weights = [*student.model.parameters(), *student.model.buffers(), *teacher.model.parameters(),
-               *teacher.model.buffers()]
     teacher_bytes = sum(t.numel() * t.element_size() for t in [*teacher.model.parameters(), *teacher.model.buffers()])
+
+    def resident() -> list[torch.Tensor]:
+        """Every tensor the step finds on the device: weights (the teacher's unless offloaded), inputs, caches."""
+        return [*student.model.parameters(), *student.model.buffers(), *teacher.model.parameters(),
+                *teacher.model.buffers(), *learner.parameters(), *learner.buffers(), images, labels,
+                *learner._teacher_cache.values(), *([] if learner._teacher_text is None else [learner._teacher_text])]
 
     def step(cached: bool):
         def run():
@@ -384,56 +427,56 @@ def write_caspl_section(options, device: torch.device) -> None:
         return run
     started = time.time()
     measured = {}
+    gpu = device.type == "cuda"
     for cached in (False, True):
-        if cached and device.type == "cuda":  # as CasPLBoost.on_train_start does once the cache is full
+        if cached:  # as CasPLBoost.on_train_start does once the cache is full
             learner._teacher_text = learner.teacher_text_features()
-            teacher.to("cpu")
-            torch.cuda.empty_cache()
+            teacher.to("cpu" if gpu else "meta")
+            if gpu:
+                torch.cuda.empty_cache()
         run = step(cached)
         run()  # warm-up: gradients and lazily built buffers exist before measuring
         step_started = time.perf_counter()  # the measured call itself is timed: a ViT-L/14 step is long on a CPU
-        memory = peak_memory(run, device, weights)
-        if device.type == "cuda":
+        if gpu:
+            kept = peak_memory(run, device)
             torch.cuda.synchronize()
-        total = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-        measured[cached] = {"memory": memory, "total": total, "seconds": time.perf_counter() - step_started}
-    machine = _machine(device)
-    gpu = device.type == "cuda"
-    key = "total" if gpu else "memory"
-    ratio = measured[True][key] / max(measured[False][key], 1)
-    setting = ", checkpointed" if options.activation_checkpointing else ""
-    suffix = f" (GPU, {'bf16' if bf16 is not None else 'fp32'}{setting})" if gpu else (f" ({setting[2:]})"
-                                                                                       if setting else "")
-    lines = [CASPL_HEADING + suffix, "",
+            total = torch.cuda.max_memory_allocated()
+        else:
+            with LiveTensorBytes(resident()) as live:
+                kept = peak_memory(run, device, resident())
+            total = live.peak
+        measured[cached] = {"kept": kept, "total": total, "seconds": time.perf_counter() - step_started}
+    ratio = measured[True]["total"] / measured[False]["total"]
+    setting = options.activation_checkpointing
+    parts = ["GPU"] * gpu + ["bf16" if bf16 is not None else "fp32"] * (gpu or bf16 is not None) + \
+        ["checkpointed"] * setting
+    lines = [CASPL_HEADING + (f" ({', '.join(parts)})" if parts else ""), "",
              f"`python tools/bench.py --caspl-memory{' --device cuda' if gpu else ''}"
              f"{' --precision bf16-mixed' if bf16 is not None else ''}"
-             f"{' --activation-checkpointing' if setting else ''}` ({machine}; torch {torch.__version__}; "
+             f"{' --activation-checkpointing' if setting else ''}` ({_machine(device)}; torch {torch.__version__}; "
              f"student {options.model}, teacher {options.teacher}, random init; batch {options.caspl_batch}, "
              f"{len(names)} classes, {'bf16 autocast, frozen weights held in bf16' if bf16 is not None else 'fp32'}"
              f"{'; the student recomputes its image-tower blocks in backward' if setting else ''}; "
              f"{(time.time() - started) / 60:.1f} min): one stage-1 training step (forward and backward) with the "
-             "teacher's image features read from the cache"
-             + (" and the teacher offloaded, as a fit runs it" if gpu else "")
-             + ", against the same step computing them with the teacher on the device.", "",
+             "teacher's image features read from the cache and the teacher off the device, as a fit on a GPU runs "
+             "it, against the same step computing them with the teacher on the device."
+             + ("" if gpu else " On a CPU the peak is modelled (`LiveTensorBytes` in tools/bench.py): every live "
+                "tensor storage, weights included, as a GPU's `max_memory_allocated` counts them."), "",
              "| measure | teacher cached | teacher recomputed | ratio |", "|---|---:|---:|---:|"]
-    if gpu:
-        lines.append(f"| peak allocated in all, weights included (MB) | {_mb(measured[True]['total'])} | "
-                     f"{_mb(measured[False]['total'])} | {measured[True]['total'] / measured[False]['total']:.3f}x |")
-        lines.append(f"| peak allocated above the step's start (MB) | {_mb(measured[True]['memory'])} | "
-                     f"{_mb(measured[False]['memory'])} | "
-                     f"{measured[True]['memory'] / max(measured[False]['memory'], 1):.3f}x |")
-    else:
-        lines.append(f"| memory, kept by autograd for backward (MB) | {_mb(measured[True]['memory'])} | "
-                     f"{_mb(measured[False]['memory'])} | {ratio:.3f}x |")
+    rows = [("peak allocated in all, weights included (MB)" if gpu
+             else "peak of live tensors in all, weights included (MB)", "total"),
+            ("peak allocated above the step's start (MB)" if gpu else "kept by autograd for backward (MB)", "kept")]
+    for label, key in rows:
+        lines.append(f"| {label} | {_mb(measured[True][key])} | {_mb(measured[False][key])} | "
+                     f"{measured[True][key] / max(measured[False][key], 1):.3f}x |")
     lines.append(f"| step time (s) | {measured[True]['seconds']:.3f} | {measured[False]['seconds']:.3f} | "
                  f"{measured[True]['seconds'] / measured[False]['seconds']:.3f}x |")
     lines += ["", f"Target: cached at most {CASPL_MEMORY_TARGET:g}x recomputed: "
-              f"{'met' if ratio <= CASPL_MEMORY_TARGET else 'not met'} ({ratio:.3f}x). The teacher runs without "
-              "gradients, so autograd keeps nothing of it: what a recomputed teacher adds to a step is its compute (the "
-              f"time row), its weights ({_mb(teacher_bytes)} MB here, which a fit with the cache takes off the GPU) "
-              "and its forward's transient activations, freed layer by layer. The rest of the peak is the student's "
-              "weights and the activations its deep prompts keep for backward through both towers, which caching "
-              "cannot shrink.", ""]
+              f"{'met' if ratio <= CASPL_MEMORY_TARGET else 'not met'} ({ratio:.3f}x). A recomputed teacher adds "
+              f"its weights ({_mb(teacher_bytes)} MB here), its forward's transient activations (under no_grad, "
+              "freed layer by layer: autograd keeps nothing of it) and its compute (the time row). The rest of the "
+              "peak is the same in both steps: the student's weights and the activations its deep prompts keep for "
+              "backward through both towers, which `activation_checkpointing: true` shrinks.", ""]
     replace_section(options.out, lines[0], lines)
 
 
@@ -509,7 +552,9 @@ def write_shared_prefix_section(options, device: torch.device) -> None:
             for _ in range(3):  # interleaved rounds; the best median of each
                 for share in (True, False):
                     seconds[share] = min(seconds[share], timer(step(share)))
-        rows.append((n_classes, prompts.shared_prefix, prompts.token_embeds.shape[1], seconds[True], seconds[False]))
+            work = {share: flops(step(share)) for share in (True, False)}
+        rows.append((n_classes, prompts.shared_prefix, prompts.token_embeds.shape[1], seconds[True], seconds[False],
+                     work[True], work[False]))
         print(rows[-1], flush=True)
     machine = _machine(device)
     lines = [PREFIX_HEADING, "",
@@ -517,11 +562,14 @@ def write_shared_prefix_section(options, device: torch.device) -> None:
              f"torch {torch.__version__}; {options.model}, random init, precision {options.precision}; CoOp's "
              f"defaults (4 context tokens initialised from \"a photo of a\"), batch {options.batch}; best of 3 "
              f"interleaved medians of {options.repeats}; {(time.time() - started) / 60:.1f} min): the text-side "
-             "training step with the shared prefix encoded once, against every prompt encoded whole.", "",
-             "| classes | shared prefix / prompt length | encoded once (s) | whole (s) | ratio |",
-             "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {prefix} / {length} | {shared:.4f} | {whole:.4f} | {shared / whole:.2f}x |"
-              for n, prefix, length, shared, whole in rows]
+             "training step with the shared prefix encoded once, against every prompt encoded whole. GFLOP: the "
+             "step's matrix products as `torch.utils.flop_counter` counts them, the work any device does (attention "
+             "scores, under 1% at these prompt lengths, count only where torch knows the kernel: not on a CPU).", "",
+             "| classes | shared prefix / prompt length | encoded once (s) | whole (s) | ratio | GFLOP once / whole "
+             "| ratio |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {prefix} / {length} | {shared:.4f} | {whole:.4f} | {shared / whole:.2f}x | "
+              f"{work_shared / 1e9:,.1f} / {work_whole / 1e9:,.1f} | {work_shared / work_whole:.2f}x |"
+              for n, prefix, length, shared, whole, work_shared, work_whole in rows]
     lines += ["", f"The learners share from {towers.MIN_SEQUENCES_TO_SHARE} prompts on "
               "(`vlprompt/clip/towers.py`, `MIN_SEQUENCES_TO_SHARE`).", ""]
     replace_section(options.out, PREFIX_HEADING, lines)
@@ -537,9 +585,27 @@ def _patched(module, name: str, value):
         setattr(module, name, original)
 
 
+def _with_patch(function, module, name: str, value):
+    """``function`` that runs with ``module.name`` set to ``value``."""
+    def run():
+        with _patched(module, name, value):
+            return function()
+    return run
+
+
 def _image_size(clip) -> int:
     size = clip.preprocess_cfg["size"]
     return size[0] if isinstance(size, (tuple, list)) else size
+
+
+def flops(step) -> int:
+    """Floating-point operations of one call of ``step`` in matrix products and convolutions (and attention
+    kernels torch has a formula for), as ``torch.utils.flop_counter`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def kernel_seconds(step, device: torch.device, steps: int = 5) -> Optional[float]:
@@ -603,9 +669,12 @@ def training_step_of(learner, images, labels, autocast_dtype: Optional[torch.dty
 
 
 def write_gpu_speed_section(options, device: torch.device) -> None:
-    """The GPU step targets, each measured three ways in one process: today's (frozen fp32 weights that autocast
-    casts at every step), with the frozen weights held in bf16 (what `fit --trainer.precision bf16-mixed` now
-    does), and held plus ``compile: reduce-overhead`` (inductor and CUDA graphs)."""
+    """The GPU step targets, each measured three ways in one process: today's, the step as issue 17 measured it
+    (frozen fp32 weights that autocast casts at every step, every prompt encoded whole: the shared prefix came
+    later), with the frozen weights held in bf16 (what `fit --trainer.precision bf16-mixed` now does), and held plus
+    ``compile: reduce-overhead`` (inductor and CUDA graphs)."""
+    from vlprompt.clip import towers
+
     started = time.time()
     bf16 = torch.bfloat16 if device.type == "cuda" or options.precision == "bf16-mixed" else None
     mode = "reduce-overhead" if device.type == "cuda" else "default"
@@ -637,6 +706,8 @@ def write_gpu_speed_section(options, device: torch.device) -> None:
         for label, clip_key, compiled in variants:
             try:
                 step = training_step_of(learner_for(name, clip_key, compiled, n_classes), images, labels, bf16, device)
+                if label == "today":
+                    step = _with_patch(step, towers, "MIN_SEQUENCES_TO_SHARE", sys.maxsize)
                 compile_started = time.perf_counter()
                 for _ in range(3):  # compiles, records CUDA graphs, warms the allocator
                     step()
@@ -702,7 +773,9 @@ def write_gpu_speed_section(options, device: torch.device) -> None:
              f"`python tools/bench.py --gpu-speed` ({machine}; torch {torch.__version__}; {options.model}, random "
              f"init; bf16 autocast; best of {options.gpu_rounds} interleaved rounds, each the median of "
              f"{max(options.repeats, 20)} steps, after 3 warm-up steps; "
-             f"{(time.time() - started) / 60:.1f} min). A step is forward, backward and an SGD update, as in a fit. "
+             f"{(time.time() - started) / 60:.1f} min). A step is forward, backward and an SGD update, as in a fit; "
+             "\"today\" is the step as issue 17 measured it: fp32 frozen weights that autocast casts at every step, "
+             "every prompt encoded whole (no shared prefix), not compiled. "
              "Kernel time: the profiler's device events summed per step. Host syncs: torch's sync debug mode over "
              "one step.", "",
              "| learner | classes | batch | variant | step (ms) | images/s | kernels (ms) | step / kernels | host syncs "

@@ -25,6 +25,7 @@ import functools
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from open_clip.hf_model import HFTextEncoder, arch_dict
 from open_clip.transformer import ResidualAttentionBlock, TextTransformer, VisionTransformer
 from torch import nn
@@ -36,9 +37,9 @@ from vlprompt.errors import ConfigError
 #: its own depth).
 DeepPrompt = Union[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]
 DeepPrompts = Mapping[int, DeepPrompt]
-#: Sequences that must share a prefix before it is encoded once: the separate prefix pass and the per-sequence
-#: prefix keys cost more than they save for a few sequences (ViT-B/16 text step on 2 CPU threads, context of 4:
-#: 1.16x the full path's time at 4 classes, 0.91x at 16, 0.73x at 32, 0.72x at 100).
+#: Sequences that must share a prefix before it is encoded once. On 2 CPU threads it pays from a few sequences on
+#: (ViT-B/16 text step, context of 4: 0.93x the full path's time at 4 classes, 0.72x at 16, 0.50x at 1000), but a
+#: step that small is launch-bound on a GPU, where the separate prefix pass adds kernels instead of saving work.
 MIN_SEQUENCES_TO_SHARE = 16
 
 
@@ -135,8 +136,9 @@ class OpenCLIPTextTower(TextTower):
         # A shared prefix is encoded once only through blocks whose computation is known to be open_clip's
         # standard pre-norm self-attention block (a test checks the result against the full path).
         self.shares_prefix = self.cut_after_last_token and all(
-            type(block) is ResidualAttentionBlock and isinstance(block.attn, nn.MultiheadAttention)
-            and not hasattr(block, "ln_1_kv") for block in self.owner.transformer.resblocks)
+            type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and type(block.attn) is nn.MultiheadAttention and block.attn.in_proj_weight is not None
+            and block.attn.bias_k is None and not block.attn.add_zero_attn for block in self.owner.transformer.resblocks)
 
     width = property(lambda self: self.owner.token_embedding.embedding_dim)
     layers = property(lambda self: len(self.owner.transformer.resblocks))
@@ -198,26 +200,38 @@ class OpenCLIPTextTower(TextTower):
     def _encode_with_shared_prefix(self, x, mask, deep_prompts, prompt_start, shared_prefix, groups, pool_index):
         """The blocks run once per group on the shared prefix and per sequence on the rest only. Under the causal
         mask the prefix's hidden states never depend on what follows, so they are the same in every sequence of
-        a group; each suffix position attends to its group's prefix keys and values (layer-normed as the block
-        norms its input) and to the suffix's own, exactly as in the full sequence. Returns the suffix's final
-        states and the pooling positions within it (the caller's pooling positions lie after the prefix)."""
+        a group; each suffix position attends to its group's prefix keys and values, projected once per group,
+        and to the suffix's own, exactly as in the full sequence. Returns the suffix's final states and the pooling
+        positions within it (the caller's pooling positions lie after the prefix)."""
         per_group = x.shape[0] // groups
         prefix, suffix = x[::per_group, :shared_prefix], x[:, shared_prefix:]
         prefix_mask, suffix_mask = mask[:shared_prefix, :shared_prefix], mask[shared_prefix:]
 
-        def for_each_sequence(states: torch.Tensor) -> torch.Tensor:  # groups x P x W -> (groups * per_group) x P x W
-            return states.unsqueeze(1).expand(-1, per_group, -1, -1).flatten(0, 1)
+        def for_each_sequence(states: torch.Tensor) -> torch.Tensor:  # groups x ... -> (groups * per_group) x ...
+            return states.unsqueeze(1).expand(-1, per_group, *states.shape[1:]).flatten(0, 1)
         for layer, block in enumerate(self.owner.transformer.resblocks):
             if layer in deep_prompts:
                 prefix = replace_span(prefix, prompt_start, deep_prompts[layer])
-            normed = block.ln_1(suffix)
-            context = torch.cat([for_each_sequence(block.ln_1(prefix)), normed], dim=1)
-            # open_clip's ResidualAttentionBlock.forward, with the keys and values of the whole sequence.
-            attended = suffix + block.ls_1(block.attention(q_x=normed, k_x=context, v_x=context,
-                                                           attn_mask=suffix_mask))
-            suffix = attended + block.ls_2(block.mlp(block.ln_2(attended)))
-            prefix = block(prefix, attn_mask=prefix_mask)
+            # open_clip's ResidualAttentionBlock.forward, the attention written out so that the suffix takes the
+            # prefix's keys and values as they are instead of projecting them again for every sequence.
+            query, key, value = _heads(block.attn, block.ln_1(prefix))
+            suffix_query, suffix_key, suffix_value = _heads(block.attn, block.ln_1(suffix))
+            attended = [F.scaled_dot_product_attention(query, key, value, attn_mask=prefix_mask),
+                        F.scaled_dot_product_attention(
+                            suffix_query, torch.cat([for_each_sequence(key), suffix_key], dim=2),
+                            torch.cat([for_each_sequence(value), suffix_value], dim=2), attn_mask=suffix_mask)]
+            prefix, suffix = (
+                states + block.ls_1(block.attn.out_proj(heads.transpose(1, 2).flatten(2)))
+                for states, heads in zip((prefix, suffix), attended))
+            prefix, suffix = (states + block.ls_2(block.mlp(block.ln_2(states))) for states in (prefix, suffix))
         return suffix, pool_index - shared_prefix
+
+
+def _heads(attention: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of ``x`` (batch x length x width) as ``nn.MultiheadAttention`` projects them, each
+    batch x heads x length x head width."""
+    projected = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+    return tuple(part.unflatten(-1, (attention.num_heads, -1)).transpose(1, 2) for part in projected.chunk(3, dim=-1))
 
 
 class HFTextTower(TextTower):

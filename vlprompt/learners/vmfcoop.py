@@ -61,10 +61,12 @@ def symmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
     softmax over the batch's images of that class's logits, the images of the class sharing the target (our
     reading of the abstract's symmetric cross-entropy, CLIP's two directions over a classification batch)."""
     image_to_class = F.cross_entropy(logits, labels)
-    present = labels.unique()
-    targets = (labels[None, :] == present[:, None]).float()
-    targets = targets / targets.sum(dim=1, keepdim=True)
-    class_to_image = -(targets * F.log_softmax(logits[:, present].t(), dim=-1)).sum(dim=-1).mean()
+    # A row for every class, the absent ones weighted 0: selecting the present ones would make a GPU step wait.
+    members = (labels[None, :] == torch.arange(logits.shape[1], device=labels.device)[:, None]).float()
+    counts = members.sum(dim=1)
+    per_class = -(members * F.log_softmax(logits.t().float(), dim=-1)).sum(dim=-1) / counts.clamp(min=1)
+    present = (counts > 0).float()
+    class_to_image = (per_class * present).sum() / present.sum()
     return 0.5 * (image_to_class + class_to_image)
 
 
