@@ -43,3 +43,12 @@ def test_backward_allocations_and_gradients_are_counted():
     gradients = sum(t.grad.numel() * 4 for t in resident)
     assert live.live == sum(t.numel() * 4 for t in resident) + gradients + 4  # + the scalar loss
     assert live.peak >= live.live + 64 * 256 * 4  # the output's gradient was alive while the layer's were made
+
+
+def test_a_section_is_replaced_in_its_place(tmp_path):
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n## A\n\nold a\n\n## B\n\nold b\n")
+    bench.replace_section(report, "## A", ["## A", "", "new a", ""])
+    bench.replace_section(report, "## C", ["## C", "", "c", ""])
+    bench.replace_section(report, "## B", ["## B", "", "new b", ""])
+    assert report.read_text() == "# Benchmarks\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## C\n\nc\n"

@@ -8,13 +8,14 @@
     python tools/bench.py --gpu-speed          # GPU step targets: today's way vs weights held in bf16 vs compiled
     python tools/bench.py --data-loading       # does `vlprompt fit` keep the device fed on generated JPEGs?
     python tools/bench.py --shared-prefix --classes 4 100 1000   # CoOp's text step, context encoded once or not
-    bash tools/gpu_checks.sh docs              # every GPU check in one go (about 8 minutes on an H100 or H200)
+    bash tools/gpu_checks.sh docs              # every GPU check in one go (about 9 minutes on an H100 or H200)
 
 Everything runs in one process on the same model, data and settings, so the ratios compare like with like on
 a noisy machine. The naive baseline is written here, as the reference repos do it: the full 77-token context,
 text features recomputed for every batch, CoCoOp's prompts for every image encoded at once. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the bytes autograd keeps for the backward pass
-(activations), which is what grows with batch x classes. Writes the tables to ``runs/benchmarks.md``
+(activations), which is what grows with batch x classes, and ``--caspl-memory`` models the whole peak as well
+(``LiveTensorBytes``: weights included, which is where a cached teacher differs). Writes the tables to ``runs/benchmarks.md``
 (``--out docs/benchmarks.md`` for the tracked copy; the GPU report is docs/benchmarks-gpu.md). ``--startup``,
 ``--caspl-memory``, ``--gpu-speed``, ``--data-loading`` and ``--shared-prefix`` replace only their own section
 there.
@@ -372,14 +373,18 @@ def _seconds(command: list[str], repeats: int, env: dict | None = None) -> float
 
 
 def replace_section(out: Path, heading: str, lines: list[str]) -> None:
-    """Write ``lines`` (starting with ``heading``) as that section of ``out``, keeping the rest of the file."""
+    """Write ``lines`` (starting with ``heading``) as that section of ``out``, in its place when it is there
+    already (at the end when not), keeping the rest of the file."""
     text = out.read_text() if out.is_file() else "# Benchmarks\n"
+    section = "\n".join(lines).rstrip("\n") + "\n"
     start = text.find(heading + "\n")
     if start >= 0:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+    out.write_text(text)
     print("\n".join(lines))
 
 
