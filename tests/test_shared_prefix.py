@@ -82,3 +82,26 @@ def test_the_shared_prefix_path_compiles_as_one_graph(name, tiny_clip, monkeypat
     torch._dynamo.reset()
     compiled = torch.compile(learner.text_features, fullgraph=True, backend="eager")  # a graph break raises here
     torch.testing.assert_close(compiled(*args), learner.text_features(*args))
+
+
+def test_the_shared_prefix_holds_in_bf16_with_held_weights(monkeypatch):
+    """The written-out attention takes bf16 projections and the fp32 causal mask as open_clip's block does: the
+    shared path is as close to fp32 as the full path is."""
+    from conftest import tiny_config
+
+    monkeypatch.setattr(towers, "MIN_SEQUENCES_TO_SHARE", 2)
+    results = {}
+    for key, dtype, shared in (("fp32", None, False), ("full", torch.bfloat16, False), ("shared", torch.bfloat16, True)):
+        torch.manual_seed(0)
+        clip = vlprompt.load_clip(tiny_config())
+        if dtype is not None:
+            clip.hold_in(dtype)
+        learner = vlprompt.build_learner("coop", clip=clip, classnames=CLASSNAMES)
+        results[key] = features_and_gradients(learner, shared, monkeypatch)
+    reference, reference_grads = results["fp32"]
+    scale = reference_grads["prompts.ctx"].abs().max().item()
+    for key in ("full", "shared"):
+        features, grads = results[key]
+        assert features.dtype == torch.float32
+        torch.testing.assert_close(features, reference, rtol=0, atol=1e-2)
+        torch.testing.assert_close(grads["prompts.ctx"], reference_grads["prompts.ctx"], rtol=0, atol=0.05 * scale)
