@@ -206,29 +206,32 @@ def test_cocoop_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_cocoop_auto_chunks_from_free_gpu_memory_only_when_it_recomputes(tiny_clip, monkeypatch):
+def test_cocoop_auto_chunks_from_free_gpu_memory_when_chunks_bound_it(tiny_clip, monkeypatch):
     from vlprompt.learners import cocoop
 
     learner = build("cocoop", tiny_clip, activation_checkpointing=True).train()
     assert learner.text_chunk_size == "auto"
     assert learner.text_chunk_size_for(32, torch.device("cpu")) == 32  # no GPU: the whole batch
-    per_image = learner.recompute_bytes_per_image()
-    length = learner.prompts.token_embeds.shape[1]
-    assert per_image == len(CLASSNAMES) * length * tiny_clip.text_width * tiny_clip.text_layers * 32
+    per_image = learner.chunk_bytes_per_image(gradients=True)
+    positions = len(CLASSNAMES) * learner.prompts.token_embeds.shape[1] * tiny_clip.text_width
+    assert per_image == positions * tiny_clip.text_layers * 32
+    assert learner.chunk_bytes_per_image(gradients=False) == positions * 48
     gpu = torch.device("cuda", 0)
     free = {"bytes": 10 * per_image}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 80 * 2**30))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2 * per_image)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: per_image)
+    held = {"reserved": 2 * per_image, "allocated": per_image}
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: held["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: held["allocated"])
     assert learner.text_chunk_size_for(32, gpu) == 5  # half of 10 + 1 images' worth free
     free["bytes"] = 1000 * per_image
     assert learner.text_chunk_size_for(32, gpu) == 5  # decided once per batch size and class count
     assert learner.text_chunk_size_for(16, gpu) == 16
     learner.set_classnames(CLASSNAMES[:3])
     assert learner.text_chunk_size_for(32, gpu) == 32
-    with torch.no_grad():
-        assert learner.text_chunk_size_for(32, gpu) == 32  # nothing recomputed: chunks would not lower the peak
-    assert build("cocoop", tiny_clip).text_chunk_size_for(32, gpu) == 32  # activations kept anyway
+    free["bytes"], held["reserved"], held["allocated"] = 10 * learner.chunk_bytes_per_image(gradients=False), 0, 0
+    with torch.no_grad():  # evaluation: one layer's activations per image at a time
+        assert learner.text_chunk_size_for(32, gpu) == 5
+    assert build("cocoop", tiny_clip).text_chunk_size_for(32, gpu) == 32  # trained without recomputation: all kept
     assert cocoop.auto_chunk_size(32, per_image, per_image) == 1  # at least one image
     assert build("cocoop", tiny_clip, text_chunk_size=None).text_chunk_size_for(8, gpu) == 8
     assert build("cocoop", tiny_clip, text_chunk_size=3).text_chunk_size_for(8, gpu) == 3

@@ -20,6 +20,9 @@ from vlprompt.learners.registry import register_learner
 #: ViT-B/16's text tower keeps 8.0 fp32 values per position, layer and width unit on a CPU (tools/bench.py's
 #: LiveTensorBytes; bf16 keeps 9.2 values of 2 bytes), so 8 x 4 bytes bounds both precisions.
 RECOMPUTE_BYTES_PER_UNIT = 32
+#: The same without gradients, where only the layer being computed holds memory: 9.6 fp32 values per position
+#: and width unit (bf16: 12.6 values of 2 bytes), so 12 x 4 bytes for the whole tower.
+NO_GRAD_BYTES_PER_UNIT = 48
 #: Share of the device's free memory one recomputed chunk may take: the rest is for the image tower, the
 #: gradients and the allocator's slack.
 AUTO_CHUNK_MEMORY_SHARE = 0.5
@@ -45,11 +48,11 @@ class CoCoOp(PromptLearner):
     ``activation_checkpointing`` each chunk's text-encoder activations are recomputed in the backward pass
     instead of kept (exact; about one more text forward per step), so batch 32 trains where keeping every
     image's class prompts would not fit. Then only one chunk's activations exist at a time, so the chunk bounds
-    the memory: ``text_chunk_size: auto`` (the default) takes, on a GPU, as many images as one recomputed chunk
-    fits in half of the device's free memory, decided once per batch size and class count; a small fixed chunk
-    makes a step launch-bound. Without recomputation, and off a GPU, ``auto`` encodes the whole batch at once:
-    every chunk's activations would be kept until backward anyway. ``d`` is the image feature width and
-    ``width`` the text width, both read from the model.
+    the memory, as it does without gradients (evaluation): ``text_chunk_size: auto`` (the default) takes, on a
+    GPU, as many images as one chunk fits in half of the device's free memory, decided once per batch size,
+    class count and mode; a small fixed chunk makes a step launch-bound. Training without recomputation, and
+    off a GPU, ``auto`` encodes the whole batch at once: every chunk's activations would be kept until backward
+    anyway. ``d`` is the image feature width and ``width`` the text width, both read from the model.
 
     Other keyword arguments are :class:`PromptLearner`'s optimiser settings (``momentum``, ``weight_decay``,
     ``warmup_epochs``, ``warmup_lr``, ``lr``).
@@ -76,8 +79,9 @@ class CoCoOp(PromptLearner):
             raise ConfigError(f"text_chunk_size must be a positive number of images, auto (from the free GPU memory) "
                               f"or null (the whole batch), got {text_chunk_size!r}")
         self.text_chunk_size = text_chunk_size
-        #: Chunks chosen by ``auto``, per (batch size, class count): fixed once, so compiled shapes stay static.
-        self._auto_chunks: dict[tuple[int, int], int] = {}
+        #: Chunks chosen by ``auto``, per (batch size, class count, gradients on): fixed once, so compiled shapes
+        #: stay static.
+        self._auto_chunks: dict[tuple[int, int, bool], int] = {}
         self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
         image_dim, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
@@ -109,19 +113,23 @@ class CoCoOp(PromptLearner):
         """Images per text-encoder chunk for a batch of ``batch`` images on ``device``."""
         if self.text_chunk_size != "auto":
             return self.text_chunk_size or batch
-        if not (self.activation_checkpointing and torch.is_grad_enabled()) or device.type != "cuda":
+        gradients = torch.is_grad_enabled()
+        if device.type != "cuda" or (gradients and not self.activation_checkpointing):
             return batch
-        key = (batch, self.n_classes)
+        key = (batch, self.n_classes, gradients)
         if key not in self._auto_chunks:
             free, _ = torch.cuda.mem_get_info(device)
             free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # the allocator's own
-            self._auto_chunks[key] = auto_chunk_size(batch, self.recompute_bytes_per_image(), free)
+            self._auto_chunks[key] = auto_chunk_size(batch, self.chunk_bytes_per_image(gradients), free)
         return self._auto_chunks[key]
 
-    def recompute_bytes_per_image(self) -> int:
-        """Upper estimate of what one image's class prompts hold while recomputed in backward."""
-        length = self.prompts.token_embeds.shape[1]
-        return self.n_classes * length * self.clip.text_width * self.clip.text_layers * RECOMPUTE_BYTES_PER_UNIT
+    def chunk_bytes_per_image(self, gradients: bool) -> int:
+        """Upper estimate of what one image's class prompts hold at once: recomputed in backward (all layers'
+        activations) or encoded without gradients (one layer's)."""
+        positions = self.n_classes * self.prompts.token_embeds.shape[1] * self.clip.text_width
+        if gradients:
+            return positions * self.clip.text_layers * RECOMPUTE_BYTES_PER_UNIT
+        return positions * NO_GRAD_BYTES_PER_UNIT
 
     def on_train_batch_start(self, batch, batch_idx):
         # Decided here, outside any compiled code, rather than on the first call of text_features.
