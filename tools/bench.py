@@ -552,8 +552,7 @@ def write_shared_prefix_section(options, device: torch.device) -> None:
                 F.cross_entropy(logits, labels).backward()
             return run
         timer, seconds = Timer(device, options.repeats), {True: float("inf"), False: float("inf")}
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_patched(towers, "MIN_SEQUENCES_TO_SHARE", 2))
+        with _patched(towers, "MIN_SEQUENCES_TO_SHARE", 2):
             for _ in range(3):  # interleaved rounds; the best median of each
                 for share in (True, False):
                     seconds[share] = min(seconds[share], timer(step(share)))

@@ -8,9 +8,9 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.clip.towers import run_block
 from vlprompt.errors import ConfigError
 from vlprompt.learners.base import PromptLearner
 from vlprompt.learners.context import ContextPrompts
@@ -99,13 +99,9 @@ class CoCoOp(PromptLearner):
         ctx = self.prompts.ctx + self.meta_net(image_features).unsqueeze(1)
         chunk = self.text_chunk_size_for(ctx.shape[0], ctx.device)
         n_cls = self.n_classes
-        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         features = []
         for part in ctx.split(chunk):
-            if recompute:
-                encoded = checkpoint(self._encode_chunk, part, use_reentrant=False)
-            else:
-                encoded = self._encode_chunk(part)
+            encoded = run_block(self._encode_chunk, part, self.activation_checkpointing)
             features.append(encoded.view(part.shape[0], n_cls, -1))
         return F.normalize(torch.cat(features), dim=-1)
 
