@@ -67,3 +67,19 @@ def test_a_fit_in_bf16_holds_the_weights_and_runs_compiled_with_cuda_graphs(tmp_
     assert clip.compute_dtype == torch.bfloat16 and learner._compiled
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in learner.parameters())
     assert not torch.equal(learner.prompts.ctx.detach().cpu(), before)
+
+
+def test_cocoop_auto_chunks_come_from_the_free_memory_of_a_real_gpu(tmp_path):
+    torch.manual_seed(0)
+    clip = vlprompt.load_clip(tiny_config())
+    learner = vlprompt.build_learner("cocoop", clip=clip, classnames=CLASSNAMES, activation_checkpointing=True)
+    images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % len(CLASSNAMES)
+    before = learner.meta_net.linear2.weight.detach().clone()
+    trainer(tmp_path).fit(learner, DataLoader(TensorDataset(images, labels), batch_size=4))
+    # A tiny model's class prompts are a few MB: the whole batch is one chunk, in training and in evaluation.
+    assert learner._auto_chunks == {(4, len(CLASSNAMES), True): 4}
+    learner = learner.cuda().eval()
+    with torch.no_grad():
+        learner(images.cuda())
+    assert learner._auto_chunks[(16, len(CLASSNAMES), False)] == 16
+    assert not torch.equal(learner.meta_net.linear2.weight.detach().cpu(), before)

@@ -17,12 +17,12 @@ check() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # The checks the open targets hang on come first: a device call is cut off at 10 minutes, and these limits sum to
 # more (the rest still adds rows to the report when time is left).
-check 250 --gpu-speed --device cuda
+check 270 --gpu-speed --device cuda
 check 45 --caspl-memory --device cuda --activation-checkpointing
 check 45 --caspl-memory --device cuda --precision bf16-mixed --activation-checkpointing
-check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32
 echo "== pytest tests/test_gpu.py"
 timeout 100 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32
 check 45 --caspl-memory --device cuda
 check 45 --caspl-memory --device cuda --precision bf16-mixed
 check 130 --device cuda --precision bf16-mixed --classes 100 1000
