@@ -80,3 +80,22 @@ def test_the_probe_sees_an_operation_that_waits():
         values = torch.tensor([1.0, -2.0, 3.0])
         values[values > 0].sum().item()
     assert {"aten.lift_fresh.default", "aten.index.Tensor", "aten._local_scalar_dense.default"} <= set(probe.seen)
+
+
+def test_the_short_prompt_attention_kernels_trace_as_one_graph_and_change_no_result():
+    from vlprompt.clip.towers import SHORT_SEQUENCE, attention_for
+
+    assert attention_for("cpu", 13).__class__.__name__ == "nullcontext"
+    assert attention_for("cuda", SHORT_SEQUENCE + 1).__class__.__name__ == "nullcontext"
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 6, 2, 13, 8).unbind(0)
+    mask = torch.full((13, 13), float("-inf")).triu(1)
+
+    def attend(query, key, value):
+        # The GPU's preference entered on a CPU: its kernels are absent there, so torch goes down the list.
+        with attention_for("cuda", 13):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    compiled = torch.compile(attend, fullgraph=True, backend="eager")
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    torch.testing.assert_close(compiled(query, key, value), expected)
+    torch.testing.assert_close(attend(query, key, value), expected)

@@ -724,6 +724,8 @@ def write_gpu_speed_section(options, device: torch.device) -> None:
                 step = training_step_of(learner_for(name, clip_key, compiled, n_classes), images, labels, bf16, device)
                 if whole:
                     step = _with_patch(step, towers, "MIN_SEQUENCES_TO_SHARE", sys.maxsize)
+                if label == "today":  # torch's default attention kernels, as issue 17's step had
+                    step = _with_patch(step, towers, "SHORT_SEQUENCE", 0)
                 compile_started = time.perf_counter()
                 for _ in range(3):  # compiles, records CUDA graphs, warms the allocator
                     step()

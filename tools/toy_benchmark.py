@@ -19,6 +19,7 @@ an hour on 2 cores; ``vlprompt suite --boost`` fits them per data set and seed, 
 
 ``--from-runs DIR`` reads the rows of a runs directory this tool wrote before (its ``<set>-<learner>-seed<S>``
 runs), so rows measured by an earlier version of the tool join the results file without being trained again.
+``--boosting-from DIR`` reuses the CasPL boosting prompts such a directory holds instead of fitting them again.
 
 Zero-shot needs no seed (it does not see the shots); each trainable learner is trained once per seed with its
 paper recipe (its ``configs/learners/<name>.yaml``: batch size, epochs, learning rate), except CoOp, whose 200
@@ -137,6 +138,22 @@ def gram_checkpoint(learner: str, data_root: Path, run_dir: Path, fitted: dict) 
 STAGE1_ROW = "caspl_boost (stage 1)"
 
 
+def fitted_boosting(directory: Path) -> dict:
+    """The boosting checkpoints a runs directory of this tool holds, per data set, as ``boosting_checkpoint``
+    remembers them (their seconds are counted where they were fitted, so 0 here)."""
+    if not directory.is_dir():
+        sys.exit(f"toy_benchmark: --boosting-from {directory} is not a directory")
+    found = {}
+    for run in sorted(directory.glob(f"*-caspl_boost-seed{BOOST_SEED}")):
+        checkpoint = run / "version_0" / "checkpoints" / "last.ckpt"
+        if checkpoint.is_file():
+            found[run.name.removesuffix(f"-caspl_boost-seed{BOOST_SEED}")] = (str(checkpoint), 0.0)
+    if not found:
+        sys.exit(f"toy_benchmark: --boosting-from {directory} holds no <set>-caspl_boost-seed{BOOST_SEED} "
+                 "checkpoint (last.ckpt)")
+    return found
+
+
 def fitted_seconds(fitted: dict, dataset: str) -> float:
     return fitted[dataset][1] if dataset in fitted else 0.0
 
@@ -239,6 +256,9 @@ def main() -> None:
                         help="runs directories this tool wrote before: their rows join the results file")
     parser.add_argument("--merge", type=Path, nargs="+", default=[],
                         help="results files (.json) of other runs whose rows join this report's")
+    parser.add_argument("--boosting-from", type=Path, nargs="+", default=[],
+                        help="runs directories this tool wrote before: their CasPL boosting prompts "
+                             "(<set>-caspl_boost-seed1) are reused instead of fitted again")
     options = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     run_dir = options.runs / time.strftime("toy-benchmark-%Y%m%d-%H%M%S")
@@ -255,6 +275,8 @@ def main() -> None:
         for name, rows in found.items():
             results.setdefault(name, {}).update({key: row for key, row in rows.items() if key != "zeroshot"})
     fitted: dict = {}
+    for directory in options.boosting_from:
+        fitted.update(fitted_boosting(directory))
     results = {name: results[name] for name in TOY_DATASETS if name in results}  # the world's order, however merged
     started = time.time()
     for name in options.datasets:
