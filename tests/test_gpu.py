@@ -1,6 +1,6 @@
-"""What only a GPU can show: the CasPL teacher leaving the device once its features are cached, and a fit with the
-frozen weights held in bf16 and the learner compiled with CUDA graphs. Skipped without CUDA (tools/gpu_checks.sh
-runs them on a lent GPU)."""
+"""What only a GPU can show: the CasPL teacher leaving the device once its features are cached, a fit with the
+frozen weights held in bf16 and the learner compiled with CUDA graphs, and CoCoOp's text chunks chosen from the
+device's free memory. Skipped without CUDA (tools/gpu_checks.sh runs them on a lent GPU)."""
 
 from __future__ import annotations
 
