@@ -49,3 +49,18 @@ def test_a_file_that_is_not_a_results_file_is_refused(tmp_path):
         toy_benchmark.load_rows(path, fresh=False)
     assert toy_benchmark.load_rows(path, fresh=True) == {}
     assert toy_benchmark.load_rows(tmp_path / "absent.json", fresh=False) == {}
+
+
+def test_boosting_prompts_of_an_earlier_run_are_found_per_data_set(tmp_path):
+    for name in ("ToyShapes-caspl_boost-seed1", "ToyShapes-Noisy-caspl_boost-seed1", "ToyPalette-caspl_boost-seed2"):
+        (tmp_path / name / "version_0" / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "version_0" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "ToyScenes-caspl_boost-seed1" / "version_0").mkdir(parents=True)  # interrupted: no checkpoint
+    found = toy_benchmark.fitted_boosting(tmp_path)
+    assert set(found) == {"ToyShapes", "ToyShapes-Noisy"}  # only the boosting seed's, only finished fits
+    assert found["ToyShapes"] == (str(tmp_path / "ToyShapes-caspl_boost-seed1" / "version_0" / "checkpoints"
+                                      / "last.ckpt"), 0.0)
+    with pytest.raises(SystemExit, match="holds no"):
+        toy_benchmark.fitted_boosting(tmp_path / "ToyScenes-caspl_boost-seed1")
+    with pytest.raises(SystemExit, match="not a directory"):
+        toy_benchmark.fitted_boosting(tmp_path / "absent")
