@@ -92,7 +92,7 @@ def test_the_short_prompt_attention_kernels_trace_as_one_graph_and_change_no_res
     mask = torch.full((13, 13), float("-inf")).triu(1)
 
     def attend(query, key, value):
-        # The GPU's preference entered on a CPU: its kernels are absent there, so torch goes down the list.
+        # The GPU's kernel choice entered on a CPU, where torch picks among the kernels it leaves in.
         with attention_for("cuda", 13):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     compiled = torch.compile(attend, fullgraph=True, backend="eager")

@@ -60,9 +60,10 @@ PREFIX_HEADING = "## Shared prefix"
 #: Sections measured by their own options: the main report keeps them as they were.
 GPU_SUMMARY_HEADING = "## On a GPU"
 OWN_SECTIONS = (STARTUP_HEADING, CASPL_HEADING, GPU_SPEED_HEADING, DATA_HEADING, GPU_SUMMARY_HEADING, PREFIX_HEADING)
+#: What --gpu-speed measures: CoOp's and MaPLe's steps, CoCoOp's text chunking, evaluation (--gpu-parts).
+GPU_PARTS = ("coop", "maple", "cocoop", "evaluation")
 #: GPU targets (issue 17): CoOp's step against today's (fp32 frozen weights under autocast, not compiled) and
 #: against its own summed kernel time; MaPLe's images/s against today's; evaluation against bare open_clip.
-GPU_PARTS = ("coop", "maple", "cocoop", "evaluation")
 GPU_TARGETS = {"coop_step_vs_today": 0.6, "coop_step_vs_kernels": 1.15, "maple_speedup": 1.5, "eval_vs_bare": 0.95}
 #: `vlprompt fit` wall time, less start-up, at most this many times steps x the measured step time.
 DATA_TARGET = 1.3

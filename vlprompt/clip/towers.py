@@ -230,21 +230,21 @@ class OpenCLIPTextTower(TextTower):
         return suffix, pool_index - shared_prefix
 
 
-#: Sequences up to this long attend with the memory-efficient kernel on a GPU. torch's first choice there, cuDNN's
-#: flash kernel, works in tiles far longer than a prompt: forward and backward of 1000 x 8 heads x 13 positions
-#: under a causal mask (H100, bf16) take 1.28 ms with it and 0.46 ms with the memory-efficient kernel (at 77
-#: positions cuDNN is the faster, 1.50 ms against 1.74). CoOp's compiled step at 1000 classes: 19.2 -> 13.8 ms.
+#: Sequences up to this long attend with the memory-efficient kernel on a GPU. torch's first choice there (torch
+#: 2.11, H100), cuDNN's flash kernel, works in tiles far longer than a prompt: forward and backward of 1000 x 8
+#: heads x 13 positions under a causal mask (bf16) take 1.28 ms with it and 0.46 ms with the memory-efficient
+#: kernel (at 77 positions cuDNN is the faster, 1.50 ms against 1.74). CoOp's compiled step at 1000 classes:
+#: 19.2 -> 13.8 ms.
 SHORT_SEQUENCE = 32
 
 
 def attention_for(device_type: str, length: int):
     """A context choosing the attention kernels for sequences of ``length`` on ``device_type``: on a GPU, short
-    prompts prefer the memory-efficient kernel (the same attention, computed in other tiles); otherwise torch's own
-    choice."""
+    prompts leave cuDNN out, so torch takes the memory-efficient kernel (flash takes no mask, and the text towers
+    pass their causal mask): the same attention, computed in other tiles. Otherwise torch's own choice."""
     if device_type != "cuda" or length > SHORT_SEQUENCE:
         return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                        SDPBackend.MATH], set_priority=True)
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 def _heads(attention: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
