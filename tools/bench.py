@@ -451,8 +451,9 @@ def write_caspl_section(options, device: torch.device) -> None:
             torch.cuda.synchronize()
             total = torch.cuda.max_memory_allocated()
         else:
-            with LiveTensorBytes(resident()) as live:
-                kept = peak_memory(run, device, resident())
+            tensors = resident()
+            with LiveTensorBytes(tensors) as live:
+                kept = peak_memory(run, device, tensors)
             total = live.peak
         measured[cached] = {"kept": kept, "total": total, "seconds": time.perf_counter() - step_started}
     ratio = measured[True]["total"] / measured[False]["total"]
