@@ -3,6 +3,7 @@ cascade of frozen boosting prompts under a second-stage learner (layout, frozen,
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import pytorch_lightning as pl
@@ -207,18 +208,18 @@ def test_suite_runs_the_boosting_stage_once_per_data_set_and_seed(shapes, tmp_pa
     data = tmp_path / "data.yaml"
     data.write_text(f"data:\n  root: {shapes}\n  split_file: split_zhou_ToyShapes.json\n  num_workers: 0\n"
                     "  augment: false\n")
-    short = tmp_path / "short-boost.yaml"  # a tiny random teacher and one epoch, for the test
+    short = tmp_path / "short-boost.yaml"  # a tiny random teacher, for the test
     teacher = tiny_config(text_cfg={"width": 48, "heads": 3})
     short.write_text(yaml.safe_dump({"model": {"init_args": {"teacher": {
         "class_path": "vlprompt.clip.FrozenCLIP", "init_args": {"name": teacher, "pretrained": None}}}},
-        "trainer": {"max_epochs": 1, "enable_progress_bar": False}}))
+        "trainer": {"enable_progress_bar": False}}))
     runs = tmp_path / "runs"
 
-    def suite(learner: str) -> str:
+    def suite(learner: str, epochs: str = "1") -> str:
         main(["suite", "base2novel", "--learner", str(configs / "learners" / f"{learner}.yaml"), "--clip",
               str(configs / "clip" / "tiny-random.yaml"), "--data", str(data), "--seeds", "1", "2", "--shots", "2",
               "--runs", str(runs), "--boost", str(configs / "learners" / "caspl_boost.yaml"), str(short), "--",
-              "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+              "--trainer.max_epochs", epochs, "--trainer.enable_progress_bar", "false", "--model.init_args.n_ctx", "2"])
         return capsys.readouterr().out
 
     out = suite("coop")
@@ -227,5 +228,16 @@ def test_suite_runs_the_boosting_stage_once_per_data_set_and_seed(shapes, tmp_pa
     assert "boosting prompts (CasPL stage 1)" not in out
     metrics = sorted(runs.rglob("metrics.json"))
     assert {p.parts[-4] for p in metrics} == {"coop+caspl", "maple+caspl"}
-    record = runs / "caspl_boost" / "shapes0" / "seed1" / "boost.json"
-    assert record.is_file() or list(runs.glob("caspl_boost/*/seed1/boost.json"))
+    records = sorted(runs.glob("caspl_boost/*/seed*/boost.json"))
+    assert len(records) == 2
+    # --trainer.* after -- reaches stage 1 (caspl_boost.yaml says 20 epochs); --model.* is the learner's only.
+    for record in records:
+        assert json.loads(record.read_text())["overrides"] == ["--trainer.max_epochs", "1",
+                                                              "--trainer.enable_progress_bar", "false"]
+        stage_one = yaml.safe_load(next(record.parent.rglob("config.yaml")).read_text())
+        assert stage_one["trainer"]["max_epochs"] == 1 and stage_one["model"]["init_args"]["n_ctx"] == 8
+    # Another suite asking for those prompts under other stage-1 overrides is refused, naming the folder.
+    with pytest.raises(SystemExit) as stopped:
+        suite("kgcoop", epochs="2")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "were fitted with the overrides" in err and str(records[0].parent) in err

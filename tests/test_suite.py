@@ -358,3 +358,42 @@ def test_base2novel_says_busi_has_no_such_setting_and_skips_it(capsys):
     out = capsys.readouterr().out
     assert "[suite] BUSI has no base-to-novel setting in its paper" in out
     assert "run 1 of 1: base2novel coop BTMRI shots=16 seed=1" in out and "coop BUSI" not in out
+
+
+@pytest.mark.parametrize("override, names", [
+    (["--data.shots", "2"], "--shots"), (["--data.shots=2"], "--shots"), (["--seed_everything", "3"], "--seeds"),
+    (["--data.seed", "3"], "--seeds"), (["--data.subsample", "all"], "protocol"), (["--data.root", "x"], "--data"),
+    (["--trainer.default_root_dir", "x"], "--runs"), (["--checkpoint.dirpath", "x"], "--runs"),
+    (["--trainer.logger.init_args.save_dir", "x"], "--runs"), (["--ckpt_path", "x.ckpt"], "resumes"),
+    (["--model.init_args.boost_from", "x.ckpt"], "--boost")])
+def test_options_the_suite_sets_itself_are_refused_after_the_separator(override, names, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
+              str(CONFIGS / "data" / "DTD.yaml"), "--dry-run", "--", "--trainer.max_epochs", "2", *override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert override[0].split("=")[0] in err and names in err
+
+
+def test_a_config_file_after_the_separator_may_not_set_them_either(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  shots: 2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
+              str(CONFIGS / "data" / "DTD.yaml"), "--dry-run", "--", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "data.shots" in err and str(config) in err
+
+
+def test_dry_run_of_a_caspl_suite_prints_stage_one_and_boost_from(tmp_path, capsys):
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "promptsrc.yaml"), "--boost",
+          str(CONFIGS / "learners" / "caspl_boost.yaml"), "--data", str(CONFIGS / "data" / "DTD.yaml"), "--seeds", "1",
+          "2", "--runs", str(tmp_path), "--dry-run", "--", "--trainer.max_epochs", "1", "--model.init_args.n_ctx", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    stage_one = [line for line in lines if line.startswith("  CasPL stage 1: vlprompt fit")]
+    stage_two = [line for line in lines if line.startswith("  vlprompt fit")]
+    assert len(stage_one) == 2 and len(stage_two) == 2  # one boosting run per seed
+    for seed, (first, second) in enumerate(zip(stage_one, stage_two), 1):
+        assert "caspl_boost.yaml" in first and "--trainer.max_epochs 1" in first and "n_ctx" not in first
+        boost = tmp_path.resolve() / "caspl_boost" / "DTD" / f"seed{seed}" / "checkpoints" / "last.ckpt"
+        assert f"--model.init_args.boost_from {boost}" in second and "--model.init_args.n_ctx 2" in second

@@ -17,6 +17,9 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
+
+from vlprompt.interrupts import note_signal, set_resume_hint, signal_of
 
 PER_CLASS_COLUMNS = ["class", "accuracy"]
 
@@ -78,6 +81,53 @@ class SaveAndLogConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             if not isinstance(logger, CSVLogger):
                 logger.log_hyperparams({"config": config})
+
+
+class InterruptionReport(pl.Callback):
+    """When SIGINT or SIGTERM stops a fit, validation or test: what was kept and how to go on, for the one line
+    :func:`vlprompt.interrupts.stop_cleanly` prints. A fit keeps the ``last.ckpt`` of its last finished epoch
+    (saved at every epoch end), which resumes it exactly; a half-finished epoch is not saved, since resuming
+    mid-epoch would not draw the batches an uninterrupted fit draws."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        name = signal_of(exception)
+        if name is not None:
+            note_signal(name)
+            set_resume_hint(resume_hint(trainer))
+
+
+def resume_hint(trainer: pl.Trainer) -> str:
+    """What an interrupted run kept and how to go on."""
+    if trainer.state.fn != TrainerFn.FITTING:
+        return f"the {trainer.state.fn.value} wrote no result; run the same command again"
+    path = last_checkpoint(trainer)
+    if path is None:
+        return "no epoch had finished, so there is no checkpoint to resume from; run the same command again"
+    try:
+        finished = finished_epochs(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception:  # noqa: BLE001 - only for the message: an unreadable count is left out
+        finished = None
+    done = f"{finished} of {trainer.max_epochs} epochs finished; " if finished is not None else ""
+    return f"{done}resume with the same command and --ckpt_path {path}"
+
+
+def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
+    """The ``last.ckpt`` of this fit (written by this process, or left by the fit it resumed), if there is one."""
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    if callback.last_model_path and Path(callback.last_model_path).is_file():
+        return Path(callback.last_model_path)
+    candidate = Path(callback.dirpath) / "last.ckpt" if getattr(callback, "dirpath", None) else None
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def finished_epochs(checkpoint: dict) -> int:
+    """How many epochs the fit that saved ``checkpoint`` had finished."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", -1)) + 1
 
 
 class GaussianPromptAggregation(WeightAveraging):

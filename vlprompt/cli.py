@@ -21,9 +21,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
-from vlprompt.callbacks import PerClassAccuracyReport, SaveAndLogConfig
+from vlprompt.callbacks import InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig, finished_epochs
 from vlprompt.errors import CheckpointMismatchError, ConfigError, report_user_errors
 from vlprompt.files import ensure_writable
+from vlprompt.interrupts import stop_cleanly
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
 from vlprompt.learners.registry import hyperparameter_names, learner_name_of
@@ -140,7 +141,15 @@ class VlpromptCLI(LightningCLI):
             checkpoint = read_checkpoint(ckpt_path)
             check_configuration_matches_checkpoint(self.config[subcommand]["model"], checkpoint, str(ckpt_path),
                                                    explicit_model_overrides(self.command_line))
+            if subcommand == "fit":
+                check_epochs_left(checkpoint, self.config[subcommand]["trainer"].get("max_epochs"), str(ckpt_path))
         super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        # Not a command-line option: every run says how to go on when a signal stops it.
+        extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, [*extra_callbacks, InterruptionReport()])
 
     def before_instantiate_classes(self) -> None:
         # Lightning's convention: default_root_dir decides where a run goes, for the default CSV logger and for a
@@ -225,6 +234,14 @@ def check_configuration_matches_checkpoint(model_config, checkpoint: dict, path:
             raise CheckpointMismatchError(
                 f"--model.init_args.{name} {init_args[name]!r} disagrees with --ckpt_path {path}, which was trained "
                 f"with {name}={hparams[name]!r}; drop the override (the checkpoint's hyper-parameters are used)")
+
+
+def check_epochs_left(checkpoint: dict, max_epochs: Optional[int], path: str) -> None:
+    """A fit resumed with fewer epochs than its checkpoint has finished cannot go on: say so in one line."""
+    finished = finished_epochs(checkpoint)
+    if max_epochs is not None and max_epochs >= 0 and finished > max_epochs:
+        raise ConfigError(f"--ckpt_path {path} has finished {finished} epochs, more than --trainer.max_epochs "
+                          f"{max_epochs}; pass --trainer.max_epochs {finished} or more to go on from it")
 
 
 def _configured_learners(args: Sequence[str]) -> dict[str, str]:
@@ -315,7 +332,7 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """``vlprompt fit|validate|test|predict``; user mistakes end with one ``vlprompt: error:`` line and exit 2."""
-    with report_user_errors():
+    with stop_cleanly(), report_user_errors():
         if args is None:
             sys.argv[1:] = resolve_learner_names(sys.argv[1:])
         create_cli(args)

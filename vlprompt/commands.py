@@ -37,6 +37,13 @@ commands:
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
+    from vlprompt.interrupts import stop_cleanly
+
+    with stop_cleanly():  # from the first line: SIGTERM while Lightning is still importing ends with status 143 too
+        _dispatch(args)
+
+
+def _dispatch(args: Optional[Sequence[str]]) -> None:
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(USAGE)

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -32,6 +32,7 @@ from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_s
 from vlprompt.eval.report import aggregate, load_metrics, metric_keys, tables, write_report
 from vlprompt.eval.runlock import RunLock
 from vlprompt.files import ensure_writable, write_json_atomically
+from vlprompt.interrupts import set_resume_hint, signal_of
 
 # Lightning, the learners and the data protocol are imported where runs start, so `vlprompt suite --help` and
 # argument mistakes answer at once.
@@ -216,6 +217,74 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     return results
 
 
+#: Options every suite run gets from the suite itself, and the suite option that sets each: given after ``--`` they
+#: would silently beat the suite's value while the run directory, metrics.json and tables said otherwise.
+SUITE_OWNED_OPTIONS = {
+    "data.shots": "--shots", "data.seed": "--seeds", "seed_everything": "--seeds",
+    "data.subsample": "the protocol (base2novel trains on base and tests base and novel; the others use all)",
+    "data.root": "--data (one YAML per data set)", "data.dataset": "--data (one YAML per data set)",
+    "trainer.default_root_dir": "--runs", "trainer.logger": "--runs (and --wandb)", "checkpoint.dirpath": "--runs",
+    "ckpt_path": "nothing: the suite resumes interrupted runs itself",
+    "model.init_args.boost_from": "--boost",
+}
+
+
+def _owned_option(key: str) -> Optional[str]:
+    """The suite-owned option that ``key`` (a dotted key such as ``data.shots`` or ``trainer.logger.init_args.x``)
+    sets, or None."""
+    for owned in SUITE_OWNED_OPTIONS:
+        if key == owned or key.startswith(owned + "."):
+            return owned
+    return None
+
+
+def _flattened(content: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in content.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _flattened(value, f"{prefix}{key}.")
+    return keys
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse, in one line, an option after ``--`` (or in a ``--config`` file given there) that the suite sets
+    itself for every run (:data:`SUITE_OWNED_OPTIONS`)."""
+    overrides = [str(arg) for arg in overrides]
+    for index, arg in enumerate(overrides):
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].split("=", 1)[0]
+        if key in ("config", "c") or arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1] if "=" in arg else overrides[index + 1] if index + 1 < len(overrides)
+                        else "")
+            if path.is_file():
+                for inner in _flattened(_read_yaml(path)):
+                    owned = _owned_option(inner)
+                    if owned:
+                        raise ConfigError(f"{str(path)!r} (after --) sets {inner}, which the suite sets for every run "
+                                          f"from {SUITE_OWNED_OPTIONS[owned]}; remove it from that file")
+            continue
+        owned = _owned_option(key)
+        if owned:
+            raise ConfigError(f"--{key} after -- is refused: the suite sets {owned} for every run and records it (from "
+                              f"{SUITE_OWNED_OPTIONS[owned]}); use that instead")
+
+
+def stage_one_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides after ``--`` that also reach CasPL's boosting stage: ``--trainer.*`` and ``--data.*`` (the
+    training budget and data loading); ``--model.*`` and ``--config`` files are the second-stage learner's."""
+    overrides, kept, index = [str(arg) for arg in overrides], [], 0
+    while index < len(overrides):
+        arg = overrides[index]
+        takes_value = "=" not in arg and index + 1 < len(overrides) and not overrides[index + 1].startswith("--")
+        span = overrides[index:index + (2 if takes_value else 1)]
+        if arg.startswith(("--trainer.", "--data.")):
+            kept += span
+        index += len(span)
+    return kept
+
+
 def _check_files(paths: Sequence[Optional[Path]]) -> None:
     for path in paths:
         if path is not None and not Path(path).is_file():
@@ -232,6 +301,9 @@ class _Run:
     title: str
     execute: Callable[..., list[dict]]
     fit_args: list[str]
+    #: The data config it trains on and its seed (where CasPL's boosting prompts come from).
+    trained_on: Path
+    seed: int
 
 
 #: Seconds between looks at runs that another suite process is running.
@@ -309,7 +381,14 @@ def _run_if_free(run: _Run, progress: _Progress, remaining: Callable[[], int]) -
             shutil.rmtree(run.run_dir)
         run.run_dir.mkdir(parents=True, exist_ok=True)
         started = progress.start(run, resume)
-        metrics = run.execute(resume=resume)
+        try:
+            metrics = run.execute(resume=resume)
+        except BaseException as error:
+            if signal_of(error) is not None:  # the suite, not the fit inside it, says how to go on
+                set_resume_hint(f"run {progress.seen} of {progress.total} ({run.title}) was stopped, finished runs "
+                                "are kept; run the same suite command again to go on (that run resumes from the last "
+                                f"epoch it finished, in {run.run_dir})")
+            raise
         progress.finish(started, remaining())
         return metrics, "ran"
 
@@ -318,6 +397,7 @@ def _run_all(runs: Sequence[_Run]) -> list[dict]:
     """Run every configuration not finished yet; configurations another suite process is running are waited for
     (and taken over if that process stops), so concurrent suites on one runs directory share the work."""
     started = time.time()
+    set_resume_hint("finished runs are kept; run the same suite command again to go on")
     outcomes: dict[int, list[dict]] = {}
     counts = {"ran": 0, "done already": 0, "by another process": 0}
     waiting = []
@@ -383,6 +463,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    check_overrides(overrides)
     default_source, default_data = standard_data(protocol)
     if protocol in TRANSFER_PROTOCOLS and source is None:
         source = _standard_config(default_source)
@@ -399,7 +480,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
             raise ConfigError(f"{learner} cannot take boosting prompts (--boost); CasPL's second stage runs on coop, "
                               "kgcoop, cocoop, maple, ivlp and promptsrc")
         _learner_class(boost)  # names the boosting learner
-        boosting, learner = Boosting(list(boost), clip_config, runs), f"{learner}+caspl"
+        boosting, learner = Boosting(list(boost), clip_config, runs, stage_one_overrides(overrides)), f"{learner}+caspl"
     if not cls.needs_training:  # its accuracy does not depend on the shots: one run, recorded as 0 shots
         shots = [0]
     epochs = {k: _epochs_for(k, epochs_by_shots) if k else None for k in shots}
@@ -414,8 +495,9 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                     f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
                     functools.partial(_transfer_run, protocol, learner_config, clip_config, source, data_configs, seed,
                                       k, run_dir, overrides, wandb, epochs[k], boost=boosting, label=learner),
-                    _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k])))
-        return _show(planned) if dry_run else _run_all(planned)
+                    _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k]), source,
+                    seed))
+        return _show(planned, boosting) if dry_run else _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         if protocol == "base2novel" and not _has_base_to_novel(dataset):
@@ -431,15 +513,26 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                                                       seed, k, run_dir, overrides, wandb, epochs[k], boost=boosting,
                                                       label=learner),
                                     _run_args(learner_config, clip_config, data_config, seed, k, run_dir, overrides,
-                                              epochs[k])))
-    return _show(planned) if dry_run else _run_all(planned)
+                                              epochs[k]), data_config, seed))
+    return _show(planned, boosting) if dry_run else _run_all(planned)
 
 
-def _show(runs: Sequence[_Run]) -> list[dict]:
-    """``--dry-run``: what each run would train with, as a ``vlprompt fit`` command line."""
+def _show(runs: Sequence[_Run], boosting: Optional["Boosting"] = None) -> list[dict]:
+    """``--dry-run``: what each run would train with, as ``vlprompt fit`` command lines (CasPL: the boosting stage's
+    first, once per training data set and seed, and ``boost_from`` its checkpoint)."""
+    shown = set()
     for index, run in enumerate(runs, 1):
         print(f"[suite] run {index} of {len(runs)}: {run.title} -> {run.run_dir}")
-        print("  vlprompt fit " + shlex.join(run.fit_args))
+        fit_args = run.fit_args
+        if boosting is not None:
+            run_dir = boosting.run_dir(run.trained_on, run.seed)
+            if run_dir not in shown:
+                shown.add(run_dir)
+                done = " (fitted already)" if (run_dir / BOOST_RECORD).is_file() else ""
+                print(f"  CasPL stage 1{done}: vlprompt fit " + shlex.join(boosting.fit_args(run.trained_on, run.seed)))
+            fit_args = [*fit_args, "--model.init_args.boost_from", str(boosting.expected_checkpoint(run.trained_on,
+                                                                                                      run.seed))]
+        print("  vlprompt fit " + shlex.join(fit_args))
     return []
 
 
@@ -476,13 +569,38 @@ class Boosting:
     configs: list[Path]
     clip_config: Optional[Path]
     runs: Path
+    #: The overrides after ``--`` that reach this stage (:func:`stage_one_overrides`).
+    overrides: list[str] = field(default_factory=list)
+
+    def run_dir(self, data_config: Path, seed: int) -> Path:
+        return self.runs / BOOST_DIR / _dataset_name(data_config) / f"seed{seed}"
+
+    def fit_args(self, data_config: Path, seed: int) -> list[str]:
+        """The boosting stage's ``vlprompt fit`` arguments: every training image and class name (the paper's
+        setting), with the overrides that reach this stage."""
+        return _run_args(self.configs, self.clip_config, data_config, seed, -1, self.run_dir(data_config, seed),
+                         self.overrides)
+
+    def expected_checkpoint(self, data_config: Path, seed: int) -> Path:
+        """Where the boosting prompts of (``data_config``, ``seed``) are, or will be once fitted."""
+        record = self.run_dir(data_config, seed) / BOOST_RECORD
+        if record.is_file():
+            return Path(_read_boost_record(record)["checkpoint"])
+        return (self.run_dir(data_config, seed) / CHECKPOINT_DIR / "last.ckpt").resolve()
 
     def checkpoint(self, data_config: Path, seed: int) -> Path:
-        run_dir = self.runs / BOOST_DIR / _dataset_name(data_config) / f"seed{seed}"
+        run_dir = self.run_dir(data_config, seed)
         record = run_dir / BOOST_RECORD
         while True:
             if record.is_file():
-                return Path(_read_boost_record(record)["checkpoint"])
+                content = _read_boost_record(record)
+                if list(content.get("overrides", [])) != self.overrides:
+                    raise ConfigError(
+                        f"the boosting prompts in {str(run_dir)!r} were fitted with the overrides "
+                        f"{shlex.join(content.get('overrides', [])) or '(none)'} and this suite passes "
+                        f"{shlex.join(self.overrides) or '(none)'} to that stage; use another --runs, or delete that "
+                        "folder to fit them again")
+                return Path(content["checkpoint"])
             with RunLock(run_dir) as lock:
                 if lock.acquired and not record.is_file():
                     self._fit(data_config, seed, run_dir, record)
@@ -499,10 +617,9 @@ class Boosting:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"[suite] boosting prompts (CasPL stage 1) for {_dataset_name(data_config)} seed={seed} "
               f"({'resuming' if resume else 'starting'}) -> {run_dir}", flush=True)
-        # Every training image and class name (the paper's setting); the stage-2 overrides are not applied here.
-        args = _run_args(self.configs, self.clip_config, data_config, seed, -1, run_dir, [])
-        checkpoint = fit_checkpoint(args, "all", resume)
-        write_json_atomically(record, {"checkpoint": str(Path(checkpoint).resolve())}, indent=2)
+        checkpoint = fit_checkpoint(self.fit_args(data_config, seed), "all", resume)
+        write_json_atomically(record, {"checkpoint": str(Path(checkpoint).resolve()), "overrides": self.overrides},
+                              indent=2)
 
 
 def _read_boost_record(path: Path) -> dict:
