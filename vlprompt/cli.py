@@ -27,6 +27,7 @@ from vlprompt.files import ensure_writable
 from vlprompt.interrupts import stop_cleanly
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
+from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.registry import hyperparameter_names, learner_name_of
 
 #: Where runs go unless --trainer.default_root_dir says otherwise (a logger's own save_dir, when set, wins).
@@ -152,9 +153,17 @@ class VlpromptCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, [*extra_callbacks, InterruptionReport()])
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # Before the CLIP is built: a NaN momentum or an infinite loss weight is refused by name, not trained.
+        model_args = config["model"].get("init_args") or {}
+        check_hyperparameters(model_args.as_dict() if hasattr(model_args, "as_dict") else model_args,
+                              "model.init_args.")
+        for section in ("data", "trainer"):
+            values = config.get(section) or {}
+            check_hyperparameters(values.as_dict() if hasattr(values, "as_dict") else values, f"{section}.")
         # Lightning's convention: default_root_dir decides where a run goes, for the default CSV logger and for a
         # logger (wandb) given without a save_dir of its own.
-        trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
+        trainer = config["trainer"]
         logger = trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
         if init_args is not None and "save_dir" in init_args and init_args["save_dir"] in _UNCHOSEN_SAVE_DIRS:

@@ -6,6 +6,7 @@ traceback.
 
 import contextlib
 import errno
+import os
 import sys
 from typing import Iterator, Optional
 
@@ -65,3 +66,10 @@ def report_user_errors() -> Iterator[None]:
             raise
         sys.stderr.write(f"vlprompt: error: {message}\n")
         sys.exit(2)
+
+
+def warn(message: str) -> None:
+    """One ``vlprompt: warning: ...`` line on stderr, from the first process only (DDP starts one per device)."""
+    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        sys.stderr.write(f"vlprompt: warning: {message}\n")
+        sys.stderr.flush()

@@ -23,6 +23,7 @@ class MetaConfig:
     outer_lr: float = 1e-3    # Adam, prompt initialisation
     regulator_lr: float = 0.05  # Adam, regulator (its gradient passes through inner_lr, so it is small)
     clusters: int = 64
+    cluster_sample: int = 5000  # pairs clustered by Ward (memory grows with its square); the rest join the nearest
     regulator: str = "elementwise"
     seed: int = 0
 
@@ -39,6 +40,8 @@ OPTION_HELP = {
     "outer_lr": "Adam's learning rate for the context initialisation",
     "regulator_lr": "Adam's learning rate for the regulator's gate logits",
     "clusters": "clusters of the cross-modal hierarchical clustering (pseudo-classes to draw tasks from)",
+    "cluster_sample": "pairs the hierarchical clustering runs on (its memory grows with the square of this number: "
+                      "about 100 MB at 5,000); in a larger corpus the other pairs join their nearest cluster centre",
     "regulator": "gate per prompt entry (elementwise) or per context token (token)",
     "seed": "seed of task sampling and initialisation",
 }

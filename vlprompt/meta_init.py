@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ConfigError, warn
 from vlprompt.meta_config import OPTION_HELP, REGULATOR_FORMS, MetaConfig
 
 
@@ -66,7 +67,8 @@ def encode_pair_images(clip, pairs, batch_size: int = 256):
     features = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            batch = torch.stack([transform(read_rgb(p.image)) for p in pairs[start:start + batch_size]])
+            batch = torch.stack([transform(read_rgb(p.image, "the image-caption pairs (--pairs)"))
+                                 for p in pairs[start:start + batch_size]])
             features.append(clip.encode_image(batch, normalize=True))
     return torch.cat(features)
 
@@ -97,9 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if options.out.suffix not in (".ckpt", ".pt", ".pth"):
         raise ConfigError(f"--out {options.out} should end in .ckpt (a torch checkpoint)")
     config = MetaConfig(**{f.name: getattr(options, f.name) for f in fields(MetaConfig)})
-    for name in ("steps", "tasks_per_step", "ways", "shots", "queries", "inner_steps", "clusters"):
-        if getattr(config, name) < 1 or (name == "ways" and config.ways < 2):
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least {2 if name == 'ways' else 1}")
+    check_options(config)
 
     import torch
 
@@ -110,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from vlprompt.learners.gram import describe_gram, meta_train, save_gram
 
     learner, clip_args, n_ctx, ctx_init = _learner_settings(options.learner, options.clip)
-    pairs = read_caption_pairs(options.pairs)
+    pairs = usable_pairs(read_caption_pairs(options.pairs), options.pairs, config)
     started = time.time()
     clip = FrozenCLIP(**clip_args)
     image_features = encode_pair_images(clip, pairs)
@@ -118,9 +118,56 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"meta-learning {learner}'s context ({n_ctx} tokens from {ctx_init!r})", flush=True)
     content = meta_train(clip, image_features, [p.caption for p in pairs], n_ctx, ctx_init, config,
                          report=lambda step, loss: print(f"[meta-init] step {step:4d}/{config.steps}  query loss "
-                                                         f"{loss:.3f}  {time.time() - started:5.0f} s", flush=True))
+                                                         f"{loss:.3f}  {time.time() - started:5.0f} s", flush=True),
+                         inform=lambda line: print(f"[meta-init] {line}", flush=True))
     content.update(learner=learner, seconds=time.time() - started)
     save_gram(content, options.out)
     print(f"[meta-init] {describe_gram(content)}\n[meta-init] wrote {options.out} in {(time.time() - started) / 60:.1f} "
-          f"min; fine-tune with --model.init_args.init_from {options.out} --model.init_args.gradient_regulator "
-          f"{options.out}")
+          "min", flush=True)
+    stalled = loss_did_not_move(content["query_loss"])
+    if stalled:
+        warn(f"{stalled}: the meta-learned context and regulator are hardly different from their start, so {options.out} "
+             "would change little; check that the captions tell the images apart, or raise --steps or --outer-lr")
+    else:
+        print(f"[meta-init] fine-tune with --model.init_args.init_from {options.out} "
+              f"--model.init_args.gradient_regulator {options.out}")
+
+
+#: Query losses that all lie within this fraction of the first did not move. (Each step draws other tasks, so a
+#: context that learns, or merely meets other tasks, changes the loss; a constant one is a context that no task's
+#: loss depends on, as when every pseudo-class has the same name.)
+STALLED_FRACTION = 1e-4
+
+
+def loss_did_not_move(losses) -> str:
+    """A sentence when every step's query loss was the first one's, else ""."""
+    if len(losses) < 2 or max(losses) - min(losses) > STALLED_FRACTION * max(abs(losses[0]), 1e-12):
+        return ""
+    return f"the query loss did not move in {len(losses)} steps (it stayed at {losses[0]:.4f})"
+
+
+def check_options(config: MetaConfig) -> None:
+    """Counts at least 1 (ways 2, the cluster sample at least the clusters), learning rates finite and positive."""
+    for name in ("steps", "tasks_per_step", "ways", "shots", "queries", "inner_steps", "clusters", "cluster_sample"):
+        least = {"ways": 2, "cluster_sample": config.clusters}.get(name, 1)
+        if getattr(config, name) < least:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}")
+    for name in ("inner_lr", "outer_lr", "regulator_lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} is {value}; it must be a finite number above 0")
+
+
+def usable_pairs(pairs, source: Path, config: MetaConfig):
+    """The pairs with a caption; refuses a corpus whose captions are empty or name too few distinct things for a
+    task of ``ways`` pseudo-classes (each is named by a caption, and identical names cannot be told apart)."""
+    kept = [pair for pair in pairs if pair.caption]
+    distinct = len({pair.caption.lower() for pair in kept})
+    if distinct < config.ways:
+        empty = f"{len(pairs) - len(kept)} of its {len(pairs)} captions are empty and " if len(kept) < len(pairs) else ""
+        raise ConfigError(f"--pairs {str(source)!r}: {empty}its captions name {distinct} distinct thing"
+                          f"{'s' * (distinct != 1)}, too few for tasks of --ways {config.ways}; give captions that "
+                          "describe the images")
+    if len(kept) < len(pairs):
+        print(f"[meta-init] left out {len(pairs) - len(kept)} of {len(pairs)} pairs whose caption is empty", flush=True)
+    return kept

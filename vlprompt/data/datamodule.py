@@ -25,15 +25,15 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageListDataset(Dataset):
-    def __init__(self, image_dir: Path, items: Sequence[Item], transform):
-        self.image_dir, self.items, self.transform = image_dir, list(items), transform
+    def __init__(self, image_dir: Path, items: Sequence[Item], transform, listed_in: str = "the split file"):
+        self.image_dir, self.items, self.transform, self.listed_in = image_dir, list(items), transform, listed_in
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        return self.transform(read_rgb(self.image_dir / item.path)), item.label
+        return self.transform(read_rgb(self.image_dir / item.path, self.listed_in)), item.label
 
 
 class MarkedPadding(Dataset):
@@ -233,11 +233,13 @@ class ImageSplitDataModule(pl.LightningDataModule):
                                   f"data set and test on this one")
             if not self.image_dir.is_dir():
                 raise ConfigError(f"image directory {str(self.image_dir)!r} does not exist; see {PREPARATION_NOTES}")
-            image_dir = self.unlabeled_dir if name == "train" and self.unlabeled_dir is not None else self.image_dir
+            unlabeled = name == "train" and self.unlabeled_dir is not None
+            image_dir = self.unlabeled_dir if unlabeled else self.image_dir
+            listed_in = f"the data.unlabeled_dir folder {str(self.unlabeled_dir)!r}" if unlabeled else "the split file"
             if name not in self._checked:  # Lightning calls setup again for every test: check each list once
-                check_images(image_dir, [item.path for item in items], name)
+                check_images(image_dir, [item.path for item in items], name, listed_in)
                 self._checked.add(name)
-            self.datasets[name] = ImageListDataset(image_dir, items, self.transform(train=name == "train"))
+            self.datasets[name] = ImageListDataset(image_dir, items, self.transform(train=name == "train"), listed_in)
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self.datasets[name]

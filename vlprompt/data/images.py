@@ -55,8 +55,8 @@ def to_rgb(image: Image.Image, path: Union[str, Path]) -> Image.Image:
                                    "convert it to an 8-bit RGB or greyscale image") from None
 
 
-def read_rgb(path: Union[str, Path]) -> Image.Image:
-    """Open, decode and convert one image; any failure names the file."""
+def read_rgb(path: Union[str, Path], listed_in: str = "the split file") -> Image.Image:
+    """Open, decode and convert one image; any failure names the file (and ``listed_in``, what lists it)."""
     try:
         with Image.open(path) as image:
             return to_rgb(image, path)
@@ -64,7 +64,7 @@ def read_rgb(path: Union[str, Path]) -> Image.Image:
         raise
     except PIL_ERRORS as err:
         raise UnreadableImageError(f"image {str(path)!r} cannot be read ({type(err).__name__}: {err}); replace it or "
-                                   "remove it from the split file") from None
+                                   f"remove it from {listed_in}") from None
 
 
 #: File signatures and end markers of the two formats nearly every data set uses; both hold only modes
@@ -112,16 +112,17 @@ def check_many(paths: list[Path]) -> list[Optional[str]]:
         return [why for chunk in pool.map(lambda chunk: [check_image(p) for p in chunk], chunks) for why in chunk]
 
 
-def check_images(image_dir: Path, relpaths: Iterable[str], what: str) -> None:
-    """Refuse, before any training, a listed file that is missing or cannot be read as an image."""
+def check_images(image_dir: Path, relpaths: Iterable[str], what: str, listed_in: str = "the split file") -> None:
+    """Refuse, before any training, a listed file that is missing or cannot be read as an image (``listed_in``: what
+    lists them, for the message)."""
     relpaths = list(relpaths)
     missing = [p for p in relpaths if not (image_dir / p).is_file()]
     if missing:
-        raise UnreadableImageError(f"{len(missing)} {what} images listed in the split file are missing under "
+        raise UnreadableImageError(f"{len(missing)} {what} images listed in {listed_in} are missing under "
                                    f"{str(image_dir)!r} (first: {missing[0]}); see datasets/README.md")
     problems = [(p, why) for p, why in zip(relpaths, check_many([image_dir / p for p in relpaths])) if why]
     if problems:
         shown = "; ".join(f"{p}: {why}" for p, why in problems[:3])
         raise UnreadableImageError(f"{len(problems)} {what} images under {str(image_dir)!r} cannot be read ({shown}"
-                                   f"{'; ...' if len(problems) > 3 else ''}); replace them or remove them from the "
-                                   "split file")
+                                   f"{'; ...' if len(problems) > 3 else ''}); replace them or remove them from "
+                                   f"{listed_in}")

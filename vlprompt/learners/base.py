@@ -21,6 +21,7 @@ from vlprompt.clip.frozen import none_if_null
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
+from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
 from vlprompt.learners.references import FrozenReferences
 
@@ -131,6 +132,7 @@ class PromptLearner(pl.LightningModule):
         for name in [k for k, v in self.hparams.items() if isinstance(v, FrozenCLIP)]:
             del self.hparams[name]
             self._hparams_initial.pop(name, None)
+        check_hyperparameters(self.hparams)
         self.clip = clip
         self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None

@@ -47,7 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.errors import ConfigError
+from vlprompt.errors import CheckpointMismatchError, ConfigError, warn
+from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
 from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.references import encode_texts
 from vlprompt.meta_config import REGULATOR_FORMS, MetaConfig
@@ -105,14 +106,41 @@ def meta_step(ctx: torch.Tensor, regulator: GradientRegulator, support_loss, que
     return query_loss(adapted)
 
 
-def cluster_pairs(image_features: torch.Tensor, text_features: torch.Tensor, n_clusters: int) -> torch.Tensor:
+#: Pairs assigned to their nearest cluster centre at a time, beyond the clustered sample.
+ASSIGN_CHUNK = 65_536
+
+
+def cluster_pairs(image_features: torch.Tensor, text_features: torch.Tensor, n_clusters: int,
+                  sample: Optional[int] = None, seed: int = 0) -> torch.Tensor:
     """Cluster labels of the pairs from their concatenated, L2-normalised image and text features (scikit-learn's
-    agglomerative clustering, Ward linkage)."""
+    agglomerative clustering, Ward linkage).
+
+    Ward's memory grows with the square of the pairs clustered (a 40,000-pair corpus needs 6 GiB), so beyond
+    ``sample`` pairs it clusters a random ``sample`` of them (``seed``) and every other pair joins the cluster whose
+    centre is nearest: Ward merges to keep clusters' squared distances to their centres small, so that is the
+    cluster it would favour. Memory then grows linearly with the corpus (our reading's choice)."""
     from sklearn.cluster import AgglomerativeClustering
 
-    joint = torch.cat([F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)], dim=-1)
-    n_clusters = min(n_clusters, len(joint))
-    return torch.as_tensor(AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(joint.numpy()))
+    def joint(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.normalize(image_features[rows], dim=-1), F.normalize(text_features[rows], dim=-1)], dim=-1)
+
+    count = len(image_features)
+    chosen = torch.arange(count)
+    if sample is not None and count > sample:
+        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
+    features = joint(chosen)
+    n_clusters = min(n_clusters, len(features))
+    sampled_labels = torch.as_tensor(
+        AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(features.numpy()))
+    if len(chosen) == count:
+        return sampled_labels
+    centres = torch.stack([features[sampled_labels == c].mean(0) for c in range(n_clusters)])
+    labels = torch.empty(count, dtype=sampled_labels.dtype)
+    for start in range(0, count, ASSIGN_CHUNK):  # chunks: never a corpus-sized distance matrix
+        rows = torch.arange(start, min(start + ASSIGN_CHUNK, count))
+        labels[rows] = torch.cdist(joint(rows), centres).argmin(dim=1).to(labels.dtype)
+    labels[chosen] = sampled_labels  # the clustered pairs keep Ward's own labels
+    return labels
 
 
 def cluster_names(captions: Sequence[str], text_features: torch.Tensor, labels: torch.Tensor) -> dict[int, str]:
@@ -151,14 +179,19 @@ def sample_task(members: dict[int, list[int]], config: MetaConfig, rng: random.R
 
 
 def meta_train(clip: FrozenCLIP, image_features: torch.Tensor, captions: Sequence[str], n_ctx: int,
-               ctx_init: Optional[str], config: MetaConfig = MetaConfig(), report=None) -> dict:
+               ctx_init: Optional[str], config: MetaConfig = MetaConfig(), report=None, inform=None) -> dict:
     """Meta-learn a context and a regulator on image-caption pairs (``image_features``: frozen, normalised, one row
-    per caption); returns the GRAM checkpoint's content (see :func:`save_gram`)."""
+    per caption); returns the GRAM checkpoint's content (see :func:`save_gram`). ``report(step, loss)`` hears of
+    the progress, ``inform(line)`` of what was decided on the way (a clustered sample)."""
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     with torch.no_grad():
         text_features = encode_texts(clip, list(captions))
-    labels = cluster_pairs(image_features, text_features, config.clusters)
+    if inform and len(captions) > config.cluster_sample:
+        inform(f"clustering a random sample of {config.cluster_sample:,} of the {len(captions):,} pairs (Ward's memory "
+               f"grows with the square of the count; --cluster-sample); the other {len(captions) - config.cluster_sample:,}"
+               " join their nearest cluster centre")
+    labels = cluster_pairs(image_features, text_features, config.clusters, config.cluster_sample, config.seed)
     names, members = cluster_names(captions, text_features, labels), cluster_members(labels)
     placeholder = [names[c] for c in sorted(names)[:config.ways]]
     prompts = ContextPrompts(clip, placeholder, n_ctx, ctx_init)
@@ -214,7 +247,37 @@ def read_gram(path) -> dict:
     if not isinstance(checkpoint, dict) or GRAM_KEY not in checkpoint:
         raise ConfigError(f"{str(path)!r} is not a GRAM checkpoint (no {GRAM_KEY!r} entry); `vlprompt meta-init` "
                           "writes them")
-    return checkpoint[GRAM_KEY]
+    content = checkpoint[GRAM_KEY]
+    tensors = {"ctx": content.get("ctx"), "regulator.logits": (content.get("regulator") or {}).get("logits")}
+    bad = non_finite_tensors(tensors.items())
+    if bad:
+        raise ConfigError(f"GRAM checkpoint {str(path)!r} holds non-finite values in {', '.join(bad)} (its "
+                          "meta-training diverged); run `vlprompt meta-init` again with a lower --inner-lr/--outer-lr")
+    content["path"] = str(path)
+    return content
+
+
+def _describe_clip(identity: dict) -> str:
+    source = identity.get("source") or {}
+    name = source.get("name")
+    name = name if isinstance(name, str) else "a CLIP from a config dict"
+    return f"{name} (pretrained {source.get('pretrained')!r})"
+
+
+def check_gram_clip(content: dict, clip: FrozenCLIP, role: str) -> None:
+    """Refuse a GRAM file meta-learned on another CLIP architecture; warn when only the weights' source differs
+    (the same weights may have been loaded from another place)."""
+    saved = content.get("clip") or {}
+    where = content.get("path", "the GRAM checkpoint")
+    diff = architecture_difference(saved.get("arch") or {}, clip.identity["arch"])
+    if diff:
+        raise CheckpointMismatchError(f"{role} {where!r} was meta-learned on another CLIP, {_describe_clip(saved)} "
+                                      f"({diff}); run `vlprompt meta-init` with this learner's CLIP "
+                                      f"({_describe_clip(clip.identity)})")
+    if saved.get("source") and saved["source"] != clip.identity["source"]:
+        warn(f"{role} {where!r} was meta-learned on {_describe_clip(saved)} and this learner's CLIP is "
+             f"{_describe_clip(clip.identity)}: same architecture, maybe other weights; its context suits the "
+             "weights it was learned on")
 
 
 def regulator_from(content: dict) -> GradientRegulator:
@@ -246,6 +309,7 @@ class GramPlugin:
     def apply_init(self, learner) -> None:
         """Copy the meta-learned context into ``learner`` (bitwise, in the context's dtype)."""
         ctx = self.context_of(learner)
+        check_gram_clip(self.init, learner.clip, "init_from")
         learned = self.init["ctx"]
         if tuple(learned.shape) != tuple(ctx.shape):
             raise ConfigError(f"the GRAM context has shape {list(learned.shape)} and {learner.registry_name}'s has "
@@ -257,6 +321,8 @@ class GramPlugin:
     def attach_regulator(self, learner) -> None:
         """Gate the context's gradient with the meta-learned regulator at every backward pass."""
         ctx = self.context_of(learner)
+        if self.regulation is not self.init:  # the same file was checked by apply_init
+            check_gram_clip(self.regulation, learner.clip, "gradient_regulator")
         if tuple(self.regulator.shape) != tuple(ctx.shape):
             raise ConfigError(f"the GRAM regulator was meta-learned for a context of shape {list(self.regulator.shape)}"
                               f" and {learner.registry_name}'s has {list(ctx.shape)}; meta-train with this learner's "
