@@ -167,7 +167,10 @@ def test_boost_from_is_refused_where_it_cannot_apply(tiny_clip, teacher, stage_o
         path = fit(coop, torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), tmp_path / "coop")
         vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=path)
     other = vlprompt.load_clip(tiny_config(text_cfg={"width": 48, "heads": 3}))
-    with pytest.raises(CheckpointMismatchError, match="learned on another CLIP"):
+    # The message tells the file's student from this learner's CLIP (issue 26, point 12).
+    with pytest.raises(CheckpointMismatchError, match=r"learned on the student built from a config dict \(random "
+                                                      r"weights\), and this learner's CLIP is .*text_width: 32 vs 48.*"
+                                                      "fit the boosting stage"):
         vlprompt.build_learner("coop", clip=other, classnames=CLASSNAMES, boost_from=stage_one)
 
 

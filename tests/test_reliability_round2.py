@@ -205,3 +205,107 @@ def test_unreadable_pair_images_do_not_mention_a_split_file(corpus, tmp_path, ca
     code, err = run_main(meta_init(broken, tmp_path / "gram.ckpt"), capsys)
     line = last_error_line(err)
     assert code == 2 and "split file" not in line and "--pairs" in line
+
+
+# -- 9. an unlabelled folder under a learner that reads labels ---------------------------------------------------------
+def test_unlabeled_dir_with_a_learner_that_trains_on_labels_is_refused_at_start(shapes, tmp_path, capsys):
+    code, err = run_main([*fit_args("coop", shapes, "--data.unlabeled_dir", shapes / "images",
+                                    "--trainer.default_root_dir", tmp_path / "runs", "--data.num_workers", 0)], capsys)
+    line = last_error_line(err)
+    assert code == 2 and "coop trains on labels" in line and "caspl_boost" in line and "drop data.unlabeled_dir" in line
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+# -- 10. a biomedical data set with an empty class folder and no split file ------------------------------------------
+def test_empty_class_folder_without_a_split_file_is_named(tmp_path):
+    from PIL import Image
+
+    from vlprompt.data import ImageSplitDataModule
+
+    for name, count in (("glioma_tumor", 6), ("meningioma_tumor", 0), ("no_tumor", 6)):
+        folder = tmp_path / "BTMRI" / name
+        folder.mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (8, 8)).save(folder / f"{index}.png")
+    with pytest.raises(ConfigError, match=r"class folder '.*meningioma_tumor' is empty.*put that class's images"):
+        ImageSplitDataModule(str(tmp_path), dataset="BTMRI")
+    assert not list(tmp_path.glob("split_*.json"))
+
+
+# -- 11. the disk fills while a checkpoint is written -------------------------------------------------------------------
+FILL_DISK = '''
+import pytorch_lightning as pl
+
+
+class FillDiskAfterFirstEpoch(pl.Callback):
+    """Fills the run's disk at the end of the second epoch, before that epoch's checkpoints are written."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            try:
+                with open(trainer.default_root_dir + "/filler", "wb", buffering=0) as stream:
+                    while True:
+                        stream.write(b"x" * 1024)
+            except OSError:  # full
+                pass
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("test_reliability")._namespace_mount_works(),
+                    reason="needs unshare and mount in a user namespace")
+def test_a_disk_that_fills_during_a_checkpoint_names_it_and_leaves_no_empty_file(shapes, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "filler_callback.py").write_text(FILL_DISK)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = " ".join(map(str, [sys.executable, "-m", "vlprompt", *fit_args("coop", shapes), "--data.shots", 2,
+                                 "--data.num_workers", 0, "--trainer.max_epochs", 3, "--trainer.default_root_dir", out,
+                                 "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                                 "--checkpoint.dirpath", out / "checkpoints",
+                                 "--trainer.callbacks+=filler_callback.FillDiskAfterFirstEpoch"]))
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=512k tmpfs {out} && {command}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    line = last_error_line(result.stderr)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "checkpoint" in line and str(out / "checkpoints") in line and "No space left" in line, line
+    # The mount is gone with the namespace: what the run saw is checked inside it instead.
+    listing = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=512k tmpfs {out} && {command}"
+                              f" >/dev/null 2>&1; ls -la {out}/checkpoints"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    files = [row.split() for row in listing.stdout.splitlines() if row.endswith(".ckpt")]
+    assert files and all(int(row[4]) > 0 for row in files), listing.stdout
+    assert not [row for row in listing.stdout.splitlines() if ".tmp-" in row], listing.stdout
+
+
+# -- 12, 13. messages that named the wrong thing ----------------------------------------------------------------------
+def test_clip_descriptions_name_the_model_and_its_weights():
+    from vlprompt.learners.checkpoint_io import describe_clip
+
+    assert describe_clip({"source": {"name": "ViT-B-16", "pretrained": "openai"}}) == "'ViT-B-16' (pretrained 'openai')"
+    assert describe_clip({"source": {"name": {"embed_dim": 8}, "pretrained": None}}) == \
+        "built from a config dict (random weights)"
+
+
+def test_vmfcoop_names_the_classes_with_too_few_descriptions(tiny_clip):
+    descriptions = {"red circle": ["A red circle.", "Round and red."], "green square": ["A green square."]}
+    learner = vlprompt.build_learner("vmfcoop", clip=tiny_clip, classnames=list(descriptions),
+                                     descriptions=descriptions)
+    with pytest.raises(ConfigError, match=r"at least 2 descriptions of each; 'green square' has fewer"):
+        learner.anchors()
+
+
+def test_unlabelled_images_that_cannot_be_read_name_the_folder_not_a_split_file(shapes, tmp_path):
+    from vlprompt.data import ImageSplitDataModule
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    module = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=2,
+                                  unlabeled_dir=str(folder), num_workers=0)
+    with pytest.raises(ConfigError, match="data.unlabeled_dir folder") as refused:
+        module.setup("fit")
+    assert "split file" not in str(refused.value)

@@ -1,5 +1,6 @@
 """Lightning callbacks vlprompt runs use: per-class accuracy reports, the resolved config on experiment trackers,
-and Gaussian prompt aggregation (PromptSRC's epoch-level weight averaging, usable with any learner).
+what an interrupted run kept, Gaussian prompt aggregation (PromptSRC's epoch-level weight averaging, usable with
+any learner); and the checkpoint writer (whole files or none).
 
 They sit below the learners (PromptSRC adds the aggregation itself) and the command line (:mod:`vlprompt.cli`
 adds the reports), and know nothing of either: a learner is any LightningModule here.
@@ -8,17 +9,21 @@ adds the reports), and know nothing of either: a learner is any LightningModule 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
+from vlprompt.errors import StorageError, storage_fix
+from vlprompt.files import write_bytes_atomically
 from vlprompt.interrupts import note_signal, set_resume_hint, signal_of
 
 PER_CLASS_COLUMNS = ["class", "accuracy"]
@@ -81,6 +86,26 @@ class SaveAndLogConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             if not isinstance(logger, CSVLogger):
                 logger.log_hyperparams({"config": config})
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each local checkpoint whole or not at all: serialised in memory, written to a temporary beside its
+    place, synced and moved there. When the disk fills or the place cannot be written, the error names the
+    checkpoint and its folder, and neither a partial nor an empty file is left (the checkpoints already there are
+    untouched). Remote paths (``s3://``) go through Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        try:
+            write_bytes_atomically(path, buffer.getvalue())
+        except OSError as err:
+            raise StorageError(f"cannot write the checkpoint {path.name!r} in {str(path.parent)!r}: "
+                               f"{err.strerror or err}; {storage_fix(err)} (the checkpoints already in that folder are "
+                               "intact)") from None
 
 
 class InterruptionReport(pl.Callback):

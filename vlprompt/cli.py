@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from vlprompt.data import ImageSplitDataModule
-from vlprompt.callbacks import InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig, finished_epochs
+from vlprompt.callbacks import (AtomicCheckpointIO, InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig,
+                                finished_epochs)
 from vlprompt.errors import CheckpointMismatchError, ConfigError, report_user_errors
 from vlprompt.files import ensure_writable
 from vlprompt.interrupts import stop_cleanly
@@ -150,6 +152,11 @@ class VlpromptCLI(LightningCLI):
         # Not a command-line option: every run says how to go on when a signal stops it.
         extra_callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        # Checkpoints written whole or not at all, unless the user brings a checkpoint writer of their own.
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return self._instantiate_trainer(trainer_config, [*extra_callbacks, InterruptionReport()])
 
     def before_instantiate_classes(self) -> None:

@@ -27,6 +27,10 @@ class TrainingDivergedError(VlpromptError):
     """Training produced a non-finite loss or parameter; nothing it learned is a result."""
 
 
+class StorageError(VlpromptError):
+    """A file vlprompt writes could not be written (a full disk, a read-only place, no permission)."""
+
+
 class UnreadableImageError(ConfigError):
     """An image listed in a split file that is missing, damaged or in a pixel format that cannot be converted."""
 
@@ -35,6 +39,11 @@ class UnreadableImageError(ConfigError):
 _STORAGE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
                    errno.EROFS: "write elsewhere", errno.EACCES: "check its permissions or write elsewhere",
                    errno.EPERM: "check its permissions or write elsewhere"}
+
+
+def storage_fix(error: OSError) -> str:
+    """What to do about a storage error: free space, write elsewhere, check permissions."""
+    return _STORAGE_ERRORS.get(error.errno, "write elsewhere")
 
 
 def user_error_message(err: BaseException) -> Optional[str]:

@@ -73,6 +73,14 @@ def write_json_atomically(path: Path, data: Any, replace: bool = True, indent: i
     With ``replace=False`` an existing ``path`` is kept (returns False), so concurrent writers (DDP ranks
     building the same split) never clobber each other: the first one to finish wins.
     """
+    text = json.dumps(data, indent=indent) + ("\n" if indent is not None else "")
+    return write_bytes_atomically(path, text.encode("utf-8"), replace)
+
+
+def write_bytes_atomically(path: Path, data: bytes, replace: bool = True) -> bool:
+    """Write ``data`` to ``path`` whole or not at all (a temporary beside it, synced, then moved into place); True
+    if this call wrote it. A failed write (a full disk) leaves ``path`` as it was and no temporary behind; the
+    ``OSError`` names ``path``. ``replace=False`` as in :func:`write_json_atomically`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -80,10 +88,10 @@ def write_json_atomically(path: Path, data: Any, replace: bool = True, indent: i
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix)
     try:
         os.fchmod(handle, 0o666 & ~_umask())
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=indent)
-            if indent is not None:
-                stream.write("\n")
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
         if replace:
             os.replace(temporary, path)
             return True
@@ -97,6 +105,9 @@ def write_json_atomically(path: Path, data: Any, replace: bool = True, indent: i
                 return False
             os.replace(temporary, path)
             return True
+    except OSError as err:
+        # The temporary's name means nothing to the user: name the file being written.
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -115,8 +115,17 @@ def class_folders(ignored: Sequence[str] = (), renames: Mapping[str, str] = {}) 
 
     def build(dataset_dir: Path, image_dir: Path) -> Split:
         rng = random.Random(SPLIT_SEED)
+        folders = _subfolders(image_dir, ignored)
+        if not folders:
+            raise ConfigError(f"{str(image_dir)!r} holds no class folders and no split file was found; see "
+                              f"{PREPARATION_NOTES}")
         groups = {label: [Item(f"{c}/{f}", label, renames.get(c, c)) for f in _listdir(image_dir / c)]
-                  for label, c in enumerate(_subfolders(image_dir, ignored))}
+                  for label, c in enumerate(folders)}
+        empty = [folders[label] for label, items in groups.items() if not items]
+        if empty:
+            raise ConfigError(f"class folder {str(image_dir / empty[0])!r} is empty"
+                              f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}, and no split file was "
+                              "found to build from; put that class's images in it, or remove the folder")
         return _split_per_class(groups, rng)
 
     return build

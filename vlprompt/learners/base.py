@@ -314,6 +314,14 @@ class PromptLearner(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._require_trainable()
+        unlabeled = getattr(self.trainer.datamodule, "unlabeled_dir", None)
+        if unlabeled is not None and self.uses_labels:
+            from vlprompt.learners.registry import get_learner_class, list_learners
+
+            readers = [name for name in list_learners() if not get_learner_class(name).uses_labels]
+            raise ConfigError(f"data.unlabeled_dir {str(unlabeled)!r} replaces the training images with unlabelled ones, "
+                              f"but {self.registry_name} trains on labels (learners that read unlabelled images: "
+                              f"{', '.join(readers)}); drop data.unlabeled_dir")
         strategy = self.trainer.strategy
         if (self.may_leave_parameters_unused and isinstance(strategy, DDPStrategy)
                 and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")):

@@ -17,7 +17,7 @@ from torch import nn
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.checkpoint_io import architecture_difference, read_checkpoint
+from vlprompt.learners.checkpoint_io import architecture_difference, describe_clip, read_checkpoint
 
 #: The learner whose checkpoints hold boosting prompts.
 BOOSTING_LEARNER = "caspl_boost"
@@ -36,8 +36,10 @@ class BoostingPrompts(nn.Module):
                               f"{BOOSTING_LEARNER} fit (configs/learners/caspl_boost.yaml)")
         diff = architecture_difference(meta["clip"]["arch"], clip.identity["arch"])
         if diff:
-            raise CheckpointMismatchError(f"boost_from {path!r} was learned on another CLIP ({diff}); use boosting "
-                                          f"prompts learned on this student ({meta['clip']['source']['name']!r})")
+            raise CheckpointMismatchError(
+                f"boost_from {path!r} was learned on the student {describe_clip(meta['clip'])}, and this learner's CLIP "
+                f"is {describe_clip(clip.identity)} ({diff}); fit the boosting stage (caspl_boost) on this learner's "
+                "CLIP and pass its last.ckpt")
         state = checkpoint["state_dict"]
         text = [state["prompts.ctx"]] + _numbered(state, "deep_text_prompts")
         vision = _numbered(state, "vision_prompts")

@@ -43,6 +43,15 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     return checkpoint
 
 
+def describe_clip(identity: dict) -> str:
+    """A CLIP's recorded identity in words: its name and where its weights came from."""
+    source = identity.get("source") or {}
+    name = source.get("name")
+    name = repr(name) if isinstance(name, str) else "built from a config dict"
+    pretrained = source.get("pretrained")
+    return f"{name} (pretrained {pretrained!r})" if pretrained else f"{name} (random weights)"
+
+
 def architecture_difference(saved: dict, current: dict) -> str:
     """``"key: saved vs current, ..."`` for the recorded architecture facts that differ; keys absent on one side
     (checkpoints older than a recorded fact) are not compared."""

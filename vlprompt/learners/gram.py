@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError, warn
-from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
+from vlprompt.learners.checkpoint_io import architecture_difference, describe_clip, non_finite_tensors
 from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.references import encode_texts
 from vlprompt.meta_config import REGULATOR_FORMS, MetaConfig
@@ -257,13 +257,6 @@ def read_gram(path) -> dict:
     return content
 
 
-def _describe_clip(identity: dict) -> str:
-    source = identity.get("source") or {}
-    name = source.get("name")
-    name = name if isinstance(name, str) else "a CLIP from a config dict"
-    return f"{name} (pretrained {source.get('pretrained')!r})"
-
-
 def check_gram_clip(content: dict, clip: FrozenCLIP, role: str) -> None:
     """Refuse a GRAM file meta-learned on another CLIP architecture; warn when only the weights' source differs
     (the same weights may have been loaded from another place)."""
@@ -271,12 +264,12 @@ def check_gram_clip(content: dict, clip: FrozenCLIP, role: str) -> None:
     where = content.get("path", "the GRAM checkpoint")
     diff = architecture_difference(saved.get("arch") or {}, clip.identity["arch"])
     if diff:
-        raise CheckpointMismatchError(f"{role} {where!r} was meta-learned on another CLIP, {_describe_clip(saved)} "
+        raise CheckpointMismatchError(f"{role} {where!r} was meta-learned on another CLIP, {describe_clip(saved)} "
                                       f"({diff}); run `vlprompt meta-init` with this learner's CLIP "
-                                      f"({_describe_clip(clip.identity)})")
+                                      f"({describe_clip(clip.identity)})")
     if saved.get("source") and saved["source"] != clip.identity["source"]:
-        warn(f"{role} {where!r} was meta-learned on {_describe_clip(saved)} and this learner's CLIP is "
-             f"{_describe_clip(clip.identity)}: same architecture, maybe other weights; its context suits the "
+        warn(f"{role} {where!r} was meta-learned on {describe_clip(saved)} and this learner's CLIP is "
+             f"{describe_clip(clip.identity)}: same architecture, maybe other weights; its context suits the "
              "weights it was learned on")
 
 

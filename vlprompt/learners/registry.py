@@ -13,18 +13,17 @@ import importlib
 import inspect
 import pkgutil
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 from vlprompt.errors import ConfigError
 
-if TYPE_CHECKING:
-    from vlprompt.learners.base import PromptLearner
-
-_REGISTRY: dict[str, type["PromptLearner"]] = {}
+# Learner classes are typed ``type`` here: the registry sits below the base class it lists subclasses of, so that the
+# base class may ask it (which learners read unlabelled images) without an import circle.
+_REGISTRY: dict[str, type] = {}
 _loaded = False
 
 
-def register_learner(name: str) -> Callable[[type["PromptLearner"]], type["PromptLearner"]]:
+def register_learner(name: str) -> Callable[[type], type]:
     """Class decorator: make a learner available as ``name``."""
 
     def decorate(cls):
@@ -57,7 +56,7 @@ def list_learners() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_learner_class(name: str) -> type["PromptLearner"]:
+def get_learner_class(name: str) -> type:
     _load_all()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.4)
@@ -99,7 +98,7 @@ def hyperparameter_names(cls: type) -> list[str]:
     return list(hyperparameter_defaults(cls))
 
 
-def build_learner(name: str, clip, classnames, **hparams) -> "PromptLearner":
+def build_learner(name: str, clip, classnames, **hparams):
     """Build the learner registered as ``name`` on a frozen ``clip`` for ``classnames``."""
     cls = get_learner_class(name)
     valid = hyperparameter_names(cls)

@@ -117,10 +117,13 @@ class VMFCoOp(CoOp):
     def anchors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(mu C x D, kappa C, log C_d(kappa) C)`` of every class, from its descriptions' frozen features, cached
         per class set (so the host-side Bessel function runs once, not every step)."""
-        lengths = {len(sentences) for sentences in self.descriptions.values()}
-        if min(lengths) < 2:
-            raise ConfigError("vmfcoop estimates a distribution per class: every class needs at least 2 descriptions")
-        count = min(lengths)  # the same count for every class, as the bank needs
+        few = [name for name, sentences in self.descriptions.items() if len(sentences) < 2]
+        if few:
+            raise ConfigError(f"vmfcoop estimates a distribution per class and needs at least 2 descriptions of each; "
+                              f"{', '.join(map(repr, few[:5]))}{f' and {len(few) - 5} more' if len(few) > 5 else ''} "
+                              f"{'has' if len(few) == 1 else 'have'} fewer: add sentences to the descriptions file "
+                              "(data.descriptions)")
+        count = min(len(sentences) for sentences in self.descriptions.values())  # one count for all, as the bank needs
         used = {name: s[:count] for name, s in self.descriptions.items()}
         # Both terms read the anchors every step: fitted once per class set, cleared with the class names.
         key = ("vmf anchors", id(self.clip), tuple(self.classnames), str(self.clip.device))
