@@ -244,7 +244,11 @@ def test_split_is_built_once_and_read_with_the_clean_class_names(name, tmp_path)
     root = tmp_path / benchmark.directory
     expected_names, counts = FAKE_TREES[name](root)
     data = ImageSplitDataModule(root, dataset=name, shots=-1, num_workers=0, image_size=16, eval_batch_size=4)
-    split_path = root / benchmark.split_file
+    # A split built here never takes the published file's name (issue 31, point 1); without a published file it
+    # is the papers' protocol (official lists) and keeps the name it has.
+    split_path = root / benchmark.built_split_file
+    assert not (benchmark.published_split and (root / benchmark.split_file).exists())
+    assert data.split_built_here == benchmark.published_split and data.split_file == split_path.name
     split = read_split_file(split_path)
     assert {part: len(items) for part, items in split.items()} == counts
     assert data.classnames == expected_names
@@ -265,7 +269,7 @@ def test_class_folder_split_is_50_20_30_per_class_and_reproducible(tmp_path):
     for copy in ("a", "b"):
         folders(tmp_path / copy / "images", ["banded", "braided"], 20)
         ImageSplitDataModule(tmp_path / copy, dataset="DTD", shots=-1, num_workers=0)
-    a, b = (read_split_file(tmp_path / c / "split_zhou_DescribableTextures.json") for c in "ab")
+    a, b = (read_split_file(tmp_path / c / "split_vlprompt_built_DescribableTextures.json") for c in "ab")
     assert a == b
     for label in (0, 1):
         assert [sum(i.label == label for i in a[part]) for part in ("train", "val", "test")] == [10, 4, 6]
@@ -293,4 +297,4 @@ def test_missing_files_name_what_is_missing_and_where_to_read(tmp_path):
     folders(root / "images", ["banded"], 2)
     with pytest.raises(ConfigError, match="a 50/20/30 split needs at least 4"):
         ImageSplitDataModule(root, dataset="DTD")
-    assert not (root / "split_zhou_DescribableTextures.json").exists()
+    assert not list(root.glob("split_*.json"))

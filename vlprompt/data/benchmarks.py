@@ -5,11 +5,15 @@ split file's relative paths start from, the split file, the hand template, and h
 from the data set's own files when it is absent. Built split files are written once and then read like any
 other, so a run never depends on how they were made.
 
-Where CoOp ships a split file (``split_zhou_<Name>.json``), use it: it fixes the train/val/test images and so
-makes numbers comparable with published tables. Building one here follows the reference recipe (50/20/30 per
-class from class folders; 80/20 train/val from an official train list), but draws with
-``random.Random(SPLIT_SEED)`` over sorted file listings instead of the global RNG over ``os.listdir`` order, so
-it is reproducible on every file system, yet not the very split CoOp published.
+Where CoOp (or BiomedCoOp) publishes a split file (``split_zhou_<Name>.json``), use it: it fixes the
+train/val/test images and so makes numbers comparable with published tables. Without it a split is built here,
+following the reference recipe (50/20/30 per class from class folders; 80/20 train/val from an official train
+list), but drawn with ``random.Random(SPLIT_SEED)`` over sorted file listings instead of the global RNG over
+``os.listdir`` order: reproducible on every file system, yet not the very split that was published. Such a split
+is written under its own name (``split_vlprompt_built_<Name>.json``, never the published one's), every run that
+uses it says so, and its metrics and reports are marked. Data sets whose papers publish no split file (ImageNet,
+FGVC-Aircraft, the ImageNet variants) are read from their official lists into ``split_vlprompt_<Name>.json``,
+which is the papers' protocol itself.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ class Benchmark:
     test_only: bool = False
     #: Whether its paper evaluates it base-to-novel (BUSI, with 3 classes, is few-shot only in BiomedCoOp).
     base_to_novel: bool = True
+
+    @property
+    def published_split(self) -> bool:
+        """Whether ``split_file`` is a file a paper publishes (a split built here would differ from it)."""
+        return not self.split_file.startswith("split_vlprompt_")
+
+    @property
+    def built_split_file(self) -> str:
+        """Where a split built here goes: the published file's name when none is published, else a name of its own
+        (``split_vlprompt_built_<Name>.json``), so that it is never taken for the published one."""
+        if not self.published_split:
+            return self.split_file
+        return "split_vlprompt_built_" + self.split_file.removeprefix("split_").removeprefix("zhou_")
 
 
 # -- reading the data sets' own files --------------------------------------------------------------------------

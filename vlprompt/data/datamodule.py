@@ -17,7 +17,7 @@ from vlprompt.data.descriptions import read_descriptions
 from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
                                   subsample_classes)
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ConfigError, warn
 
 # open_clip's OPENAI_DATASET_MEAN/STD, used when no model tells otherwise.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,12 +105,35 @@ def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[
 
 
 
+#: Warnings already given by this process (a suite builds a data module per fit and test of every run).
+_WARNED: set = set()
+
+
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warn(message)
+
+
+def short_classes(train: Sequence[Item], shots: int) -> dict[str, int]:
+    """``{class name: training images}`` for the classes with fewer than ``shots`` (all when ``shots`` is -1)."""
+    if shots < 1:
+        return {}
+    counts: dict[str, int] = {}
+    for item in train:
+        counts[item.classname.replace("_", " ")] = counts.get(item.classname.replace("_", " "), 0) + 1
+    return {name: count for name, count in counts.items() if count < shots}
+
+
 class ImageSplitDataModule(pl.LightningDataModule):
     """Images under ``root/image_dir`` listed by a split file ``root/split_file`` (CoOp's format).
 
     ``dataset`` names a standard benchmark (:data:`vlprompt.data.benchmarks.BENCHMARKS`): its image folder,
-    split file and hand template become the defaults, and a missing split file is built from the data set's
-    own files and saved. Without ``dataset`` any folder with a split file is read (toy data sets included).
+    split file and hand template become the defaults. Without the published split file, one is built from the
+    data set's own files and saved under a name of its own (``split_vlprompt_built_<Name>.json``); every run that
+    uses it says so and records it (:meth:`provenance`). Without ``dataset`` any folder with a split file is read
+    (toy data sets included). Classes with fewer training images than ``shots`` train on all they have (Dassl's
+    behaviour); the run says so and records their counts.
 
     Few-shot sampling and the base/novel halves follow the CoOp/Dassl protocol exactly
     (:mod:`vlprompt.data.splits`); the selected shots are saved per (K, seed) under ``root/split_fewshot``.
@@ -181,17 +204,24 @@ class ImageSplitDataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise ConfigError(f"dataset directory {str(self.root)!r} does not exist; see {PREPARATION_NOTES}")
         benchmark = get_benchmark(dataset) if dataset else None
-        self.dataset_name = dataset or self.root.name
+        self.dataset_name, self._seed = dataset or self.root.name, seed
         self.test_only = bool(benchmark and benchmark.test_only)
         self.image_dir = self.root / (image_dir if image_dir is not None else benchmark.image_dir if benchmark
                                       else "images")
-        split_path = self.root / (split_file or (benchmark.split_file if benchmark else "split.json"))
-        if benchmark and not split_path.exists():
-            build_split_file(benchmark, self.root, self.image_dir, split_path)
+        split_path = self._split_path(benchmark, split_file)
         split = read_split_file(split_path)
         self.split = subsample_classes(cached_few_shot_split(split, shots, seed, split_path), subsample)
         self.classnames = [name.replace("_", " ") for name in
                            classnames_of(item for items in self.split.values() for item in items)]
+        self.shots = shots
+        #: Classes that have fewer training images than ``shots`` asks for, with the number they train on.
+        self.short_classes = {} if unlabeled_dir else short_classes(self.split["train"], shots)
+        if self.short_classes:
+            fewest = min(self.short_classes.items(), key=lambda pair: pair[1])
+            _warn_once(("shots", str(split_path), shots, seed, subsample),
+                       f"{self.dataset_name}: data.shots {shots}, but {len(self.short_classes)} of {len(self.classnames)} "
+                       f"classes have fewer training images (fewest: {fewest[1]}, {fewest[0]!r}) and train on all they "
+                       "have; the counts are recorded in the run's metrics")
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
         self.template_groups = [list(group) for group in template_groups] if template_groups else None
@@ -218,6 +248,33 @@ class ImageSplitDataModule(pl.LightningDataModule):
             self.split = {**self.split, "train": [Item(path, -1, "") for path in relpaths]}
         self.datasets: dict[str, ImageListDataset] = {}
         self._checked: set[str] = set()
+
+    def _split_path(self, benchmark, split_file: Optional[str]) -> Path:
+        """The split file to read: ``split_file`` when given; for a benchmark its published file, else one built
+        here under a name of its own (said at every run that uses it, recorded in :meth:`provenance`)."""
+        if split_file or benchmark is None:
+            path = self.root / (split_file or "split.json")
+            self.split_built_here = bool(benchmark and benchmark.published_split
+                                         and path.name == benchmark.built_split_file)
+        else:
+            published = self.root / benchmark.split_file
+            path = published if published.exists() else self.root / benchmark.built_split_file
+            if not path.exists():
+                build_split_file(benchmark, self.root, self.image_dir, path)
+            self.split_built_here = path != published
+        if self.split_built_here:
+            _warn_once(("split", str(path), self._seed),
+                       f"{self.dataset_name}: no published split file {benchmark.split_file} in {str(self.root)!r}; "
+                       f"using {path.name}, built here: numbers are not comparable with published ones (put the "
+                       "published file there for those)")
+        self.split_file = path.name
+        return path
+
+    def provenance(self) -> dict:
+        """What a run's metrics record of its data: the split file, whether it was built here (not the published
+        one), the shots asked for, and the classes that had fewer training images, with the number they had."""
+        return {"split_file": self.split_file, "split_built_here": self.split_built_here, "shots_asked": self.shots,
+                "short_classes": dict(self.short_classes)}
 
     def transform(self, train: bool):
         model = self.trainer.lightning_module if self.trainer is not None else None

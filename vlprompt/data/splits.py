@@ -148,7 +148,12 @@ def cached_few_shot_split(split: dict[str, list[Item]], shots: int, seed: int, s
                 "test": split["test"]}
     selected = few_shot_split(split, shots, seed)
     try:
-        write_json_atomically(cache, {"split_sha256": source, **_split_json({k: selected[k] for k in ("train", "val")})})
+        counts: dict[str, int] = {}
+        for item in selected["train"]:
+            counts[item.classname] = counts.get(item.classname, 0) + 1
+        # The images each class really trains on: fewer than ``shots`` where a class has fewer (kept whole).
+        write_json_atomically(cache, {"split_sha256": source, "shots": shots, "train_images_per_class": counts,
+                                      **_split_json({k: selected[k] for k in ("train", "val")})})
     except OSError:
         pass  # a read-only data set still trains; the selection is the same without the file
     return selected

@@ -13,10 +13,11 @@ from vlprompt.cli import create_cli
 from vlprompt.eval.accuracy import harmonic_mean
 
 
-def cli_test_accuracy(args: Sequence[str]) -> float:
-    """``vlprompt test ARGS`` and its test accuracy in percent."""
+def cli_test(args: Sequence[str]) -> tuple[float, dict]:
+    """``vlprompt test ARGS``: its test accuracy in percent, and what its data module records of the data (the
+    split file, whether it was built here, the classes with fewer training images than the shots asked for)."""
     cli = create_cli(["test", *args])
-    return float(cli.trainer.callback_metrics["test/acc"])
+    return float(cli.trainer.callback_metrics["test/acc"]), cli.datamodule.provenance()
 
 
 def fit_checkpoint(args: Sequence[str], subsample: str, resume: Optional[Path] = None) -> str:
@@ -29,19 +30,21 @@ def fit_checkpoint(args: Sequence[str], subsample: str, resume: Optional[Path] =
 
 
 def fit_then_test(args: Sequence[str], subsample: str, trains: bool,
-                  resume: Optional[Path] = None) -> tuple[list[str], float]:
-    """Fit on ``subsample`` (when the learner trains), test there; returns the args with the checkpoint added."""
+                  resume: Optional[Path] = None) -> tuple[list[str], float, dict]:
+    """Fit on ``subsample`` (when the learner trains), test there; returns the args with the checkpoint added, the
+    accuracy and the data's record (:func:`cli_test`)."""
     args = list(args)
     if trains:
         args += ["--ckpt_path", fit_checkpoint(args, subsample, resume)]
-    return args, cli_test_accuracy([*args, "--data.subsample", subsample])
+    return (args, *cli_test([*args, "--data.subsample", subsample]))
 
 
 def base_to_novel(args: Sequence[str], trains: bool, resume: Optional[Path] = None) -> dict:
-    """``base_acc``, ``novel_acc`` and ``hm`` in percent for one learner/data configuration."""
-    args, base = fit_then_test(args, "base", trains, resume)
-    novel = cli_test_accuracy([*args, "--data.subsample", "novel"])
-    return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel)}
+    """``base_acc``, ``novel_acc`` and ``hm`` in percent for one learner/data configuration, and ``data``: what
+    the base half's data module records (the training data's split and shots)."""
+    args, base, data = fit_then_test(args, "base", trains, resume)
+    novel, _ = cli_test([*args, "--data.subsample", "novel"])
+    return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel), "data": data}
 
 
 def run_base_to_novel(config_args: Sequence[str], run_dir: Path, name: str, train: bool = True) -> dict:

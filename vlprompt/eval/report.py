@@ -21,6 +21,13 @@ from vlprompt.eval.accuracy import harmonic_mean
 from vlprompt.eval.arguments import OneLineArgumentParser
 
 AVERAGE = "Average"
+#: Marks on a data set whose numbers are not comparable with published ones, and what each means.
+SPLIT_MARK, SHOTS_MARK = "†", "‡"
+MARK_NOTES = {
+    SPLIT_MARK: "split built here, not comparable with published numbers (no published split file was found)",
+    SHOTS_MARK: "some classes had fewer training images than the shots asked for and trained on all they had "
+                "(counts in each run's metrics.json)",
+}
 
 
 #: What every metrics.json holds besides its accuracies.
@@ -80,7 +87,7 @@ def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
     for (protocol, learner, shots, source, dataset), runs in sorted(groups.items(), key=lambda g: str(g[0])):
         keys = metric_keys(protocol)
         row = {"protocol": protocol, "learner": learner, "shots": shots, "source": source, "dataset": dataset,
-               "seeds": sorted(r["seed"] for r in runs)}
+               "seeds": sorted(r["seed"] for r in runs), "marks": _marks(runs)}
         row.update({key: _summary([r[key] for r in runs], ci) for key in keys})
         rows.append(row)
     averages = []
@@ -92,7 +99,7 @@ def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
         if len(dataset_rows) < 2:
             continue
         average = {"protocol": protocol, "learner": learner, "shots": shots, "source": source, "dataset": AVERAGE,
-                   "seeds": []}
+                   "seeds": [], "marks": "".join(sorted({m for r in dataset_rows for m in r["marks"]}))}
         keys = ("base_acc", "novel_acc") if protocol == "base2novel" else ("acc",)
         for key in keys:
             average[key] = {"mean": statistics.fmean(r[key]["mean"] for r in dataset_rows), "std": None,
@@ -102,6 +109,23 @@ def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
                              "std": None, "n": len(dataset_rows)}
         averages.append(average)
     return rows + averages
+
+
+def _marks(runs: Sequence[dict]) -> str:
+    """The marks (:data:`MARK_NOTES`) the runs' data records call for."""
+    data = [run.get("data") or {} for run in runs]
+    marks = SPLIT_MARK if any(d.get("split_built_here") for d in data) else ""
+    return marks + (SHOTS_MARK if any(d.get("short_classes") for d in data) else "")
+
+
+def _marked(name: str, marks: str) -> str:
+    return f"{name} {marks}" if marks else name
+
+
+def mark_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per mark the rows carry, saying what it means."""
+    used = {m for r in rows for m in r.get("marks", "")}
+    return [f"{mark} {note}" for mark, note in MARK_NOTES.items() if mark in used]
 
 
 def _cell(stat: dict, ci: bool, latex: bool = False) -> str:
@@ -124,18 +148,22 @@ def metric_keys(protocol: str) -> list[str]:
 
 
 #: Columns of :func:`table_rows` (and of ``report.csv``).
-TABLE_COLUMNS = ["protocol", "learner", "source", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95"]
+TABLE_COLUMNS = ["protocol", "learner", "source", "shots", "dataset", "seeds", "metric", "mean", "std", "ci95",
+                 "notes"]
 
 
 def table_rows(rows: Sequence[dict]) -> list[list]:
     """One row per (aggregated row, metric) in :data:`TABLE_COLUMNS` order; ``std``/``ci95`` None if absent."""
     return [[r["protocol"], r["learner"], r["source"] or "", r["shots"], r["dataset"], " ".join(map(str, r["seeds"])),
-             key, r[key]["mean"], r[key]["std"], r[key].get("ci95")] for r in rows for key in metric_keys(r["protocol"])]
+             key, r[key]["mean"], r[key]["std"], r[key].get("ci95"),
+             "; ".join(MARK_NOTES[m] for m in r.get("marks", ""))] for r in rows for key in metric_keys(r["protocol"])]
 
 
 def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
-    """``{"md": ..., "csv": ..., "tex": ...}`` for the aggregated rows."""
-    md, tex = [], []
+    """``{"md": ..., "csv": ..., "tex": ...}`` for the aggregated rows; the Markdown and LaTeX say whether ± is the
+    standard deviation over seeds or the 95% confidence interval."""
+    spread = "95% confidence interval (t distribution) over seeds" if ci else "standard deviation over seeds"
+    md, tex = [f"Mean ± {spread}.", ""], [f"% mean $\\pm$ {spread}", ""]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(TABLE_COLUMNS)
@@ -151,15 +179,17 @@ def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:
         protocol_rows = [r for r in rows if r["protocol"] == protocol]
         for r in protocol_rows:
             learner = f"{r['learner']} from {r['source']}" if r["source"] else r["learner"]
-            cells = [learner, str(r["shots"]), r["dataset"], *(_cell(r[key], ci) for key, _ in columns)]
+            cells = [learner, str(r["shots"]), _marked(r["dataset"], r.get("marks", "")),
+                     *(_cell(r[key], ci) for key, _ in columns)]
             md.append("| " + " | ".join(cells) + " |")
             tex_cells = [c.replace("_", r"\_") for c in cells[:3]] + [_cell(r[key], ci, latex=True)
                                                                     for key, _ in columns]
             tex.append(" & ".join(tex_cells) + r" \\")
-        for *cells, mean, std, ci95 in table_rows(protocol_rows):
-            writer.writerow([*cells, *("" if value is None else f"{value:.4f}" for value in (mean, std, ci95))])
+        for *cells, mean, std, ci95, notes in table_rows(protocol_rows):
+            writer.writerow([*cells, *("" if value is None else f"{value:.4f}" for value in (mean, std, ci95)), notes])
         md.append("")
         tex += [r"\bottomrule", r"\end{tabular}", ""]
+        _emit_mark_notes(protocol_rows, md, tex)
     return {"md": "\n".join(md), "csv": buffer.getvalue(), "tex": "\n".join(tex)}
 
 
@@ -249,9 +279,11 @@ def paper_tables(rows: Sequence[dict]) -> dict[str, str]:
             if dataset == AVERAGE:
                 sizes = sorted({r["base_acc"]["n"] for r in block})
                 title = f"Average over {'/'.join(map(str, sizes))} data sets"
+            title = _marked(title, _union_marks(block))
             body = [[_learner_label(r, usual_shots), *(_paper_cell(r, key, usual) for key in ("base_acc", "novel_acc",
                                                                                                 "hm"))] for r in block]
             emit(title, ["", "Base", "Novel", "HM"], body, note if dataset == datasets[0] else "")
+        _emit_mark_notes(b2n, md, tex)
     for protocol, heading in (("cross-dataset", "Cross-dataset transfer"),
                               ("domain-generalization", "Domain generalisation")):
         transfer = [r for r in rows if r["protocol"] == protocol]
@@ -269,8 +301,11 @@ def paper_tables(rows: Sequence[dict]) -> dict[str, str]:
                 cells = {r["dataset"]: r for r in group if (r["learner"], r["shots"]) == (learner, shots)}
                 label = learner if shots in (0, 16) else f"{learner} ({shots} shots)"
                 body.append([label, *(_paper_cell(cells.get(d), "acc", usual) for d in columns)])
-            header = ["", f"{source} (source)", *targets] + (["Average (targets)"] if AVERAGE in columns else [])
+            marks = {d: _union_marks([r for r in group if r["dataset"] == d]) for d in columns}
+            header = ["", _marked(f"{source} (source)", marks[source]), *(_marked(t, marks[t]) for t in targets)] + (
+                [_marked("Average (targets)", marks[AVERAGE])] if AVERAGE in columns else [])
             emit(f"Trained on {source}", header, body, note)
+        _emit_mark_notes(transfer, md, tex)
     few = [r for r in rows if r["protocol"] == "few-shot"]
     if few:
         md += ["### Few-shot classification", ""]
@@ -284,8 +319,19 @@ def paper_tables(rows: Sequence[dict]) -> dict[str, str]:
                 cells = {r["shots"]: r for r in block if r["learner"] == learner}
                 body.append([learner, *(_paper_cell(cells.get(k), "acc", usual) for k in shots)])
             header = ["", *("0 (zero-shot)" if k == 0 else f"{k} shot{'s' * (k != 1)}" for k in shots)]
-            emit(dataset, header, body, note if dataset == datasets[0] else "")
+            emit(_marked(dataset, _union_marks(block)), header, body, note if dataset == datasets[0] else "")
+        _emit_mark_notes(few, md, tex)
     return {"md": "\n".join(md), "tex": "\n".join(tex)}
+
+
+def _union_marks(rows: Sequence[dict]) -> str:
+    return "".join(mark for mark in MARK_NOTES if any(mark in r.get("marks", "") for r in rows))
+
+
+def _emit_mark_notes(rows: Sequence[dict], md: list[str], tex: list[str]) -> None:
+    for note in mark_notes(rows):
+        md.extend([note, ""])
+        tex.extend([f"% {note}", ""])
 
 
 def plots(rows: Sequence[dict], out: Path) -> list[Path]:
@@ -369,13 +415,19 @@ def plots(rows: Sequence[dict], out: Path) -> list[Path]:
     return written
 
 
+def long_table_name(ci: bool) -> str:
+    """The long tables' file name: ``report`` (mean ± std) or ``report-ci`` (mean ± 95% confidence interval)."""
+    return "report-ci" if ci else "report"
+
+
 def write_report(rows: Sequence[dict], out: Path, ci: bool = False) -> tuple[dict[str, str], list[Path]]:
-    """``report.{md,csv,tex}`` (every row, mean ± spread), ``paper.{md,tex}`` (the papers' layouts) and the PNG
-    plots in ``out``; returns the long tables and the plot paths."""
+    """``report.{md,csv,tex}`` (every row, mean ± std; ``report-ci.*`` with ``ci``: ± the 95% confidence interval),
+    ``paper.{md,tex}`` (the papers' layouts) and the PNG plots in ``out``; returns the long tables and the plot
+    paths."""
     out.mkdir(parents=True, exist_ok=True)
     rendered = tables(rows, ci=ci)
-    for suffix, text in rendered.items():
-        (out / f"report.{suffix}").write_text(text)
+    for suffix, text in rendered.items():  # the CI tables beside the std ones, never over them
+        (out / f"{long_table_name(ci)}.{suffix}").write_text(text)
     for suffix, text in paper_tables(rows).items():
         (out / f"paper.{suffix}").write_text(text)
     return rendered, plots(rows, out)
@@ -394,5 +446,7 @@ def main(argv: Sequence[str]) -> None:
     out = options.out or options.runs / "report"
     rendered, images = write_report(rows, out, ci=options.ci)
     print(paper_tables(rows)["md"] if options.layout == "paper" else rendered["md"])
-    print(f"report written to {out}: report.md, report.csv, report.tex (every row), paper.md, paper.tex (the papers' "
-          "layouts), " + ", ".join(p.name for p in images))
+    name = long_table_name(options.ci)
+    spread = "± the 95% confidence interval" if options.ci else "± std"
+    print(f"report written to {out}: {name}.md, {name}.csv, {name}.tex (every row, {spread}), paper.md, paper.tex (the "
+          "papers' layouts), " + ", ".join(p.name for p in images))

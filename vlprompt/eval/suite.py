@@ -165,7 +165,7 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     if protocol == "base2novel":
         metrics.update(base_to_novel(args, cls.needs_training, resume))
     elif protocol == "few-shot":
-        _, metrics["acc"] = fit_then_test(args, "all", cls.needs_training, resume)
+        _, metrics["acc"], metrics["data"] = fit_then_test(args, "all", cls.needs_training, resume)
     else:
         raise ConfigError(f"protocol {protocol!r} is not a single-data-set protocol; use run_transfer")
     metrics["seconds"] = round(time.time() - started, 1)
@@ -186,7 +186,7 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     Each evaluated data set gets ``run_dir/<dataset>/metrics.json`` (``acc`` in percent, ``source`` named).
     With ``wandb``, training and every test log into one wandb run. ``resume`` as in :func:`run_one`.
     """
-    from vlprompt.eval.base2novel import cli_test_accuracy, fit_checkpoint
+    from vlprompt.eval.base2novel import cli_test, fit_checkpoint
 
     cls = _learner_class(learner_config)
     name = label or cls.registry_name
@@ -198,13 +198,16 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     checkpoint = []
     if cls.needs_training:
         checkpoint = ["--ckpt_path", fit_checkpoint(args, "all", resume)]
-    results = []
+    results, trained_on = [], None
     for data_config in [source, *targets]:
         test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides,
                               max_epochs) + tracking
+        accuracy, data = cli_test([*test_args, *checkpoint])
+        trained_on = trained_on or data  # the source's (tested first): its shots are what the prompts trained on
         metrics = {"learner": name, "dataset": _dataset_name(data_config), "seed": seed,
-                   "shots": shots, "protocol": protocol, "source": source_name,
-                   "acc": cli_test_accuracy([*test_args, *checkpoint]),
+                   "shots": shots, "protocol": protocol, "source": source_name, "acc": accuracy,
+                   "data": {**data, "shots_asked": trained_on["shots_asked"],
+                            "short_classes": trained_on["short_classes"]},
                    "config": {**_config_record(learner_config, clip_config, data_config, overrides),
                               "source": str(source)}}
         results.append(metrics)
