@@ -52,14 +52,15 @@ def test_fit_then_test_writes_small_checkpoint_and_metrics(shapes, tmp_path):
     test = run_cli("test", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--ckpt_path",
                    checkpoint_path, cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
-    assert "test/acc" in test.stdout
+    assert "vlprompt: test accuracy" in test.stdout and "test split" in test.stdout
     learner = vlprompt.load_learner(checkpoint_path)
     assert torch.equal(learner.prompts.ctx, checkpoint["state_dict"]["prompts.ctx"])
 
 
     validate = run_cli("validate", *base_args("coop", shapes), "--model.init_args.n_ctx", 8, "--ckpt_path",
                        checkpoint_path, cwd=tmp_path)
-    assert validate.returncode == 0 and "val/acc" in validate.stdout, validate.stderr[-3000:]
+    assert validate.returncode == 0 and "vlprompt: val accuracy" in validate.stdout, validate.stderr[-3000:]
+    assert "val split" in validate.stdout and (run_dir / "validation" / "version_0" / "metrics.json").is_file()
 
 
 def run_in_process(args, capsys) -> tuple[int, str, str]:

@@ -110,3 +110,23 @@ def test_sigterm_stops_a_suite_which_then_resumes(shapes, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {checkpoint}" in result.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["shots"] == 4
+
+
+def test_a_new_fit_beside_a_stopped_one_says_how_to_go_on_from_it(tmp_path):
+    import yaml
+
+    from vlprompt.cli import stopped_fits
+
+    logs = tmp_path / "lightning_logs"
+    for version, (finished, planned) in enumerate([(2, 200), (5, 5)]):
+        run = logs / f"version_{version}"
+        (run / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": finished - 1, "loops": {"fit_loop": {"epoch_progress": {"current": {
+            "processed": finished, "completed": finished - 1}}}}}, run / "checkpoints" / "last.ckpt")
+        (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": planned},
+                                                         "model": {"class_path": "vlprompt.learners.coop.CoOp"}}))
+    assert stopped_fits(logs, "vlprompt.learners.coop.CoOp") == []  # the latest fit ended
+    (logs / "version_1" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 50},
+                                                                    "model": {"class_path": "vlprompt.learners.coop.CoOp"}}))
+    assert stopped_fits(logs, "vlprompt.learners.coop.CoOp") == [(logs / "version_1", 5, 50)]
+    assert stopped_fits(logs, "vlprompt.learners.kgcoop.KgCoOp") == []

@@ -149,8 +149,9 @@ def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
 
 def finished_epochs(checkpoint: dict) -> int:
     """How many epochs the fit that saved ``checkpoint`` had finished."""
+    # Saved at an epoch's end, before Lightning counts it "completed": "processed" counts it, as a resumed fit does.
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError):
         return int(checkpoint.get("epoch", -1)) + 1
 

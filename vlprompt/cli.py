@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger
 
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.callbacks import (AtomicCheckpointIO, InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig,
                                 finished_epochs)
 from vlprompt.errors import CheckpointMismatchError, ConfigError, report_user_errors
-from vlprompt.files import ensure_writable
+from vlprompt.files import ensure_writable, write_json_atomically
 from vlprompt.interrupts import stop_cleanly
 from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
@@ -35,8 +39,9 @@ from vlprompt.learners.registry import hyperparameter_names, learner_name_of
 #: Where runs go unless --trainer.default_root_dir says otherwise (a logger's own save_dir, when set, wins).
 DEFAULT_ROOT_DIR = "runs"
 TRAINER_DEFAULTS = {
-    # Few-shot epochs are short (16 shots x 100 classes / 32 = 50 steps), Lightning's default of 50 is too sparse.
-    "log_every_n_steps": 10,
+    # Few-shot epochs are short (16 shots x 10 classes / 32 = 5 steps): every step is logged, so each named loss
+    # term reaches the logs however short the epoch (Lightning's default of 50 would log none).
+    "log_every_n_steps": 1,
     "default_root_dir": DEFAULT_ROOT_DIR,
     "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": DEFAULT_ROOT_DIR}},
 }
@@ -57,13 +62,28 @@ _EXPECTED_TYPE = re.compile(r"Expected a <class '([\w.]+)'>")
 _GIVEN_VALUE = re.compile(r"(?:Given|Got) value:\s*(.+)")
 
 
-def _candidate_keys(parser: LightningArgumentParser) -> list[str]:
-    """Every dotted option a user may set: the parser's own plus every learner's and the data module's."""
+def _candidate_keys(parser: LightningArgumentParser, learners: Sequence[str] = ()) -> list[str]:
+    """Every dotted option a user may set: the parser's own, the data module's and the learners' (those of
+    ``learners``, the configured ones, when known; else every registered learner's)."""
     keys = {action.dest for action in parser._actions if action.dest and action.dest != "help"}
-    for name in list_learners():
+    for name in learners or list_learners():
         keys.update(f"model.init_args.{p}" for p in hyperparameter_names(get_learner_class(name)))
     keys.update(f"data.{p}" for p in inspect.signature(ImageSplitDataModule.__init__).parameters if p != "self")
     return sorted(keys)
+
+
+def _owners_of_keys(learners: Sequence[str]) -> dict[str, list[str]]:
+    """``{hyper-parameter: [learners]}`` for the registered learners other than ``learners`` (the configured ones),
+    so that a key of another learner is named as such rather than matched to a look-alike."""
+    if not learners:
+        return {}
+    own = {p for name in learners for p in hyperparameter_names(get_learner_class(name))}
+    owners: dict[str, list[str]] = {}
+    for name in list_learners():
+        for parameter in hyperparameter_names(get_learner_class(name)):
+            if parameter not in own:
+                owners.setdefault(parameter, []).append(name)
+    return owners
 
 
 def _full_key(message: str, inner: Optional[str] = None) -> str:
@@ -75,18 +95,38 @@ def _full_key(message: str, inner: Optional[str] = None) -> str:
     return keys[0] + "".join(nested + k for k in keys[1:] if not k.startswith(keys[0]))
 
 
-def one_line_error(message: str, candidates: Sequence[str]) -> str:
-    """Condense a jsonargparse message to one line that names the key and the closest valid ones."""
+_CLASS_PATH_PROBLEM = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*(.+)")
+
+
+def one_line_error(message: str, candidates: Sequence[str], owners: Optional[dict] = None,
+                   configured: Sequence[str] = ()) -> str:
+    """Condense a jsonargparse message to one line that names the key and the closest valid ones. ``owners``:
+    ``{key: [other learners]}`` (:func:`_owners_of_keys`) of the ``configured`` learners' siblings."""
     for pattern in _UNKNOWN_PATTERNS:
         match = pattern.search(message)
         if match:
             key = _full_key(message, match.group(1))
+            tail = key.rsplit(".", 1)[-1]
+            if key.startswith("model.") and owners and tail in owners:
+                return (f"unknown key {key!r}: {tail} is an option of {', '.join(owners[tail])}, not of "
+                        f"{', '.join(configured)}; run with --help for {', '.join(configured)}'s options")
             close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
             if not close:  # compare the last component too, e.g. 'n_ctxx' against '...init_args.n_ctx'
                 tails = {c.rsplit(".", 1)[-1]: c for c in candidates}
-                close = [tails[t] for t in difflib.get_close_matches(key.rsplit(".", 1)[-1], tails, n=3, cutoff=0.6)]
+                close = [tails[t] for t in difflib.get_close_matches(tail, tails, n=3, cutoff=0.6)]
             hint = f"; closest valid: {', '.join(close)}" if close else "; run with --help for the valid keys"
             return f"unknown key {key!r}{hint}"
+    problem = _CLASS_PATH_PROBLEM.search(message)
+    if problem and not problem.group(2).startswith("Parser key"):  # the class itself, not one of its arguments
+        class_path, reason = problem.group(1), problem.group(2).strip()
+        key = _full_key(message) or "class_path"
+        hint = ""
+        if key == "model":
+            paths = [f"{get_learner_class(n).__module__}.{get_learner_class(n).__qualname__}" for n in list_learners()]
+            close = difflib.get_close_matches(class_path, paths, n=3, cutoff=0.6)
+            hint = (f"; closest learners: {', '.join(close)}" if close else "") + \
+                f" (or --model NAME with one of {', '.join(list_learners())})"
+        return f"bad value for {key!r}: cannot use class_path {class_path!r} ({reason}){hint}"
     key = _full_key(message)
     if key:
         expected = [t for t in _EXPECTED_TYPE.findall(message) if t != "NoneType"]
@@ -104,17 +144,53 @@ def one_line_error(message: str, candidates: Sequence[str]) -> str:
     return " ".join(message.split())[:400]
 
 
+def configured_learner_names(args: Sequence[str]) -> list[str]:
+    """The registered learners that ``args`` configure (through ``--config`` files or ``--model.class_path``)."""
+    names = list(dict.fromkeys(_configured_learners(args).values()))
+    for index, arg in enumerate(args):
+        value = None
+        if arg in ("--model.class_path", "--model") and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(("--model.class_path=", "--model=")):
+            value = arg.split("=", 1)[1]
+        name = learner_name_of(value) if value else None
+        if name and name not in names:
+            names.append(name)
+    return [name for name in names if name in list_learners()][-1:]  # the last one wins, as in the config
+
+
 class VlpromptArgumentParser(LightningArgumentParser):
     """Prints parse errors as a single ``vlprompt: error: ...`` line and exits with status 2."""
+
+    #: The arguments being parsed (set by :class:`VlpromptCLI`), to know which learner is configured.
+    arguments: Sequence[str] = ()
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if not self.exit_on_error:  # a sub-parser: the main parser reports
             return super().error(message, ex)
-        sys.stderr.write(f"vlprompt: error: {one_line_error(message, _candidate_keys(self))}\n")
+        learners = configured_learner_names([str(a) for a in self.arguments])
+        line = one_line_error(message, _candidate_keys(self, learners), _owners_of_keys(learners), learners)
+        sys.stderr.write(f"vlprompt: error: {line}\n")
         sys.exit(2)
 
 
 class VlpromptCLI(LightningCLI):
+    """LightningCLI with vlprompt's defaults. ``record_evaluations``: a ``test`` or ``validate`` writes its
+    ``metrics.json`` beside its logs for ``vlprompt report`` (the suite, which writes its own, turns it off)."""
+
+    def __init__(self, *args, record_evaluations: bool = True, **kwargs):
+        self.record_evaluations = record_evaluations
+        quiet_known_noise()
+        super().__init__(*args, **kwargs)
+
+    def _set_seed(self) -> None:
+        # Unless --seed_everything is given, runs are seeded with data.seed (the seed the few-shot sample is drawn
+        # with), not Lightning's 0 with a "No seed found" warning.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("seed_everything") in (True, None) and config.get("data") is not None:
+            config["seed_everything"] = int(config["data"].get("seed", 1))
+        super()._set_seed()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The learned prompts of the last epoch are what papers evaluate, so keep `last.ckpt`.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -133,6 +209,7 @@ class VlpromptCLI(LightningCLI):
         # Kept to tell explicit command-line overrides from values that came from config files.
         self.command_line = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(
             args, dict) else []
+        VlpromptArgumentParser.arguments = self.command_line  # every (sub)parser that may report an error
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -157,7 +234,13 @@ class VlpromptCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return self._instantiate_trainer(trainer_config, [*extra_callbacks, InterruptionReport()])
+        trainer = self._instantiate_trainer(trainer_config, [*extra_callbacks, InterruptionReport()])
+        for logger in trainer.loggers:
+            # Lightning always hands wandb an `anonymous` setting, which wandb now warns has no effect.
+            init = getattr(logger, "_wandb_init", None)
+            if isinstance(init, dict) and init.get("anonymous") is None:
+                init.pop("anonymous", None)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -173,8 +256,26 @@ class VlpromptCLI(LightningCLI):
         trainer = config["trainer"]
         logger = trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if self.subcommand in EVALUATIONS and init_args is not None:
+            self._evaluate_beside_the_run(config, logger, init_args)
         if init_args is not None and "save_dir" in init_args and init_args["save_dir"] in _UNCHOSEN_SAVE_DIRS:
             init_args["save_dir"] = trainer.get("default_root_dir") or DEFAULT_ROOT_DIR
+
+    def _evaluate_beside_the_run(self, config, logger, init_args) -> None:
+        """``test`` / ``validate`` of a fit's checkpoint, with no output place chosen: its metrics and per-class table
+        go into that run's folder (``RUN/tests/version_N``, ``RUN/validation/version_N``), not a new folder of
+        ``runs/lightning_logs``."""
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in CHECKPOINT_ALIASES or str(ckpt_path).startswith("registry:"):
+            return
+        checkpoint = Path(ckpt_path)
+        run_dir = checkpoint.parent.parent
+        unchosen = (str(logger.get("class_path", "")).endswith("CSVLogger")
+                    and init_args.get("save_dir") in _UNCHOSEN_SAVE_DIRS
+                    and init_args.get("name") in (None, "lightning_logs")
+                    and config["trainer"].get("default_root_dir") in (None, DEFAULT_ROOT_DIR))
+        if unchosen and checkpoint.parent.name == "checkpoints" and os.access(run_dir, os.W_OK):
+            init_args["save_dir"], init_args["name"] = str(run_dir), EVALUATIONS[self.subcommand]
 
     def _check_output_directory(self) -> None:
         logger = self.trainer.logger
@@ -183,6 +284,20 @@ class VlpromptCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_output_directory()
+        if not self.config["fit"].get("ckpt_path"):
+            self._point_at_stopped_fits()
+
+    def _point_at_stopped_fits(self) -> None:
+        """Starting a fit where an earlier one of the same learner stopped early (Ctrl-C, SIGTERM) begins anew in
+        a new version folder; say how to go on from the stopped one instead."""
+        logger = self.trainer.logger
+        if not isinstance(logger, CSVLogger) or not self.trainer.is_global_zero:
+            return
+        class_path = str(self.config["fit"]["model"].get("class_path") or "")
+        for run_dir, finished, planned in stopped_fits(Path(logger.save_dir) / str(logger.name), class_path):
+            sys.stderr.write(f"vlprompt: note: {run_dir} holds a fit of this learner stopped after {finished} of "
+                             f"{planned} epochs; this one starts anew in {logger.log_dir} (to go on from that one "
+                             f"instead, run this command with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})\n")
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -199,6 +314,41 @@ class VlpromptCLI(LightningCLI):
         self._check_output_directory()
         self._warn_if_untrained()
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        # vlprompt prints its own result line (after_test), naming the data set, classes and split.
+        if subcommand in EVALUATIONS and not any(arg.startswith("--verbose") for arg in self.command_line):
+            kwargs["verbose"] = False
+        return kwargs
+
+    def after_validate(self) -> None:
+        self._report_evaluation("val")
+
+    def after_test(self) -> None:
+        self._report_evaluation("test")
+
+    def _report_evaluation(self, split: str) -> None:
+        """One line: the accuracy, on which data set, classes and split, and where its files are; and, for a
+        ``vlprompt test`` run from the command line, a ``metrics.json`` there that ``vlprompt report`` reads."""
+        trainer, data = self.trainer, self.datamodule
+        accuracy = trainer.callback_metrics.get(f"{split}/acc")
+        if accuracy is None or not trainer.is_global_zero:
+            return
+        subsample = getattr(data, "subsample", "all")
+        classes = f"{'all' if subsample == 'all' else subsample} classes ({len(getattr(data, 'classnames', []))})"
+        images = len(getattr(data, "split", {}).get(split, []))
+        where = trainer.log_dir
+        metrics = {"learner": getattr(self.model, "registry_name", type(self.model).__name__),
+                   "dataset": data.dataset_name if subsample == "all" else f"{data.dataset_name} ({subsample})",
+                   "seed": getattr(data, "_seed", None), "shots": getattr(data, "shots", None),
+                   "protocol": split, "acc": float(accuracy), "subsample": subsample,
+                   "checkpoint": str(self.config[self.subcommand].get("ckpt_path") or ""),
+                   "data": data.provenance() if hasattr(data, "provenance") else {}}
+        if self.record_evaluations and where:
+            write_json_atomically(Path(where) / "metrics.json", metrics, indent=2)
+        print(f"vlprompt: {split} accuracy {float(accuracy):.2f}% on {data.dataset_name}, {classes}, {split} split "
+              f"({images} images); metrics in {where}", flush=True)
+
     def _warn_if_untrained(self) -> None:
         if not self.config[self.subcommand].get("ckpt_path") and getattr(self.model, "needs_training", False):
             name = getattr(self.model, "registry_name", type(self.model).__name__)
@@ -208,8 +358,35 @@ class VlpromptCLI(LightningCLI):
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: The evaluating subcommands, and the folder of a fit's run that each writes into (``RUN/tests/version_N``).
+EVALUATIONS = {"test": "tests", "validate": "validation"}
 #: ``--ckpt_path`` values Lightning resolves itself (no file to check).
 CHECKPOINT_ALIASES = ("last", "best", "hpc")
+
+
+def stopped_fits(logs: Path, class_path: str) -> list[tuple[Path, int, int]]:
+    """``[(run directory, epochs finished, epochs planned)]`` when the latest fit under a CSV logger's ``logs``
+    folder (the last version with a checkpoint) is one of ``class_path`` whose ``last.ckpt`` has fewer epochs than
+    its ``config.yaml`` planned; else ``[]`` (an earlier stopped fit may have been resumed since)."""
+    import torch
+    import yaml
+
+    found = []
+    runs = sorted(logs.glob("version_*"), key=lambda p: int(p.name.split("_")[-1]) if p.name[8:].isdigit() else -1)
+    for run_dir in reversed(runs):
+        checkpoint, config = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
+        if not (checkpoint.is_file() and config.is_file()):
+            continue
+        try:
+            saved = yaml.safe_load(config.read_text()) or {}
+            planned = (saved.get("trainer") or {}).get("max_epochs")
+            finished = finished_epochs(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        except Exception:  # noqa: BLE001 - only a note: a run that cannot be read is passed over
+            continue
+        if (saved.get("model") or {}).get("class_path") == class_path and planned and 0 < finished < planned:
+            found.append((run_dir, finished, planned))
+        break
+    return found
 
 
 def explicit_model_overrides(command_line: Sequence[str]) -> list[str]:
@@ -328,8 +505,33 @@ def _recipe_hint(name: str) -> str:
         return str(recipe)
 
 
-def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> VlpromptCLI:
-    """Parse ``args`` (``sys.argv`` when ``None``) and run the subcommand; the CLI keeps trainer and model."""
+#: Warnings every vlprompt command would otherwise print that say nothing about the run (a regular expression each).
+NOISE = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",           # Lightning's own use of torch's pytree
+    r"The dirpath has changed from",                               # a checkpoint tested or resumed in another folder
+    r"Experiment logs directory .* exists and is not empty",       # a resumed suite run
+)
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertisements for its cloud services."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_known_noise() -> None:
+    """Silence :data:`NOISE` and Lightning's tips (idempotent)."""
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropTips())
+
+
+def create_cli(args: Optional[Sequence[str]] = None, run: bool = True, record_evaluations: bool = True) -> VlpromptCLI:
+    """Parse ``args`` (``sys.argv`` when ``None``) and run the subcommand; the CLI keeps trainer and model.
+    ``record_evaluations``: see :class:`VlpromptCLI`."""
     return VlpromptCLI(
         PromptLearner,
         ImageSplitDataModule,
@@ -343,6 +545,7 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> Vlprom
         # No prefix matching: a typo such as --trainer.max_epoch must not silently set max_epochs.
         parser_kwargs={"allow_abbrev": False, **{name: {"allow_abbrev": False} for name in SUBCOMMANDS}},
         run=run,
+        record_evaluations=record_evaluations,
     )
 
 

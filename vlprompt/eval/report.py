@@ -445,7 +445,9 @@ def main(argv: Sequence[str]) -> None:
     rows = aggregate(collect(options.runs), ci=options.ci)
     out = options.out or options.runs / "report"
     rendered, images = write_report(rows, out, ci=options.ci)
-    print(paper_tables(rows)["md"] if options.layout == "paper" else rendered["md"])
+    paper = paper_tables(rows)["md"]
+    # Runs of `vlprompt test` alone have no paper layout: the long table shows them.
+    print(paper if options.layout == "paper" and paper.strip() else rendered["md"])
     name = long_table_name(options.ci)
     spread = "± the 95% confidence interval" if options.ci else "± std"
     print(f"report written to {out}: {name}.md, {name}.csv, {name}.tex (every row, {spread}), paper.md, paper.tex (the "

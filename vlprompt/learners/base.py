@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.clip.frozen import none_if_null
-from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
+from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError, warn
 from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
 from vlprompt.learners.hyperparameters import check_hyperparameters
@@ -328,6 +328,17 @@ class PromptLearner(pl.LightningModule):
             raise ConfigError(f"{self.registry_name} may leave some prompts unused in a step; under DDP pass "
                               f"--trainer.strategy ddp_find_unused_parameters_true")
         rank_zero_info(f"{self.registry_name}: {self.num_trainable_parameters():,} trainable parameters; CLIP frozen")
+        self._note_warmup_only()
+
+    def _note_warmup_only(self) -> None:
+        """Say so when every epoch of the fit is a warm-up epoch at a far lower rate (a 1-epoch CoOp run stays at
+        its initialisation: it then scores as zero-shot CLIP does)."""
+        hp, max_epochs = self.hparams, self.trainer.max_epochs
+        warmup, warmup_lr, lr = hp.get("warmup_epochs", 0), hp.get("warmup_lr"), hp.get("lr")
+        if max_epochs is not None and 0 < max_epochs <= warmup and warmup_lr is not None and lr and warmup_lr < lr:
+            warn(f"{self.registry_name}: --trainer.max_epochs {max_epochs} <= warmup_epochs {warmup}, so every epoch "
+                 f"trains at the warm-up rate {warmup_lr:g}, not lr {lr:g}: the prompts hardly move from their "
+                 "initialisation; train for more epochs (or lower --model.init_args.warmup_epochs)")
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
