@@ -265,5 +265,11 @@ def test_plain_help_of_a_lightning_command_is_kept_and_read_back_without_lightni
         patched.setattr(help_cache, "_version", lambda name: "0.0-other")
         assert help_cache.cached_help("fit") is None
     assert help_cache.cached_help("fit") == built
-    (tmp_path / "help-fit.json").write_text("{damaged")
+    # Another environment on the machine keeps its own file instead of rewriting this one (issue 31, point 9).
+    kept = help_cache._cache_file("fit")
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "executable", "/opt/other-venv/bin/python")
+        assert help_cache._cache_file("fit") != kept and help_cache.cached_help("fit") is None
+    assert help_cache.cached_help("fit") == built
+    kept.write_text("{damaged")
     assert help_cache.cached_help("fit") is None

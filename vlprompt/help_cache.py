@@ -3,8 +3,9 @@
 Building that text means importing Lightning (its Trainer's signature is read), and Lightning imports
 torchmetrics, which imports transformers, torchvision's detection ops and scipy.signal: about 3.5x a bare
 ``import torch`` on a laptop, for every ``--help``. The text only depends on the code that builds it, so it is
-kept under the cache directory, keyed by everything it is made from: the vlprompt sources (path, size, mtime),
-the versions of the packages whose signatures it shows and the Python executable. It is laid out
+kept under the cache directory, in a file of its own per environment (Python executable and vlprompt's location),
+keyed by everything it is made from: the vlprompt sources (path, size, mtime), the versions of the packages whose
+signatures it shows and the Python executable. It is laid out
 :data:`HELP_WIDTH` columns wide whatever the terminal, so the text ``make install`` keeps (it asks once) is the one
 a later terminal gets. A changed key builds and keeps it again; a cache that cannot be read or written is ignored.
 
@@ -66,7 +67,10 @@ def help_key(command: str) -> str:
 
 
 def _cache_file(command: str) -> Path:
-    return cache_directory() / f"help-{command}.json"
+    """One file per command and environment (Python executable and vlprompt's location): two virtual environments
+    on one machine each keep their own text instead of replacing each other's at every call."""
+    environment = hashlib.sha256(f"{sys.executable}\0{Path(__file__).resolve().parent}".encode()).hexdigest()[:16]
+    return cache_directory() / f"help-{command}-{environment}.json"
 
 
 def cached_help(command: str) -> Optional[str]:
