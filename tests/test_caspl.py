@@ -174,6 +174,7 @@ def test_boost_from_is_refused_where_it_cannot_apply(tiny_clip, teacher, stage_o
         vlprompt.build_learner("coop", clip=other, classnames=CLASSNAMES, boost_from=stage_one)
 
 
+@pytest.mark.slow
 def test_boosting_stage_trains_on_a_folder_of_unlabelled_images(shapes, tmp_path, capsys):
     """`data.unlabeled_dir` replaces the training split with label-free images; the boosting stage trains on them
     through the command line and logs no training accuracy (there are no labels to score)."""

@@ -192,6 +192,7 @@ def test_frozen_clip_reports_eval_mode_even_inside_a_training_learner(tiny_clip)
     assert learner.training and not tiny_clip.training and not tiny_clip.model.training
 
 
+@pytest.mark.slow
 def test_pretraining_tool_refuses_a_wrong_output_name_before_training(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "tools" / "pretrain_toy_clip.py"), "--out",
                              str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=120)

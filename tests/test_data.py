@@ -122,6 +122,7 @@ def _fit_coop(root, seed=1, **data_options):
     return learner
 
 
+@pytest.mark.slow
 def test_cached_image_features_train_exactly_like_images_without_augmentation(tmp_path):
     write_toy_dataset("ToyShapes", tmp_path, train_per_class=4, val_per_class=1, test_per_class=1)
     plain = _fit_coop(tmp_path)

@@ -44,7 +44,7 @@ def test_fit_and_base_to_novel_suite_on_the_toy_world(learner, toy_data_config, 
         main(["test", "--config", str(CONFIGS / "learners" / "mocoop.yaml"), "--config", str(CONFIGS / "clip" / "toy.yaml"),
               "--config", str(other), "--data.subsample", "novel", "--trainer.default_root_dir", str(tmp_path / "test"),
               "--ckpt_path", str(next((tmp_path / "fit").rglob("last.ckpt"))), *quick[2:]])
-        assert "test/acc" in capsys.readouterr().out
+        assert "vlprompt: test accuracy" in capsys.readouterr().out
     assert any(f"{learner}: " in r.message and "trainable parameters" in r.message for r in caplog.records)
     runs = tmp_path / "runs"
     main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / f"{learner}.yaml"), "--clip",

@@ -53,6 +53,7 @@ def test_test_writes_beside_the_run_names_split_and_path_and_report_reads_it(sha
     assert f"| coop | 2 | {shapes.name} (novel) |" in report
 
 
+@pytest.mark.slow
 def test_a_fit_that_is_all_warm_up_says_so(shapes, tmp_path, capsys):
     code, err = run_main(["fit", *toy_args(shapes, "--trainer.max_epochs", 1, "--trainer.default_root_dir",
                                            tmp_path / "one")], capsys)
@@ -83,3 +84,23 @@ def test_a_class_path_typo_names_the_registered_learners(capsys):
     line = last_error_line(err)
     assert code == 2 and "NestedArg" not in line and "Union" not in line
     assert "CoOpp" in line and "vlprompt.learners.coop.CoOp" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fit", "--config", "/nowhere/learner.yaml"], "config file '/nowhere/learner.yaml' does not exist"),
+    (["fit", "--config", str(CONFIGS / "learners" / "coop.yaml"), "--data.root", "/nowhere/data"],
+     "dataset directory '/nowhere/data' does not exist"),
+    (["test", "--config", str(CONFIGS / "learners" / "coop.yaml"), "--ckpt_path", "/nowhere/last.ckpt"],
+     "checkpoint '/nowhere/last.ckpt' does not exist")])
+def test_common_mistakes_are_refused_before_lightning_is_imported(args, says):
+    script = ("import sys\nfrom vlprompt.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              "    print('EXIT', e.code, [m for m in ('torch', 'pytorch_lightning') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "EXIT 2 []", result.stderr[-2000:]
+    assert says in last_error_line(result.stderr)
+
+
+def test_print_config_does_not_need_the_data_set(capsys):
+    code, err = run_main(["fit", "--config", CONFIGS / "learners" / "coop.yaml", "--config",
+                          CONFIGS / "data" / "ImageNet.yaml", "--print_config"], capsys)
+    assert code == 0, err[-2000:]

@@ -96,6 +96,7 @@ def eager_compile(monkeypatch):
     return modes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["coop", "cocoop", "maple"])
 def test_compiled_paths_give_the_same_loss_and_follow_a_deep_copy(name, image_batch, eager_compile):
     images, labels = image_batch

@@ -331,6 +331,7 @@ def test_run_lock_is_exclusive_and_released(tmp_path):
     assert not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_file_left_by_a_dead_process_is_taken_over(shapes, tmp_path, capsys):
     data = tmp_path / "data.yaml"
     data.write_text(f"data:\n  root: {shapes}\n  split_file: split_zhou_ToyShapes.json\n  num_workers: 0\n"

@@ -130,3 +130,24 @@ def test_a_new_fit_beside_a_stopped_one_says_how_to_go_on_from_it(tmp_path):
                                                                     "model": {"class_path": "vlprompt.learners.coop.CoOp"}}))
     assert stopped_fits(logs, "vlprompt.learners.coop.CoOp") == [(logs / "version_1", 5, 50)]
     assert stopped_fits(logs, "vlprompt.learners.kgcoop.KgCoOp") == []
+
+
+def test_sigterm_outside_a_lightning_loop_stops_at_once_with_the_hint(capsys):
+    """Between the runs of a suite no trainer is running: the handler itself stops the command."""
+    from vlprompt.interrupts import set_resume_hint, stop_cleanly
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with stop_cleanly():
+            set_resume_hint("finished runs are kept; run the same suite command again to go on")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives before this ends
+            raise AssertionError("SIGTERM did not stop the command")
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err == ("vlprompt: stopped by SIGTERM; finished runs are kept; run the same suite "
+                                       "command again to go on\n")
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    with pytest.raises(SystemExit) as exited:  # other exits pass through untouched
+        with stop_cleanly():
+            raise SystemExit(2)
+    assert exited.value.code == 2

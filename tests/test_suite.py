@@ -42,6 +42,7 @@ def suite(runs: Path, data: Path, capsys, *extra) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_base2novel_suite_then_report_then_resume(toy_data_config, tmp_path, capsys):
     runs = tmp_path / "runs"
     out = suite(runs, toy_data_config, capsys)
@@ -225,6 +226,7 @@ def test_few_shot_suite_with_a_learner_that_does_not_train(toy_data_config, tmp_
     assert (runs / "report" / "few_shot.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_domain_generalization_trains_once_and_tests_every_target(toy_data_config, tmp_path, capsys):
     target_root = tmp_path / "ToyShapes-Noisy"
     write_toy_dataset("ToyShapes-Noisy", target_root, train_per_class=1, val_per_class=1, test_per_class=2)
@@ -319,6 +321,7 @@ def _parse_wandb_log(data: bytes) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_wandb_offline_suite_groups_runs_and_records_summary_tables_and_a_summary_run(toy_data_config, tmp_path,
                                                                                        capsys, monkeypatch):
     pytest.importorskip("wandb")
