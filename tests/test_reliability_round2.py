@@ -31,8 +31,8 @@ def fit_args(learner: str, root, *extra) -> list:
     ("coop", "weight_decay", "-.inf", "-inf"), ("biomedcoop", "lambda_sccm", ".inf", "inf"),
     ("kapt", "head_residual", ".nan", "nan"), ("promptsrc", "gpa_std", "0", "above 0"),
     ("vmfcoop", "anchor_weight", "-1", "at least 0")])
-def test_non_finite_or_out_of_range_options_are_one_line(learner, option, value, says, tmp_path, capsys):
-    code, err = run_main(fit_args(learner, tmp_path / "no-data", f"--model.init_args.{option}={value}"), capsys)
+def test_non_finite_or_out_of_range_options_are_one_line(learner, option, value, says, shapes, capsys):
+    code, err = run_main(fit_args(learner, shapes, f"--model.init_args.{option}={value}"), capsys)
     line = last_error_line(err)
     assert code == 2 and f"model.init_args.{option}" in line and says in line
 
@@ -45,15 +45,15 @@ def test_the_same_checks_apply_to_learners_built_from_python(tiny_clip):
     check_hyperparameters({"lr": 0.1, "momentum": 0.0, "n_ctx": 4, "class_specific": True, "ctx_init": "a"})
 
 
-def test_a_yaml_nan_is_refused_too(tmp_path, capsys):
+def test_a_yaml_nan_is_refused_too(shapes, tmp_path, capsys):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("model:\n  init_args:\n    warmup_lr: .nan\n")
-    code, err = run_main([*fit_args("coop", tmp_path / "no-data"), "--config", recipe], capsys)
+    code, err = run_main([*fit_args("coop", shapes), "--config", recipe], capsys)
     assert code == 2 and "model.init_args.warmup_lr is nan" in last_error_line(err)
 
 
-def test_non_finite_trainer_options_are_refused(tmp_path, capsys):
-    code, err = run_main(fit_args("coop", tmp_path / "no-data", "--trainer.limit_train_batches", ".inf"), capsys)
+def test_non_finite_trainer_options_are_refused(shapes, capsys):
+    code, err = run_main(fit_args("coop", shapes, "--trainer.limit_train_batches", ".inf"), capsys)
     assert code == 2 and "trainer.limit_train_batches" in last_error_line(err)
 
 

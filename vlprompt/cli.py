@@ -331,16 +331,16 @@ class VlpromptCLI(LightningCLI):
         """One line: the accuracy, on which data set, classes and split, and where its files are; and, for a
         ``vlprompt test`` run from the command line, a ``metrics.json`` there that ``vlprompt report`` reads."""
         trainer, data = self.trainer, self.datamodule
+        where = trainer.log_dir  # a collective under DDP: every rank asks
         accuracy = trainer.callback_metrics.get(f"{split}/acc")
         if accuracy is None or not trainer.is_global_zero:
             return
         subsample = getattr(data, "subsample", "all")
         classes = f"{'all' if subsample == 'all' else subsample} classes ({len(getattr(data, 'classnames', []))})"
         images = len(getattr(data, "split", {}).get(split, []))
-        where = trainer.log_dir
         metrics = {"learner": getattr(self.model, "registry_name", type(self.model).__name__),
                    "dataset": data.dataset_name if subsample == "all" else f"{data.dataset_name} ({subsample})",
-                   "seed": getattr(data, "_seed", None), "shots": getattr(data, "shots", None),
+                   "seed": getattr(data, "seed", None), "shots": getattr(data, "shots", None),
                    "protocol": split, "acc": float(accuracy), "subsample": subsample,
                    "checkpoint": str(self.config[self.subcommand].get("ckpt_path") or ""),
                    "data": data.provenance() if hasattr(data, "provenance") else {}}
@@ -372,7 +372,7 @@ def stopped_fits(logs: Path, class_path: str) -> list[tuple[Path, int, int]]:
     import yaml
 
     found = []
-    runs = sorted(logs.glob("version_*"), key=lambda p: int(p.name.split("_")[-1]) if p.name[8:].isdigit() else -1)
+    runs = sorted(logs.glob("version_*"), key=lambda p: int(p.name[len("version_"):]) if p.name[8:].isdigit() else -1)
     for run_dir in reversed(runs):
         checkpoint, config = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
         if not (checkpoint.is_file() and config.is_file()):
@@ -509,7 +509,6 @@ def _recipe_hint(name: str) -> str:
 NOISE = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",           # Lightning's own use of torch's pytree
     r"The dirpath has changed from",                               # a checkpoint tested or resumed in another folder
-    r"Experiment logs directory .* exists and is not empty",       # a resumed suite run
 )
 
 

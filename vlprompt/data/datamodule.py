@@ -204,7 +204,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise ConfigError(f"dataset directory {str(self.root)!r} does not exist; see {PREPARATION_NOTES}")
         benchmark = get_benchmark(dataset) if dataset else None
-        self.dataset_name, self._seed = dataset or self.root.name, seed
+        self.dataset_name, self.seed = dataset or self.root.name, seed
         self.test_only = bool(benchmark and benchmark.test_only)
         self.image_dir = self.root / (image_dir if image_dir is not None else benchmark.image_dir if benchmark
                                       else "images")
@@ -263,7 +263,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                 build_split_file(benchmark, self.root, self.image_dir, path)
             self.split_built_here = path != published
         if self.split_built_here:
-            _warn_once(("split", str(path), self._seed),
+            _warn_once(("split", str(path), self.seed),
                        f"{self.dataset_name}: no published split file {benchmark.split_file} in {str(self.root)!r}; "
                        f"using {path.name}, built here: numbers are not comparable with published ones (put the "
                        "published file there for those)")
