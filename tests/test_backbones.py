@@ -10,7 +10,8 @@ import vlprompt
 from conftest import learner_arguments
 
 
-@pytest.fixture(scope="module", params=["ViT-B-32", "ViT-L-14"])
+# ViT-L-14 (428 M random weights, about 20 s on two cores) with the slow tests; ViT-B-32 in every run.
+@pytest.fixture(scope="module", params=["ViT-B-32", pytest.param("ViT-L-14", marks=pytest.mark.slow)])
 def backbone(request):
     torch.manual_seed(0)
     return vlprompt.load_clip(request.param)

@@ -166,6 +166,7 @@ def test_one_line_error_condenses_nested_messages():
         "unknown key 'model.init_args.n_ctxx'; closest valid: model.init_args.n_ctx")
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_fp32_prompts_on_frozen_weights_held_in_bf16(shapes, tmp_path):
     cli = create_cli(["fit", *base_args("maple", shapes), "--trainer.precision", "bf16-mixed",
                       "--trainer.max_epochs", "1", "--trainer.logger", "false", "--checkpoint.dirpath", tmp_path,
@@ -200,6 +201,7 @@ def test_pretraining_tool_refuses_a_wrong_output_name_before_training(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_default_root_dir_decides_where_a_fit_goes_and_the_fit_says_where(shapes, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", *base_args("coop", shapes), "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere",

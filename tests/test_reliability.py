@@ -121,6 +121,7 @@ def test_unreadable_checkpoints_give_one_line(kind, shapes, checkpoints, tmp_pat
 
 
 # -- 2. divergence is an error, never a result ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_divergence_stops_the_fit_and_leaves_no_non_finite_checkpoint(shapes, tmp_path, capsys):
     code, err = run_main(["fit", *cli_args("coop", shapes, tmp_path), "--model.init_args.lr", 1e6,
                           "--model.init_args.warmup_epochs", 0, "--trainer.max_epochs", 3], capsys)

@@ -73,6 +73,7 @@ def test_the_shared_prefix_covers_the_start_token_the_context_and_fixed_words(ti
     assert not torch.equal(row[0, prompts.shared_prefix], row[1, prompts.shared_prefix])  # the class names differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["coop", "maple", "cocoop"])
 def test_the_shared_prefix_path_compiles_as_one_graph(name, tiny_clip, monkeypatch):
     monkeypatch.setattr(towers, "MIN_SEQUENCES_TO_SHARE", 2)
