@@ -229,6 +229,7 @@ def test_wandb_runs_keep_their_config_beside_their_checkpoint(shapes, tmp_path, 
     for epochs in ("1", "2"):
         result = run_cli(*args, "--trainer.max_epochs", epochs, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "anonymous setting" not in result.stderr  # Lightning's unused wandb setting is not handed on
     checkpoints = sorted((tmp_path / "out" / "proj").glob("*/checkpoints/last.ckpt"))
     assert len(checkpoints) == 2
     epochs = {yaml.safe_load((c.parent.parent / "config.yaml").read_text())["trainer"]["max_epochs"] for c in checkpoints}

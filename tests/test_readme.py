@@ -63,6 +63,13 @@ def test_readme_blocks_are_found_and_every_exception_says_why():
     assert sum(block["mode"] == "run" for block in README_BLOCKS) >= 6
 
 
+def test_readme_says_to_activate_the_environment_before_the_first_command():
+    """`make demo` creates .venv; the next block's `vlprompt` is found only in it (issue 31, point 4)."""
+    text = (REPO / "README.md").read_text()
+    first_command = min(text.index(f"\n{word} ") for word in ("vlprompt", "python"))
+    assert "source .venv/bin/activate" in text[:first_command]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> tuple[Path, dict]:
     """A fresh directory holding what a checkout holds (configs, tools) and a PATH whose vlprompt is the shim."""
