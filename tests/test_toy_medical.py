@@ -66,13 +66,13 @@ def test_captions_name_modality_and_what_they_keep():
 
 
 def test_shipped_bert_files_are_what_the_project_writes(tmp_path):
-    written = write_toy_bert_files(tmp_path / TOY_BERT)
+    written = write_toy_bert_files(medical_vocabulary(), tmp_path / TOY_BERT)
     shipped = HF_TOWER_DIR / TOY_BERT
     assert (written / "vocab.txt").read_text() == (shipped / "vocab.txt").read_text()
     ignore = {"transformers_version"}
     config = {k: v for k, v in json.loads((written / "config.json").read_text()).items() if k not in ignore}
     assert config == {k: v for k, v in json.loads((shipped / "config.json").read_text()).items() if k not in ignore}
-    vocabulary = toy_bert_vocabulary()
+    vocabulary = toy_bert_vocabulary(medical_vocabulary())
     assert len(vocabulary) == len(set(vocabulary)) and set(medical_vocabulary()) <= set(vocabulary)
 
 

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
 from vlprompt.clip.toy_architectures import TOY_BERT, write_toy_bert_files  # noqa: E402
+from vlprompt.toy.medical import medical_vocabulary  # noqa: E402
 from vlprompt.eval.toy import CHECK_SETS, WORLD_CHECK_SETS, zero_shot_accuracies  # noqa: E402
 from vlprompt.toy.pretrain import (ARCH_WORLDS, TOY_ARCH, TOY_BERT_ARCH, TOY_TEACHER_ARCH, PretrainConfig,  # noqa: E402
                                    pretrain_toy_clip)
@@ -71,7 +72,7 @@ def main() -> None:
         sys.exit(f"pretrain_toy_clip: error: {options.out} exists; pass --force to replace it or --out elsewhere")
 
     if options.arch == TOY_BERT:  # its text tower's config and vocabulary are the project's own files
-        print(f"wrote {write_toy_bert_files()}")
+        print(f"wrote {write_toy_bert_files(medical_vocabulary())}")
     config = PretrainConfig(steps=options.steps, batch_size=options.batch_size, pool_size=options.pool_size,
                             lr=options.lr, seed=options.seed, arch=options.arch,
                             style_mix=options.style_mix, degrade=options.degrade)

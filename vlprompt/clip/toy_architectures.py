@@ -4,7 +4,7 @@ an MLP projection, and a timm ViT image tower).
 
 Its parts are data: the open_clip model config (``model_configs/packaged/vlprompt-bert-tiny.json``, whose tower
 paths are relative to this package), and the BERT config and WordPiece vocabulary in ``hf/vlprompt-bert-tiny/``,
-written by :func:`write_toy_bert_files` from the toy medical world's words. The timm image trunk
+written by :func:`write_toy_bert_files` from the toy medical world's words (which its caller passes in). The timm image trunk
 (``vlprompt_vit_tiny_patch8_32``: 32 px images in 8 px patches, 48 wide, 6 blocks) is a timm model entry point,
 registered with timm by :func:`register_toy_architectures` when a CLIP is first built (not on import).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vlprompt.errors import ConfigError
 
@@ -70,23 +70,24 @@ def resolve_packaged_config(path: Path) -> dict:
     return config
 
 
-def toy_bert_vocabulary() -> list[str]:
-    """BERT's special tokens, every word of the toy medical world and of the learners' context initialisations,
-    and single characters with their ``##`` continuations, so any other word is spelled out rather than unknown."""
-    from vlprompt.toy.medical import medical_vocabulary
-
+def toy_bert_vocabulary(world_words: Sequence[str]) -> list[str]:
+    """BERT's special tokens, every word of the toy world it reads (``world_words``: the toy medical world's, which
+    ``vlprompt.toy.medical.medical_vocabulary`` lists; passed in, since the CLIP layer sits below the toy world) and
+    of the learners' context initialisations, and single characters with their ``##`` continuations, so any other
+    word is spelled out rather than unknown."""
     characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    words = sorted((set(medical_vocabulary()) | set(_TEMPLATE_WORDS)) - set(characters))
+    words = sorted((set(world_words) | set(_TEMPLATE_WORDS)) - set(characters))
     return [*_BERT_SPECIAL_TOKENS, *characters, *(f"##{c}" for c in string.ascii_lowercase + string.digits), *words]
 
 
-def write_toy_bert_files(directory: Path = HF_TOWER_DIR / TOY_BERT) -> Path:
-    """Write the BERT config and vocabulary of ``vlprompt-bert-tiny``'s text tower into ``directory``."""
+def write_toy_bert_files(world_words: Sequence[str], directory: Path = HF_TOWER_DIR / TOY_BERT) -> Path:
+    """Write the BERT config and vocabulary (:func:`toy_bert_vocabulary` of ``world_words``) of
+    ``vlprompt-bert-tiny``'s text tower into ``directory``."""
     import transformers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocabulary = toy_bert_vocabulary()
+    vocabulary = toy_bert_vocabulary(world_words)
     (directory / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     transformers.BertConfig(vocab_size=len(vocabulary), **TOY_BERT_CONFIG).to_json_file(directory / "config.json")
     return directory
