@@ -12,7 +12,8 @@ import torch
 import yaml
 
 import vlprompt
-from vlprompt.cli import create_cli, one_line_error
+from vlprompt.cli import create_cli
+from vlprompt.cli_errors import one_line_error
 from vlprompt.commands import main
 
 from conftest import REPO

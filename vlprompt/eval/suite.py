@@ -681,8 +681,7 @@ def main(argv: Sequence[str]) -> None:
     tracker = WandbOptions(options.wandb_project, options.wandb_entity) if options.wandb else None
     if tracker:  # fit and tests of one suite run share a wandb run on purpose
         warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
-    # The suite calls the command line from Python on purpose, and a resumed run's checkpoint folder is not empty.
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended to run from within Python")
+    # A resumed run's checkpoint folder is not empty (the command line's own noise is silenced where it is built).
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
                         options.shots, overrides, options.source, tracker, schedule, options.dry_run, options.boost)
