@@ -35,6 +35,7 @@ from vlprompt.learners import PromptLearner, get_learner_class, list_learners
 from vlprompt.learners.checkpoint import read_checkpoint
 from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.registry import learner_name_of
+from vlprompt.recipes import configs_root, resolve_config_args
 
 #: Where runs go unless --trainer.default_root_dir says otherwise (a logger's own save_dir, when set, wins).
 DEFAULT_ROOT_DIR = "runs"
@@ -47,8 +48,6 @@ TRAINER_DEFAULTS = {
 }
 #: Logger ``save_dir`` values that mean "not chosen": the default above and the loggers' own (wandb's ".").
 _UNCHOSEN_SAVE_DIRS = (None, "", ".", DEFAULT_ROOT_DIR)
-#: The learner recipes of a checkout: ``--model NAME`` brings ``NAME.yaml`` from here.
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs" / "learners"
 
 class VlpromptArgumentParser(LightningArgumentParser):
     """Prints parse errors as a single ``vlprompt: error: ...`` line and exits with status 2."""
@@ -353,7 +352,7 @@ def resolve_learner_names(args: Sequence[str]) -> list[str]:
             path, learner = next(iter(others.items()))
             raise ConfigError(f"--model {value} would train {name} with the recipe of {path} ({learner}: its batch "
                               f"size, epochs and learning rate); use --config {_recipe_hint(name)} instead of both")
-        recipe = RECIPES_DIR / f"{name}.yaml"
+        recipe = learner_recipe(name)
         rest = args[:i] + args[i + span:]
         if configured:  # the learner's own YAML is given already
             return resolve_learner_names(rest)
@@ -365,8 +364,14 @@ def resolve_learner_names(args: Sequence[str]) -> list[str]:
     return args
 
 
+def learner_recipe(name: str) -> Path:
+    """The shipped recipe of learner ``name`` (``configs/learners/NAME.yaml``: a checkout's, or the installed
+    package's copy)."""
+    return configs_root() / "learners" / f"{name}.yaml"
+
+
 def _recipe_hint(name: str) -> str:
-    recipe = RECIPES_DIR / f"{name}.yaml"
+    recipe = learner_recipe(name)
     try:
         return str(recipe.relative_to(Path.cwd()))
     except ValueError:
@@ -407,7 +412,7 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True, record_ev
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_callback=SaveAndLogConfig,
         save_config_kwargs={"overwrite": True},
-        args=None if args is None else resolve_learner_names(args),
+        args=None if args is None else resolve_learner_names(resolve_config_args(args)),
         auto_configure_optimizers=False,
         parser_class=VlpromptArgumentParser,
         # No prefix matching: a typo such as --trainer.max_epoch must not silently set max_epochs.

@@ -67,7 +67,9 @@ def _dispatch(args: Optional[Sequence[str]]) -> None:
         sys.exit(2)
     from vlprompt import help_cache
     from vlprompt.errors import report_user_errors
+    from vlprompt.recipes import resolve_config_args
 
+    argv = resolve_config_args(argv)  # configs/... as the README writes them, also from an installed vlprompt
     with report_user_errors():
         quick_checks(argv[1:])
     if help_cache.is_plain_help(argv):
@@ -75,9 +77,9 @@ def _dispatch(args: Optional[Sequence[str]]) -> None:
         if text is not None:
             sys.stdout.write(text)
             sys.exit(0)
-        help_cache.build_and_keep_help(argv[0], lambda: _lightning_main(args))
+        help_cache.build_and_keep_help(argv[0], lambda: _lightning_main(argv))
         return
-    _lightning_main(args)
+    _lightning_main(argv)
 
 
 #: ``--ckpt_path`` values Lightning resolves itself (no file to check).

@@ -23,6 +23,7 @@ import yaml
 
 from vlprompt.errors import ConfigError, warn
 from vlprompt.meta_config import OPTION_HELP, REGULATOR_FORMS, MetaConfig
+from vlprompt.recipes import resolve_config
 
 
 def _read_yaml(path: Path) -> dict:
@@ -94,6 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         else:
             parser.add_argument(option, type=type(field.default), default=field.default, help=described)
     options = parser.parse_args(argv)
+    options.learner = resolve_config(options.learner)  # configs/... as the README writes them, from anywhere
+    options.clip = resolve_config(options.clip) if options.clip else None
     if options.out.exists() and not options.force:
         raise ConfigError(f"{options.out} exists; pass --force to replace it or choose another --out")
     if options.out.suffix not in (".ckpt", ".pt", ".pth"):

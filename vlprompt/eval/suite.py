@@ -33,6 +33,7 @@ from vlprompt.eval.report import aggregate, load_metrics, metric_keys, tables, w
 from vlprompt.eval.runlock import RunLock
 from vlprompt.files import ensure_writable, write_json_atomically
 from vlprompt.interrupts import set_resume_hint, signal_of
+from vlprompt.recipes import configs_root, resolve_config, resolve_config_args
 
 # Lightning, the learners and the data protocol are imported where runs start, so `vlprompt suite --help` and
 # argument mistakes answer at once.
@@ -45,8 +46,6 @@ FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
 METRICS_FILE = "metrics.json"
 #: Where a run keeps its checkpoints (``last.ckpt``), below its directory; an interrupted run resumes from there.
 CHECKPOINT_DIR = "checkpoints"
-#: The data configs of a checkout (``configs/data``): the default data sets of each protocol.
-STANDARD_DATA_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
 def standard_data(protocol: str) -> tuple[Optional[str], list[str]]:
@@ -61,7 +60,7 @@ def standard_data(protocol: str) -> tuple[Optional[str], list[str]]:
 
 
 def _standard_config(name: str) -> Path:
-    path = STANDARD_DATA_CONFIGS / f"{name}.yaml"
+    path = configs_root() / "data" / f"{name}.yaml"  # the shipped data configs: the default data sets
     if not path.is_file():
         raise ConfigError(f"no data config {str(path)!r} for the default data set {name}; pass --data (and --source)")
     return path
@@ -677,6 +676,12 @@ def main(argv: Sequence[str]) -> None:
     argv = list(argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    # configs/... as the README writes them: the shipped files when they are not where the command runs.
+    overrides = resolve_config_args(overrides)
+    options.learner = [resolve_config(path) for path in options.learner]
+    options.data = [resolve_config(path) for path in options.data]
+    options.boost = [resolve_config(path) for path in options.boost] if options.boost else options.boost
+    options.clip, options.source = (resolve_config(path) if path else path for path in (options.clip, options.source))
     schedule = _epochs_schedule(options.max_epochs_by_shots)
     tracker = WandbOptions(options.wandb_project, options.wandb_entity) if options.wandb else None
     if tracker:  # fit and tests of one suite run share a wandb run on purpose
