@@ -27,9 +27,15 @@ def fit_command(shapes: Path, root: Path, epochs: int, *extra) -> list[str]:
             "--trainer.default_root_dir", str(root), "--seed_everything", "1", *map(str, extra)]
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an inherited "ignore":
+    # give the command the SIGINT a terminal's Ctrl-C would reach it with.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(command: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint)
 
 
 def wait_for(pattern: str, root: Path, process: subprocess.Popen, timeout: float = 240) -> Path:
@@ -68,10 +74,12 @@ def test_signal_stops_a_fit_with_a_resumable_checkpoint(signum, status, shapes, 
     line = stop_line(err)
     assert code == status, err[-3000:]
     assert signal.Signals(signum).name in line and f"--ckpt_path {checkpoint}" in line
-    assert "epochs finished" in line
-    # The checkpoint is whole, and the same command with --ckpt_path goes on to the end.
-    result = subprocess.run(fit_command(shapes, tmp_path / "runs", 3, "--ckpt_path", checkpoint), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    # The checkpoint is whole, and the same command with --ckpt_path goes on to the end (one epoch more than it
+    # finished, however many the fit had finished when the signal came).
+    finished = int(torch.load(checkpoint, weights_only=True)["epoch"]) + 1
+    assert f"{finished} of 400 epochs finished" in line
+    result = subprocess.run(fit_command(shapes, tmp_path / "runs", finished + 1, "--ckpt_path", checkpoint),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored all states" in result.stderr
 

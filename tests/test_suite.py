@@ -378,12 +378,14 @@ def test_options_the_suite_sets_itself_are_refused_after_the_separator(override,
     assert override[0].split("=")[0] in err and names in err
 
 
-def test_a_config_file_after_the_separator_may_not_set_them_either(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--config", "-c", "--config="])
+def test_a_config_file_after_the_separator_may_not_set_them_either(option, tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("data:\n  shots: 2\n")
+    given = [f"{option}{config}"] if option.endswith("=") else [option, str(config)]
     with pytest.raises(SystemExit) as exit_info:
         main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
-              str(CONFIGS / "data" / "DTD.yaml"), "--dry-run", "--", "--config", str(config)])
+              str(CONFIGS / "data" / "DTD.yaml"), "--dry-run", "--", *given])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "data.shots" in err and str(config) in err
 

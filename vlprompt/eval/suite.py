@@ -254,10 +254,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
     itself for every run (:data:`SUITE_OWNED_OPTIONS`)."""
     overrides = [str(arg) for arg in overrides]
     for index, arg in enumerate(overrides):
-        if not arg.startswith("--"):
+        if not arg.startswith("-"):
             continue
-        key = arg[2:].split("=", 1)[0]
-        if key in ("config", "c") or arg.startswith("--config="):
+        key = arg.lstrip("-").split("=", 1)[0]
+        if key in ("config", "c"):
             path = Path(arg.split("=", 1)[1] if "=" in arg else overrides[index + 1] if index + 1 < len(overrides)
                         else "")
             if path.is_file():
