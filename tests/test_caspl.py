@@ -245,3 +245,19 @@ def test_suite_runs_the_boosting_stage_once_per_data_set_and_seed(shapes, tmp_pa
         suite("kgcoop", epochs="2")
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and "were fitted with the overrides" in err and str(records[0].parent) in err
+
+
+def test_a_learner_with_boosting_prompts_refuses_the_feature_cache_in_one_line(tiny_clip, stage_one, shapes):
+    """Boosting prompts change a CoOp's image features: the cache asks the learner, not its class (issue 27's crash:
+    a raw conv2d error when the cached features reached the image tower)."""
+    import types
+
+    from vlprompt.data import ImageSplitDataModule
+
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=2, num_workers=0,
+                                cache_image_features=True)
+    data.trainer = types.SimpleNamespace(lightning_module=learner)
+    data.setup("fit")
+    with pytest.raises(ConfigError, match="coop changes the image features .* set data.cache_image_features false"):
+        data.train_dataloader()

@@ -70,6 +70,19 @@ def test_readme_says_to_activate_the_environment_before_the_first_command():
     assert "source .venv/bin/activate" in text[:first_command]
 
 
+def test_readme_lists_every_registered_learner():
+    """The tour's `list_learners()` comment is the registry, not a list copied once (issue 27)."""
+    import ast
+
+    import vlprompt
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("print(vlprompt.list_learners())  # ") + len("print(vlprompt.list_learners())  # ")
+    end = text.index("]", start) + 1
+    listed = ast.literal_eval(re.sub(r"\n#\s*", " ", text[start:end]))
+    assert listed == vlprompt.list_learners()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> tuple[Path, dict]:
     """A fresh directory holding what a checkout holds (configs, tools) and a PATH whose vlprompt is the shim."""

@@ -323,9 +323,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
         learner = self.trainer.lightning_module if self.trainer is not None else None
         if learner is None or not hasattr(learner, "image_features"):
             raise ConfigError("data.cache_image_features needs a prompt learner being fitted")
-        if not getattr(type(learner), "frozen_image_features", False):
-            raise ConfigError(f"{learner.registry_name} changes the image features (visual prompts), so they cannot "
-                              f"be cached; set data.cache_image_features false")
+        # The learner's own answer, not its class's: boosting prompts (boost_from) change a CoOp's image features.
+        if not getattr(learner, "frozen_image_features", False):
+            raise ConfigError(f"{learner.registry_name} changes the image features (visual or boosting prompts), so "
+                              "they cannot be cached; set data.cache_image_features false")
         dataset = self.datasets["train"]
         views = []
         with torch.no_grad():
