@@ -60,9 +60,10 @@ def test_no_import_circles_between_modules():
 
 #: Lowest first. ``vlprompt.toy`` (the toy world and its pretraining) builds on the CLIP and data layers and is used by
 #: the protocols' toy helpers (``eval/toy.py``); nothing below it imports it.
-LAYERS = ["vlprompt.errors", "vlprompt.interrupts", "vlprompt.recipes", "vlprompt.meta_config", "vlprompt.files", "vlprompt.clip",
-          "vlprompt.data", "vlprompt.toy", "vlprompt.callbacks", "vlprompt.learners", "vlprompt.cli_errors",
-          "vlprompt.cli", "vlprompt.eval", "vlprompt.meta_init", "vlprompt.help_cache", "vlprompt.commands"]
+LAYERS = ["vlprompt.errors", "vlprompt.interrupts", "vlprompt.command_line", "vlprompt.recipes",
+          "vlprompt.meta_config", "vlprompt.files", "vlprompt.clip", "vlprompt.data", "vlprompt.toy",
+          "vlprompt.callbacks", "vlprompt.learners", "vlprompt.cli_errors", "vlprompt.cli", "vlprompt.eval",
+          "vlprompt.meta_init", "vlprompt.help_cache", "vlprompt.commands"]
 
 
 def layer(module: str):

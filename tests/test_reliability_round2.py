@@ -5,6 +5,9 @@ folders, empty class folders, full disks and the messages that named the wrong t
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +17,7 @@ from vlprompt.errors import ConfigError
 from vlprompt.learners.hyperparameters import check_hyperparameters
 
 from conftest import REPO
-from test_reliability import last_error_line, run_main
+from test_reliability import _namespace_mount_works, last_error_line, run_main
 
 CONFIGS = REPO / "configs"
 
@@ -252,12 +255,8 @@ class FillDiskAfterFirstEpoch(pl.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("test_reliability")._namespace_mount_works(),
-                    reason="needs unshare and mount in a user namespace")
+@pytest.mark.skipif(not _namespace_mount_works(), reason="needs unshare and mount in a user namespace")
 def test_a_disk_that_fills_during_a_checkpoint_names_it_and_leaves_no_empty_file(shapes, tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "filler_callback.py").write_text(FILL_DISK)
     out = tmp_path / "out"
     out.mkdir()
@@ -268,14 +267,14 @@ def test_a_disk_that_fills_during_a_checkpoint_names_it_and_leaves_no_empty_file
                                  "--trainer.callbacks+=filler_callback.FillDiskAfterFirstEpoch"]))
     result = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=512k tmpfs {out} && {command}"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
     line = last_error_line(result.stderr)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "checkpoint" in line and str(out / "checkpoints") in line and "No space left" in line, line
     # The mount is gone with the namespace: what the run saw is checked inside it instead.
     listing = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=512k tmpfs {out} && {command}"
                               f" >/dev/null 2>&1; ls -la {out}/checkpoints"], capture_output=True, text=True,
-                             timeout=300, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                             timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     files = [row.split() for row in listing.stdout.splitlines() if row.endswith(".ckpt")]
     assert files and all(int(row[4]) > 0 for row in files), listing.stdout
     assert not [row for row in listing.stdout.splitlines() if ".tmp-" in row], listing.stdout

@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import CSVLogger
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.callbacks import (AtomicCheckpointIO, InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig,
                                 finished_epochs)
+from vlprompt.command_line import names_a_checkpoint_file
 from vlprompt.cli_errors import (candidate_keys, configured_learner_names, configured_learners, one_line_error,
                                  owners_of_keys)
 from vlprompt.errors import CheckpointMismatchError, ConfigError, report_user_errors
@@ -107,7 +108,7 @@ class VlpromptCLI(LightningCLI):
         ``--model`` override, before Lightning merges the checkpoint's hyper-parameters over the config."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and str(ckpt_path) not in CHECKPOINT_ALIASES and not str(ckpt_path).startswith("registry:"):
+        if names_a_checkpoint_file(ckpt_path):
             checkpoint = read_checkpoint(ckpt_path)
             check_configuration_matches_checkpoint(self.config[subcommand]["model"], checkpoint, str(ckpt_path),
                                                    explicit_model_overrides(self.command_line))
@@ -156,7 +157,7 @@ class VlpromptCLI(LightningCLI):
         go into that run's folder (``RUN/tests/version_N``, ``RUN/validation/version_N``), not a new folder of
         ``runs/lightning_logs``."""
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or str(ckpt_path) in CHECKPOINT_ALIASES or str(ckpt_path).startswith("registry:"):
+        if not names_a_checkpoint_file(ckpt_path):
             return
         checkpoint = Path(ckpt_path)
         run_dir = checkpoint.parent.parent
@@ -250,8 +251,6 @@ class VlpromptCLI(LightningCLI):
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: The evaluating subcommands, and the folder of a fit's run that each writes into (``RUN/tests/version_N``).
 EVALUATIONS = {"test": "tests", "validate": "validation"}
-#: ``--ckpt_path`` values Lightning resolves itself (no file to check).
-CHECKPOINT_ALIASES = ("last", "best", "hpc")
 
 
 def stopped_fits(logs: Path, class_path: str) -> list[tuple[Path, int, int]]:
@@ -262,7 +261,11 @@ def stopped_fits(logs: Path, class_path: str) -> list[tuple[Path, int, int]]:
     import yaml
 
     found = []
-    runs = sorted(logs.glob("version_*"), key=lambda p: int(p.name[len("version_"):]) if p.name[8:].isdigit() else -1)
+    def version(run_dir: Path) -> int:
+        number = run_dir.name[len("version_"):]
+        return int(number) if number.isdigit() else -1
+
+    runs = sorted(logs.glob("version_*"), key=version)
     for run_dir in reversed(runs):
         checkpoint, config = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
         if not (checkpoint.is_file() and config.is_file()):

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vlprompt.command_line import option_values
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.learners import get_learner_class, list_learners
 from vlprompt.learners.registry import hyperparameter_names, learner_name_of
@@ -116,17 +117,11 @@ def one_line_error(message: str, candidates: Sequence[str], owners: Optional[dic
 def configured_learner_names(args: Sequence[str]) -> list[str]:
     """The registered learners that ``args`` configure (through ``--config`` files or ``--model.class_path``)."""
     names = list(dict.fromkeys(configured_learners(args).values()))
-    for index, arg in enumerate(args):
-        value = None
-        if arg in ("--model.class_path", "--model") and index + 1 < len(args):
-            value = args[index + 1]
-        elif arg.startswith(("--model.class_path=", "--model=")):
-            value = arg.split("=", 1)[1]
-        name = learner_name_of(value) if value else None
+    for value in option_values(args, "--model.class_path", "--model"):
+        name = learner_name_of(value)
         if name and name not in names:
             names.append(name)
     return [name for name in names if name in list_learners()][-1:]  # the last one wins, as in the config
-
 
 
 def configured_learners(args: Sequence[str]) -> dict[str, str]:
@@ -134,13 +129,7 @@ def configured_learners(args: Sequence[str]) -> dict[str, str]:
     import yaml
 
     named = {}
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
+    for path in option_values(args, "--config", "-c"):
         try:
             content = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError):  # the parser reports unreadable files in its own words

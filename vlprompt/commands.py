@@ -82,22 +82,6 @@ def _dispatch(args: Optional[Sequence[str]]) -> None:
     _lightning_main(argv)
 
 
-#: ``--ckpt_path`` values Lightning resolves itself (no file to check).
-CHECKPOINT_ALIASES = ("last", "best", "hpc")
-
-
-def _values(argv: Sequence[str], *options: str) -> list[str]:
-    """The values given to ``options`` (``--opt VALUE`` or ``--opt=VALUE``), in order."""
-    values = []
-    for index, arg in enumerate(argv):
-        for option in options:
-            if arg == option and index + 1 < len(argv):
-                values.append(argv[index + 1])
-            elif arg.startswith(option + "="):
-                values.append(arg.split("=", 1)[1])
-    return values
-
-
 def quick_checks(argv: Sequence[str]) -> None:
     """The mistakes a Lightning command can be refused for before Lightning is imported (about 9 s on two cores): a
     ``--config`` file that is missing, not YAML or not a mapping; a ``--ckpt_path`` that does not exist; a data set
@@ -105,10 +89,11 @@ def quick_checks(argv: Sequence[str]) -> None:
     as the full parser's, in one ``vlprompt: error:`` line."""
     import yaml
 
+    from vlprompt.command_line import names_a_checkpoint_file, option_values
     from vlprompt.errors import ConfigError
 
     roots = []
-    for path in _values(argv, "--config", "-c"):
+    for path in option_values(argv, "--config", "-c"):
         if not Path(path).is_file():
             raise ConfigError(f"config file {path!r} does not exist; check the path (configs/learners, configs/clip, "
                               "configs/data hold the shipped ones)")
@@ -123,12 +108,12 @@ def quick_checks(argv: Sequence[str]) -> None:
             roots.append(str(data["root"]))
     if any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in argv):
         return  # nothing is read: a data set or checkpoint that is not there yet is no mistake
-    roots += _values(argv, "--data.root")
+    roots += option_values(argv, "--data.root")
     if roots and not Path(roots[-1]).expanduser().is_dir():
         raise ConfigError(f"dataset directory {str(Path(roots[-1]).expanduser())!r} does not exist; see "
                           "datasets/README.md")
-    for path in _values(argv, "--ckpt_path"):
-        if path not in CHECKPOINT_ALIASES and not path.startswith("registry:") and not Path(path).exists():
+    for path in option_values(argv, "--ckpt_path"):
+        if names_a_checkpoint_file(path) and not Path(path).exists():
             raise ConfigError(f"checkpoint {path!r} does not exist; pass the last.ckpt a fit wrote "
                               "(<run directory>/checkpoints/last.ckpt)")
 

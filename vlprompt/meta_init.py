@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -155,10 +154,10 @@ def check_options(config: MetaConfig) -> None:
         least = {"ways": 2, "cluster_sample": config.clusters}.get(name, 1)
         if getattr(config, name) < least:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}")
+    from vlprompt.learners.hyperparameters import check_number
+
     for name in ("inner_lr", "outer_lr", "regulator_lr"):
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"--{name.replace('_', '-')} is {value}; it must be a finite number above 0")
+        check_number(f"--{name.replace('_', '-')}", getattr(config, name))
 
 
 def usable_pairs(pairs, source: Path, config: MetaConfig):

@@ -15,8 +15,8 @@ from torchvision import transforms as T
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
 from vlprompt.data.descriptions import read_descriptions
 from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
-from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, read_split_file,
-                                  subsample_classes)
+from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, images_per_class,
+                                  read_split_file, subsample_classes)
 from vlprompt.errors import ConfigError, warn
 
 # open_clip's OPENAI_DATASET_MEAN/STD, used when no model tells otherwise.
@@ -119,10 +119,7 @@ def short_classes(train: Sequence[Item], shots: int) -> dict[str, int]:
     """``{class name: training images}`` for the classes with fewer than ``shots`` (all when ``shots`` is -1)."""
     if shots < 1:
         return {}
-    counts: dict[str, int] = {}
-    for item in train:
-        counts[item.classname.replace("_", " ")] = counts.get(item.classname.replace("_", " "), 0) + 1
-    return {name: count for name, count in counts.items() if count < shots}
+    return {name.replace("_", " "): count for name, count in images_per_class(train).items() if count < shots}
 
 
 class ImageSplitDataModule(pl.LightningDataModule):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import math
 import posixpath
@@ -96,6 +97,11 @@ def group_by_label(items: Iterable[Item]) -> dict[int, list[Item]]:
     return groups
 
 
+def images_per_class(items: Iterable[Item]) -> dict[str, int]:
+    """``{class name: number of items}``, classes in order of first appearance."""
+    return dict(Counter(item.classname for item in items))
+
+
 def sample_few_shot(items: Sequence[Item], shots: int, rng: random.Random) -> list[Item]:
     """Dassl's ``generate_fewshot_dataset``: per label, in order of first appearance, ``rng.sample(items, K)``.
 
@@ -148,11 +154,9 @@ def cached_few_shot_split(split: dict[str, list[Item]], shots: int, seed: int, s
                 "test": split["test"]}
     selected = few_shot_split(split, shots, seed)
     try:
-        counts: dict[str, int] = {}
-        for item in selected["train"]:
-            counts[item.classname] = counts.get(item.classname, 0) + 1
         # The images each class really trains on: fewer than ``shots`` where a class has fewer (kept whole).
-        write_json_atomically(cache, {"split_sha256": source, "shots": shots, "train_images_per_class": counts,
+        write_json_atomically(cache, {"split_sha256": source, "shots": shots,
+                                      "train_images_per_class": images_per_class(selected["train"]),
                                       **_split_json({k: selected[k] for k in ("train", "val")})})
     except OSError:
         pass  # a read-only data set still trains; the selection is the same without the file

@@ -27,11 +27,19 @@ RANGES: dict[str, tuple[Optional[float], bool, Optional[float], bool]] = {
 WEIGHT_RANGE = (0.0, True, None, False)
 
 
+#: Other learning rates (``*_lr``, meta-init's ``--inner-lr`` ...) are above 0.
+LEARNING_RATE_RANGE = (0.0, False, None, False)
+
+
 def range_of(name: str) -> Optional[tuple]:
+    """The bounds of the option ``name`` (a hyper-parameter, or a command-line option such as ``--inner-lr``)."""
+    name = name.lstrip("-").replace("-", "_")
     if name in RANGES:
         return RANGES[name]
     if name.endswith("_weight") or name.startswith("lambda_"):
         return WEIGHT_RANGE
+    if name.endswith("_lr"):
+        return LEARNING_RATE_RANGE
     return None
 
 
