@@ -15,15 +15,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.caspl import image_keys
-from vlprompt.learners.cascade import BoostingPrompts, content_hash
+from vlprompt.learners.caspl.boosting import image_keys
+from vlprompt.learners.caspl.cascade import BoostingPrompts, content_hash
 from vlprompt.learners.losses import logit_distillation
 
-from conftest import CLASSNAMES, tiny_config
+from conftest import CLASSNAMES, learner_arguments, tiny_config
 
-# CoOp (text only) and MaPLe (coupled deep prompts in both towers) in the fast subset, the rest with the slow tests.
-SECOND_STAGE = ["coop", "maple", *(pytest.param(name, marks=pytest.mark.slow)
-                                   for name in ("kgcoop", "cocoop", "ivlp", "promptsrc"))]
+#: The learners the paper cascades its boosting prompts under: each must take the plug-in.
+PAPERS_SECOND_STAGE = {"coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc"}
+# Every registered learner; CoOp (text only) and MaPLe (coupled deep prompts in both towers) in the fast subset.
+EVERY_LEARNER = [name if name in ("coop", "maple") else pytest.param(name, marks=pytest.mark.slow)
+                 for name in vlprompt.list_learners()]
+
+
+def caspl(path) -> list[dict]:
+    return [{"name": "caspl", "boost_from": str(path)}]
 
 
 @pytest.fixture(scope="module")
@@ -113,23 +119,34 @@ def test_the_teacher_cache_is_filled_before_training_without_touching_the_random
     assert not learner.teacher_offloaded  # the teacher leaves only a GPU (tools/bench.py --caspl-memory measures it)
 
 
-@pytest.mark.parametrize("name", SECOND_STAGE)
+@pytest.mark.parametrize("name", EVERY_LEARNER)
 def test_second_stage_cascades_frozen_boosting_prompts(name, tiny_clip, stage_one, image_batch, tmp_path):
+    """Every learner with the capabilities CasPL's plug-in needs takes it (the paper's six among them); every other
+    is refused in one line naming what it lacks."""
     images, labels = image_batch
+    arguments = learner_arguments(name, tiny_clip, CLASSNAMES)
     torch.manual_seed(0)
-    plain = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES)
+    plain = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, **arguments)
+    capable = {"text_context", "shared_image_path"} <= plain.capabilities and name != "caspl_boost"
+    assert capable or name not in PAPERS_SECOND_STAGE
     torch.manual_seed(0)
-    learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
-    boost = learner.boost
+    if not capable:
+        with pytest.raises(ConfigError, match="plug-in 'caspl' needs|caspl_boost learns boosting prompts"):
+            vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one), **arguments)
+        return
+    learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one),
+                                     **arguments)
+    (boost,) = learner.plugins
     saved = torch.load(stage_one, weights_only=True)["state_dict"]
     assert torch.equal(boost.text[0], saved["prompts.ctx"]) and torch.equal(boost.vision[0], saved["vision_prompts.0"])
     # Only the learner's own prompts train; the boosting ones are buffers outside the state dict.
     assert learner.num_trainable_parameters() == plain.num_trainable_parameters()
     assert not any(key.startswith("boost") for key in learner.state_dict())
     # Text layout [SOT, adapting, boosting, ...]: the boosting input tokens follow the context.
-    n_ctx, n_boost = learner.prompts.n_ctx, boost.text_tokens
-    start = learner.prompts._prefix_length + n_ctx
-    torch.testing.assert_close(learner.prompts.token_embeds[:, start:start + n_boost],
+    context = learner.text_context
+    n_ctx, n_boost = context.n_ctx, boost.text_tokens.shape[0]
+    start = context._prefix_length + n_ctx
+    torch.testing.assert_close(context.token_embeds[:, start:start + n_boost],
                                boost.text[0].expand(len(CLASSNAMES), -1, -1))
     with torch.no_grad():
         assert not torch.allclose(learner.eval()(images), plain.eval()(images))
@@ -138,7 +155,7 @@ def test_second_stage_cascades_frozen_boosting_prompts(name, tiny_clip, stage_on
     path = fit(learner.train(), images, labels, root)
     assert all(torch.equal(a, b) for a, b in zip(before, boost.text + boost.vision))
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["vlprompt"]["boost"]["sha256"] == content_hash(before)
+    assert checkpoint["vlprompt"]["plugins"]["caspl"]["sha256"] == content_hash(before)
     reloaded = vlprompt.load_learner(path, clip=tiny_clip)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(images), learner.eval()(images))
@@ -146,32 +163,57 @@ def test_second_stage_cascades_frozen_boosting_prompts(name, tiny_clip, stage_on
 
 def test_second_stage_checkpoint_refuses_other_boosting_prompts(tiny_clip, teacher, stage_one, image_batch, tmp_path):
     images, labels = image_batch
-    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one))
     path = fit(learner, images, labels, tmp_path / "stage2")
     other = fit(boost_learner(tiny_clip, teacher, lr=0.5, warmup_epochs=0), images, labels, tmp_path / "other")
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint["hyper_parameters"]["boost_from"] = other
+    checkpoint["hyper_parameters"]["plugins"] = caspl(other)
     torch.save(checkpoint, tmp_path / "pointed-elsewhere.ckpt")
     with pytest.raises(CheckpointMismatchError, match="holds other boosting prompts"):
         vlprompt.load_learner(tmp_path / "pointed-elsewhere.ckpt", clip=tiny_clip)
-    assert BoostingPrompts(other, tiny_clip).sha256 != BoostingPrompts(stage_one, tiny_clip).sha256
+    assert BoostingPrompts(other).sha256 != BoostingPrompts(stage_one).sha256
+    checkpoint["hyper_parameters"]["plugins"] = None  # trained with the plug-in, loaded without it
+    torch.save(checkpoint, tmp_path / "without.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="was trained with the 'caspl' plug-in; pass it: "
+                                                      "--model.init_args.plugins"):
+        vlprompt.load_learner(tmp_path / "without.ckpt", clip=tiny_clip)
 
 
-def test_boost_from_is_refused_where_it_cannot_apply(tiny_clip, teacher, stage_one, tmp_path):
-    with pytest.raises(ConfigError, match="caspl_boost cannot take boosting prompts"):
-        boost_learner(tiny_clip, teacher, boost_from=stage_one)
-    with pytest.raises(ConfigError, match="no hyper-parameter 'boost_from'"):
-        vlprompt.build_learner("zeroshot", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+def test_a_format_2_checkpoint_with_boosting_prompts_loads_with_them(tiny_clip, stage_one, image_batch, tmp_path):
+    """Checkpoints written before plug-ins named boost_from as a hyper-parameter and recorded it under 'boost'."""
+    images, labels = image_batch
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one))
+    checkpoint = torch.load(fit(learner, images, labels, tmp_path / "stage2"), weights_only=True)
+    record = checkpoint["vlprompt"].pop("plugins")["caspl"]
+    checkpoint["vlprompt"].update(format=2, boost={"path": stage_one, "sha256": record["sha256"]})
+    checkpoint["hyper_parameters"].pop("plugins")
+    checkpoint["hyper_parameters"]["boost_from"] = stage_one
+    torch.save(checkpoint, tmp_path / "format2.ckpt")
+    reloaded = vlprompt.load_learner(tmp_path / "format2.ckpt", clip=tiny_clip)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(images), learner.eval()(images))
+
+
+def test_the_caspl_plugin_is_refused_where_it_cannot_apply(tiny_clip, teacher, stage_one, tmp_path):
+    with pytest.raises(ConfigError, match="caspl_boost learns boosting prompts and takes none"):
+        boost_learner(tiny_clip, teacher, plugins=caspl(stage_one))
+    with pytest.raises(ConfigError, match="plug-in 'caspl' needs one learned text context"):
+        vlprompt.build_learner("zeroshot", clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one))
+    with pytest.raises(ConfigError, match="plug-in 'caspl' has no option 'boost'; did you mean 'boost_from'"):
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES,
+                               plugins=[{"name": "caspl", "boost": stage_one}])
+    with pytest.raises(ConfigError, match="unknown plug-in 'casp'; did you mean 'caspl'"):
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=[{"name": "casp"}])
     with pytest.raises(ConfigError, match="holds a 'coop' learner"):
         coop = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES)
         path = fit(coop, torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), tmp_path / "coop")
-        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=path)
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(path))
     other = vlprompt.load_clip(tiny_config(text_cfg={"width": 48, "heads": 3}))
     # The message tells the file's student from this learner's CLIP (issue 26, point 12).
-    with pytest.raises(CheckpointMismatchError, match=r"learned on the student built from a config dict \(random "
-                                                      r"weights\), and this learner's CLIP is .*text_width: 32 vs 48.*"
+    with pytest.raises(CheckpointMismatchError, match=r"learned on the CLIP built from a config dict \(random "
+                                                      r"weights\), and this learner's is .*text_width: 32 vs 48.*"
                                                       "fit the boosting stage"):
-        vlprompt.build_learner("coop", clip=other, classnames=CLASSNAMES, boost_from=stage_one)
+        vlprompt.build_learner("coop", clip=other, classnames=CLASSNAMES, plugins=caspl(stage_one))
 
 
 @pytest.mark.slow
@@ -254,7 +296,7 @@ def test_a_learner_with_boosting_prompts_refuses_the_feature_cache_in_one_line(t
 
     from vlprompt.data import ImageSplitDataModule
 
-    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, boost_from=stage_one)
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=caspl(stage_one))
     data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=2, num_workers=0,
                                 cache_image_features=True)
     data.trainer = types.SimpleNamespace(lightning_module=learner)

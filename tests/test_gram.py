@@ -11,8 +11,8 @@ import torch
 import vlprompt
 from vlprompt.data.captions import read_caption_pairs
 from vlprompt.errors import ConfigError
-from vlprompt.learners.gram import (GradientRegulator, GramPlugin, cluster_members, cluster_pairs, meta_step,
-                                    read_gram, sample_task, save_gram)
+from vlprompt.learners.gram.meta import (GradientRegulator, cluster_members, cluster_pairs, meta_step, read_gram,
+                                         sample_task, save_gram)
 from vlprompt.meta_config import MetaConfig
 from vlprompt.toy.world import write_caption_corpus
 
@@ -64,6 +64,12 @@ def gram_file(path, ctx: torch.Tensor, gate_logits: torch.Tensor):
                       "n_ctx": ctx.shape[0], "ctx_init": None, "clusters": 3, "pairs": 9, "query_loss": [1.0]}, path)
 
 
+def gram(init_from=None, gradient_regulator=None) -> list[dict]:
+    """The learner's plug-ins: GRAM with these files."""
+    return [{"name": "gram", "init_from": init_from and str(init_from),
+             "gradient_regulator": gradient_regulator and str(gradient_regulator)}]
+
+
 def test_init_from_loads_the_context_bitwise_and_the_regulator_gates_only_it(tiny_clip, image_batch, tmp_path):
     images, labels = image_batch
     plain = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, ctx_init=None)
@@ -73,7 +79,7 @@ def test_init_from_loads_the_context_bitwise_and_the_regulator_gates_only_it(tin
     weights = model_weights(tiny_clip)
 
     learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, ctx_init=None,
-                                     init_from=str(path), gradient_regulator=str(path))
+                                     plugins=gram(path, path))
     learner.setup("fit")
     assert torch.equal(learner.prompts.ctx.detach(), ctx)
     plain.prompts.ctx.data.copy_(ctx)
@@ -90,9 +96,8 @@ def test_init_from_loads_the_context_bitwise_and_the_regulator_gates_only_it(tin
 
 def test_mismatched_shapes_and_wrong_files_are_one_line_errors(tiny_clip, tmp_path):
     path = gram_file(tmp_path / "gram.ckpt", torch.zeros(7, 5), torch.zeros(7, 5))
-    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, init_from=str(path))
     with pytest.raises(ConfigError, match=r"GRAM context has shape \[7, 5\] and coop's has \[4, \d+\]"):
-        learner.setup("fit")
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=gram(path))
     with pytest.raises(ConfigError, match="does not exist"):
         read_gram(tmp_path / "missing.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
@@ -101,9 +106,10 @@ def test_mismatched_shapes_and_wrong_files_are_one_line_errors(tiny_clip, tmp_pa
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
         read_gram(tmp_path / "text.ckpt")
-    zeroshot = vlprompt.build_learner("zeroshot", clip=tiny_clip, classnames=CLASSNAMES)
-    with pytest.raises(ConfigError, match="no learned text context"):
-        GramPlugin(str(path), None).apply_init(zeroshot)
+    with pytest.raises(ConfigError, match="plug-in 'gram' needs one learned text context"):
+        vlprompt.build_learner("zeroshot", clip=tiny_clip, classnames=CLASSNAMES, plugins=gram(path))
+    with pytest.raises(ConfigError, match="the gram plug-in needs init_from, gradient_regulator or both"):
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES, plugins=gram())
 
 
 def test_tasks_draw_distinct_clusters_with_their_own_pairs():
@@ -161,27 +167,30 @@ def test_meta_init_then_fit_with_init_and_regulator(shapes, tmp_path, capsys):
     main(["fit", "--config", str(configs / "learners" / "coop.yaml"), "--config", str(configs / "clip" / "toy.yaml"),
           "--config", str(configs / "data" / "toy" / "ToyShapes.yaml"), "--data.root", str(shapes),
           "--data.shots", "2", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-          "--trainer.default_root_dir", str(tmp_path / "fit"), "--model.init_args.init_from", str(out),
-          "--model.init_args.gradient_regulator", str(out)])
+          "--trainer.default_root_dir", str(tmp_path / "fit"),
+          f"--model.init_args.plugins+={{name: gram, init_from: {out}, gradient_regulator: {out}}}"])
     assert "vlprompt: checkpoint" in capsys.readouterr().out
 
 
-def test_every_context_learner_takes_a_gram_initialisation_bitwise(tiny_clip, tmp_path):
+def test_every_learner_with_a_text_context_takes_a_gram_initialisation_bitwise(tiny_clip, tmp_path):
+    """Every registered learner: those with a learned text context take GRAM's context bitwise, the others are
+    refused in one line (the paper's and the abstract's context learners among the takers)."""
     from conftest import learner_arguments
-    from vlprompt.learners import get_learner_class, list_learners
-    from vlprompt.learners.context import ContextPrompts
+    from vlprompt.learners import list_learners
 
     taking = []
     for name in list_learners():
-        if not get_learner_class(name).needs_training or name == "caspl_boost":
+        arguments = learner_arguments(name, tiny_clip, CLASSNAMES)
+        plain = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, **arguments)
+        if plain.text_context is None:
+            path = gram_file(tmp_path / f"{name}.ckpt", torch.zeros(4, 8), torch.zeros(4, 8))
+            with pytest.raises(ConfigError, match="plug-in 'gram' needs one learned text context"):
+                vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=gram(path), **arguments)
             continue
-        learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
-                                         **learner_arguments(name, tiny_clip, CLASSNAMES))
-        if not isinstance(getattr(learner, "prompts", None), ContextPrompts):
-            continue
-        ctx = torch.randn(learner.prompts.ctx.shape)
+        ctx = torch.randn(plain.text_context.ctx.shape)
         path = gram_file(tmp_path / f"{name}.ckpt", ctx, torch.zeros(ctx.shape))
-        GramPlugin(str(path), None).apply_init(learner)
-        assert torch.equal(learner.prompts.ctx.detach(), ctx), name
+        learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=gram(path), **arguments)
+        learner.setup("fit")
+        assert torch.equal(learner.text_context.ctx.detach(), ctx), name
         taking.append(name)
     assert {"coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "biomedcoop", "vmfcoop"} <= set(taking)

@@ -56,7 +56,7 @@ def boosting_checkpoint(clip, folder: Path) -> str:
 
 
 def gram_file(clip, folder: Path, n_ctx: int) -> str:
-    from vlprompt.learners.gram import save_gram
+    from vlprompt.learners.gram.meta import save_gram
 
     generator = torch.Generator().manual_seed(4)
     ctx = torch.randn(n_ctx, clip.text_width, generator=generator) * 0.05
@@ -68,12 +68,12 @@ def gram_file(clip, folder: Path, n_ctx: int) -> str:
     return str(path)
 
 
-def plugin_arguments(plugin: str, clip, folder: Path, n_ctx: int) -> dict:
-    """The learner keyword arguments that attach ``plugin``."""
+def plugin_spec(plugin: str, clip, folder: Path, n_ctx: int) -> dict:
+    """The spec of ``plugin`` (``{name: ..., options}``) on seeded random files."""
     if plugin == "caspl":
-        return {"boost_from": boosting_checkpoint(clip, folder)}
+        return {"name": "caspl", "boost_from": boosting_checkpoint(clip, folder)}
     path = gram_file(clip, folder, n_ctx)
-    return {"init_from": path, "gradient_regulator": path}
+    return {"name": "gram", "init_from": path, "gradient_regulator": path}
 
 
 def build(case: str, folder: Path):
@@ -83,7 +83,7 @@ def build(case: str, folder: Path):
     if plugin is not None:
         torch.manual_seed(0)
         n_ctx = vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES, **arguments).prompts.ctx.shape[0]
-        arguments.update(plugin_arguments(plugin, clip, folder, n_ctx))
+        arguments["plugins"] = [plugin_spec(plugin, clip, folder, n_ctx)]
     torch.manual_seed(0)
     learner = vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES, templates=TEMPLATES, **arguments)
     if plugin == "gram":  # the context's initialisation and the regulator apply when a fit sets up

@@ -19,8 +19,6 @@ from conftest import CLASSNAMES, TINY_RESNET, class_texts, learner_arguments, mo
 LEARNERS = vlprompt.list_learners()
 # Contract tests pick learners by what they declare, never by name.
 TRAINABLE = [name for name in LEARNERS if get_learner_class(name).needs_training]
-IMAGE_SIDE_FROZEN = [name for name in LEARNERS if get_learner_class(name).frozen_image_features]
-VISUAL_PROMPTS = [name for name in LEARNERS if not get_learner_class(name).frozen_image_features]
 NOVEL = ["orange moon", "black cross", "white ring"]
 
 
@@ -39,16 +37,18 @@ def brief_fit(learner, images, labels, root: Path, steps: int = 2) -> pl.Trainer
     return trainer
 
 
-def test_every_learner_module_is_found_without_being_listed():
-    """Each module under vlprompt/learners/ that registers a learner is found by the registry, which lists none."""
+def test_every_learner_and_plugin_module_is_found_without_being_listed():
+    """Each module under vlprompt/learners/ (a method's own folder included) that registers a learner or a plug-in is
+    found by the registry, which lists none."""
     learners_dir = Path(registry.__file__).parent
-    registering = {}
-    for path in learners_dir.glob("*.py"):
+    registering = {"register_learner": set(), "register_plugin": set()}
+    for path in learners_dir.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_learner"
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in registering
                     and node.args and isinstance(node.args[0], ast.Constant)):
-                registering[node.args[0].value] = path.stem
-    assert set(registering) == set(LEARNERS)
+                registering[node.func.id].add(node.args[0].value)
+    assert registering["register_learner"] == set(LEARNERS)
+    assert registering["register_plugin"] == set(registry.list_plugins()) >= {"caspl", "gram"}
     assert {"zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc"} <= set(LEARNERS)
 
 
@@ -256,20 +256,20 @@ def test_checkpoint_from_another_architecture_or_learner_is_refused(tiny_clip, i
         vlprompt.load_learner(tmp_path / "missing.ckpt")
 
 
-@pytest.mark.parametrize("name", IMAGE_SIDE_FROZEN)
-def test_text_only_learners_run_on_a_resnet_clip(name, image_batch):
+@pytest.mark.parametrize("name", LEARNERS)
+def test_text_only_learners_run_on_a_resnet_clip_and_the_others_refuse_it(name, tiny_clip, image_batch):
+    """Learners whose image features are the frozen tower's (derived from what they are built of) run on any image
+    tower; the others need a ViT's tokens and say so."""
+    frozen_images = build(name, tiny_clip).image_features_are_frozen
     clip = vlprompt.load_clip(TINY_RESNET)
+    if not frozen_images:
+        with pytest.raises(ConfigError, match="visual prompts need a ViT image tower.*ModifiedResNet"):
+            build(name, clip)
+        return
     images, _ = image_batch
     learner = build(name, clip).eval()
     with torch.no_grad():
         assert learner(images).shape == (6, len(CLASSNAMES))
-
-
-@pytest.mark.parametrize("name", VISUAL_PROMPTS)
-def test_visual_prompt_learner_refuses_a_resnet_clip(name):
-    clip = vlprompt.load_clip(TINY_RESNET)
-    with pytest.raises(ConfigError, match="visual prompts need a ViT image tower.*ModifiedResNet"):
-        build(name, clip)
 
 
 def test_maple_checks_prompt_depth(tiny_clip):

@@ -64,7 +64,7 @@ def test_non_finite_trainer_options_are_refused(shapes, capsys):
 
 # -- 4, 5. GRAM files: meta-learned on another CLIP, or holding NaN --------------------------------------------------
 def gram_on(clip, path, ctx: torch.Tensor):
-    from vlprompt.learners.gram import save_gram
+    from vlprompt.learners.gram.meta import save_gram
 
     return save_gram({"ctx": ctx, "regulator": {"form": "elementwise", "shape": list(ctx.shape),
                                                 "logits": torch.zeros_like(ctx)},
@@ -80,10 +80,10 @@ def test_a_gram_file_of_another_clip_with_the_same_shapes_is_refused(tiny_clip, 
     learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"])
     path = gram_on(other, tmp_path / "other.ckpt", torch.randn(tuple(learner.prompts.ctx.shape)))
     for option in ("init_from", "gradient_regulator"):
-        learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"], **{option: str(path)})
-        with pytest.raises(CheckpointMismatchError, match=f"{option} '.*other.ckpt' was meta-learned on another CLIP.*"
-                                                          "vision_width: 32 vs 48"):
-            learner.setup("fit")
+        with pytest.raises(CheckpointMismatchError, match=f"{option} '.*other.ckpt' was learned on the CLIP .*"
+                                                          "vision_width: 32 vs 48.*run `vlprompt meta-init`"):
+            vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"],
+                                   plugins=[{"name": "gram", option: str(path)}])
 
 
 def test_a_gram_file_of_the_same_architecture_from_other_weights_warns(tiny_clip, tmp_path, capsys):
@@ -92,12 +92,13 @@ def test_a_gram_file_of_the_same_architecture_from_other_weights_warns(tiny_clip
     content = torch.load(path, weights_only=True)
     content["vlprompt_gram"]["clip"]["source"] = {"name": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"}
     torch.save(content, path)
-    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"], init_from=str(path))
-    learner.setup("fit")
+    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"],
+                                     plugins=[{"name": "gram", "init_from": str(path)}])
     err = capsys.readouterr().err
     assert "vlprompt: warning: init_from" in err and "laion2b_s34b_b88k" in err
     path = gram_on(tiny_clip, tmp_path / "mine.ckpt", torch.randn(tuple(learner.prompts.ctx.shape)))
-    vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"], init_from=str(path)).setup("fit")
+    vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"],
+                           plugins=[{"name": "gram", "init_from": str(path)}]).setup("fit")
     assert "warning" not in capsys.readouterr().err
 
 
@@ -106,10 +107,9 @@ def test_a_gram_file_holding_nan_is_named_at_load(tiny_clip, tmp_path):
     ctx = torch.randn(tuple(learner.prompts.ctx.shape))
     ctx[0, 0] = math.nan
     path = gram_on(tiny_clip, tmp_path / "nan.ckpt", ctx)
-    learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"], gradient_regulator=str(path),
-                                     init_from=str(path))
     with pytest.raises(ConfigError, match=r"'.*nan.ckpt' holds non-finite values in ctx"):
-        learner.setup("fit")
+        vlprompt.build_learner("coop", clip=tiny_clip, classnames=["a", "b"],
+                               plugins=[{"name": "gram", "gradient_regulator": str(path), "init_from": str(path)}])
 
 
 # -- 6, 7, 8, 13. meta-init inputs ------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_meta_init_refuses_captions_that_are_all_empty(corpus, tmp_path, capsys)
 
 
 def test_meta_init_warns_when_the_query_loss_does_not_move(corpus, tmp_path, capsys, monkeypatch):
-    from vlprompt.learners import gram
+    from vlprompt.learners.gram import meta as gram
     from vlprompt.meta_init import loss_did_not_move
 
     assert loss_did_not_move([math.log(10)] * 300).startswith("the query loss did not move in 300 steps")
@@ -179,7 +179,7 @@ def test_meta_init_refuses_bad_numbers(option, value, corpus, tmp_path, capsys):
 def test_clustering_a_large_corpus_clusters_a_bounded_sample(monkeypatch):
     from sklearn.cluster import AgglomerativeClustering
 
-    from vlprompt.learners import gram
+    from vlprompt.learners.gram import meta as gram
 
     seen = []
     fit_predict = AgglomerativeClustering.fit_predict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -368,14 +369,22 @@ def test_base2novel_says_busi_has_no_such_setting_and_skips_it(capsys):
     (["--data.seed", "3"], "--seeds"), (["--data.subsample", "all"], "protocol"), (["--data.root", "x"], "--data"),
     (["--trainer.default_root_dir", "x"], "--runs"), (["--checkpoint.dirpath", "x"], "--runs"),
     (["--trainer.logger.init_args.save_dir", "x"], "--runs"), (["--ckpt_path", "x.ckpt"], "resumes"),
-    (["--model.init_args.boost_from", "x.ckpt"], "--boost")])
+    (["--model.init_args.plugins", "[{name: caspl, boost_from: x.ckpt}]"], "--boost"),
+    (["--model.init_args.plugins+={name: caspl, boost_from: x.ckpt}"], "--boost")])
 def test_options_the_suite_sets_itself_are_refused_after_the_separator(override, names, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
               str(CONFIGS / "data" / "DTD.yaml"), "--dry-run", "--", "--trainer.max_epochs", "2", *override])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert override[0].split("=")[0] in err and names in err
+    assert (override[0].split("=")[0] in err or "caspl plug-in" in err) and names in err
+
+
+def test_other_plugins_after_the_separator_reach_the_runs(capsys):
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
+          str(CONFIGS / "data" / "DTD.yaml"), "--seeds", "1", "--dry-run", "--",
+          "--model.init_args.plugins+={name: gram, init_from: g.ckpt}"])
+    assert "--model.init_args.plugins+={name: gram, init_from: g.ckpt}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("option", ["--config", "-c", "--config="])
@@ -401,4 +410,5 @@ def test_dry_run_of_a_caspl_suite_prints_stage_one_and_boost_from(tmp_path, caps
     for seed, (first, second) in enumerate(zip(stage_one, stage_two), 1):
         assert "caspl_boost.yaml" in first and "--trainer.max_epochs 1" in first and "n_ctx" not in first
         boost = tmp_path.resolve() / "caspl_boost" / "DTD" / f"seed{seed}" / "checkpoints" / "last.ckpt"
-        assert f"--model.init_args.boost_from {boost}" in second and "--model.init_args.n_ctx 2" in second
+        plugin = "--model.init_args.plugins+=" + json.dumps({"name": "caspl", "boost_from": str(boost)})
+        assert shlex.quote(plugin) in second and "--model.init_args.n_ctx 2" in second

@@ -13,7 +13,7 @@ drops them) and writes the report from all rows, each with its own seeds and tim
 
 CasPL rows (``coop+caspl``, ``maple+caspl``, ``promptsrc+caspl``) run the boosting stage first
 (``configs/learners/caspl_boost.yaml`` with the toy teacher ``configs/clip/toy-teacher.yaml``, on every training
-image and class name as the paper does), then the learner with ``boost_from`` that checkpoint. Here the boosting
+image and class name as the paper does), then the learner with the caspl plug-in on that checkpoint. Here the boosting
 prompts are fitted once per data set (seed 1) and shared by the three stage-2 seeds, which keeps the run within
 an hour on 2 cores; ``vlprompt suite --boost`` fits them per data set and seed, as the paper does.
 
@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlprompt.clip.frozen import shipped_weights_path  # noqa: E402
+from vlprompt.command_line import plugin_option  # noqa: E402
 from vlprompt.eval.accuracy import harmonic_mean  # noqa: E402
 from vlprompt.eval.base2novel import fit_checkpoint, run_base_to_novel  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
@@ -107,10 +108,10 @@ def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run
     args = [*toy_run_args(CONFIGS, base, dataset, data_root, seed), *quiet,
             "--trainer.max_epochs", str(recipe_epochs(learner))]
     if learner.endswith(CASPL_SUFFIX):
-        args += ["--model.init_args.boost_from", boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)]
+        args.append(plugin_option("caspl", boost_from=boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)))
     if learner.endswith(GRAM_SUFFIX):
         gram = gram_checkpoint(base, data_root, run_dir, fitted)
-        args += ["--model.init_args.init_from", gram, "--model.init_args.gradient_regulator", gram]
+        args.append(plugin_option("gram", init_from=gram, gradient_regulator=gram))
     return args
 
 

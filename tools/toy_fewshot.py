@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from toy_benchmark import CONFIGS, GRAM_LEARNERS, GRAM_SUFFIX, gram_checkpoint, mean_std, recipe_epochs  # noqa: E402
 
+from vlprompt.command_line import plugin_option  # noqa: E402
 from vlprompt.eval.suite import run_suite  # noqa: E402
 from vlprompt.eval.toy import WORLD_CLIP_CONFIGS, world_of_dataset  # noqa: E402
 from vlprompt.toy.world import DATASETS, DOMAIN_SHIFTS, ensure_toy_dataset  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
                              "--trainer.enable_progress_bar", "false"]
                 if variant.endswith(GRAM_SUFFIX):
                     gram = gram_checkpoint(learner, options.data, run_dir, fitted)
-                    overrides += ["--model.init_args.init_from", gram, "--model.init_args.gradient_regulator", gram]
+                    overrides.append(plugin_option("gram", init_from=gram, gradient_regulator=gram))
                 found = run_suite("few-shot", CONFIGS / "learners" / f"{learner}.yaml", [data], options.seeds,
                                   run_dir / variant, clip_config=clip, shots=options.shots, overrides=overrides)
                 for shots in options.shots:

@@ -3,6 +3,8 @@ to an option, and whether a ``--ckpt_path`` names a file. Nothing heavy is impor
 
 from __future__ import annotations
 
+import json
+
 from typing import Sequence
 
 #: ``--ckpt_path`` values Lightning resolves itself (no file to check).
@@ -25,3 +27,9 @@ def names_a_checkpoint_file(ckpt_path) -> bool:
     """Whether a ``--ckpt_path`` value is a file path, not one of Lightning's aliases (``last``, ``registry:...``)."""
     value = str(ckpt_path)
     return bool(ckpt_path) and value not in CHECKPOINT_ALIASES and not value.startswith("registry:")
+
+
+def plugin_option(name: str, **options) -> str:
+    """The ``vlprompt fit`` option that adds plug-in ``name`` with ``options`` to the learner's plug-ins (after any
+    plug-ins its YAML gives): ``--model.init_args.plugins+={"name": ..., ...}``."""
+    return "--model.init_args.plugins+=" + json.dumps({"name": name, **{k: str(v) for k, v in options.items()}})

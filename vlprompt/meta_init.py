@@ -2,8 +2,8 @@
 
     vlprompt meta-init --pairs data/toy/ToyCaptions --learner configs/learners/coop.yaml \\
         --clip configs/clip/toy.yaml --out runs/gram-coop.ckpt
-    vlprompt fit --config configs/learners/coop.yaml ... --model.init_args.init_from runs/gram-coop.ckpt \\
-        --model.init_args.gradient_regulator runs/gram-coop.ckpt
+    vlprompt fit --config configs/learners/coop.yaml ... \\
+        --model.init_args.plugins+='{name: gram, init_from: runs/gram-coop.ckpt, gradient_regulator: runs/gram-coop.ckpt}'
 
 The context is meta-learned with the learner's own ``n_ctx`` and ``ctx_init`` (read from its YAML) on the CLIP it
 will fine-tune, so the checkpoint fits that learner. Our reading of GRAM: :mod:`vlprompt.learners.gram`.
@@ -11,6 +11,7 @@ will fine-tune, so the checkpoint fits that learner. Our reading of GRAM: :mod:`
 
 from __future__ import annotations
 
+import shlex
 import argparse
 import inspect
 import time
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import yaml
 
 from vlprompt.errors import ConfigError, warn
+from vlprompt.command_line import plugin_option
 from vlprompt.meta_config import OPTION_HELP, REGULATOR_FORMS, MetaConfig
 from vlprompt.recipes import resolve_config
 
@@ -109,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(options.threads)
     from vlprompt.clip import FrozenCLIP
     from vlprompt.data.captions import read_caption_pairs
-    from vlprompt.learners.gram import describe_gram, meta_train, save_gram
+    from vlprompt.learners.gram.meta import describe_gram, meta_train, save_gram
 
     learner, clip_args, n_ctx, ctx_init = _learner_settings(options.learner, options.clip)
     pairs = usable_pairs(read_caption_pairs(options.pairs), options.pairs, config)
@@ -131,8 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         warn(f"{stalled}: the meta-learned context and regulator are hardly different from their start, so {options.out} "
              "would change little; check that the captions tell the images apart, or raise --steps or --outer-lr")
     else:
-        print(f"[meta-init] fine-tune with --model.init_args.init_from {options.out} "
-              f"--model.init_args.gradient_regulator {options.out}")
+        print("[meta-init] fine-tune with " + shlex.quote(plugin_option("gram", init_from=options.out,
+                                                                         gradient_regulator=options.out)))
 
 
 #: Query losses that all lie within this fraction of the first did not move. (Each step draws other tasks, so a

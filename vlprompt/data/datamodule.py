@@ -318,12 +318,13 @@ class ImageSplitDataModule(pl.LightningDataModule):
     def _cached_feature_loader(self) -> DataLoader:
         # Called by the fit loop after the model is on its device, so the encoding runs there.
         learner = self.trainer.lightning_module if self.trainer is not None else None
-        if learner is None or not hasattr(learner, "image_features"):
+        if learner is None or not hasattr(learner, "frozen_image_features"):
             raise ConfigError("data.cache_image_features needs a prompt learner being fitted")
-        # The learner's own answer, not its class's: boosting prompts (boost_from) change a CoOp's image features.
-        if not getattr(learner, "frozen_image_features", False):
-            raise ConfigError(f"{learner.registry_name} changes the image features (visual or boosting prompts), so "
-                              "they cannot be cached; set data.cache_image_features false")
+        # The learner's own answer, derived from what it is built of: a plug-in's vision tokens change a CoOp's.
+        if not learner.image_features_are_frozen:
+            raise ConfigError(f"{learner.registry_name} changes the image features (visual prompts, a plug-in's vision "
+                              "tokens or an image path of its own), so they cannot be cached; set "
+                              "data.cache_image_features false")
         dataset = self.datasets["train"]
         views = []
         with torch.no_grad():
@@ -331,7 +332,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                 # Its own generator: encoding must not draw from the global RNG that shuffles the training batches.
                 loader = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
                                     generator=torch.Generator().manual_seed(len(views)))
-                views.append(torch.cat([learner.image_features(images.to(learner.device)).float()
+                views.append(torch.cat([learner.frozen_image_features(images.to(learner.device)).float()
                                         for images, _ in loader]).cpu())
         labels = torch.tensor([item.label for item in dataset.items])
         cached = CachedImageFeatures(torch.stack(views), labels)

@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import yaml
 
+from vlprompt.command_line import plugin_option
 from vlprompt.errors import ConfigError
 from vlprompt.eval.arguments import OneLineArgumentParser
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
@@ -227,8 +228,21 @@ SUITE_OWNED_OPTIONS = {
     "data.root": "--data (one YAML per data set)", "data.dataset": "--data (one YAML per data set)",
     "trainer.default_root_dir": "--runs", "trainer.logger": "--runs (and --wandb)", "checkpoint.dirpath": "--runs",
     "ckpt_path": "nothing: the suite resumes interrupted runs itself",
-    "model.init_args.boost_from": "--boost",
 }
+#: The plug-in the suite hands to every run itself (CasPL's boosting prompts, from ``--boost``).
+SUITE_OWNED_PLUGIN = "caspl"
+PLUGINS_KEY = "model.init_args.plugins"
+
+
+def _names_owned_plugin(value) -> bool:
+    """Whether a ``plugins`` value (a YAML string after ``--`` or a list read from a file) holds the caspl plug-in."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return False
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(item, dict) and item.get("name") == SUITE_OWNED_PLUGIN for item in items)
 
 
 def _owned_option(key: str) -> Optional[str]:
@@ -261,11 +275,22 @@ def check_overrides(overrides: Sequence[str]) -> None:
             path = Path(arg.split("=", 1)[1] if "=" in arg else overrides[index + 1] if index + 1 < len(overrides)
                         else "")
             if path.is_file():
-                for inner in _flattened(_read_yaml(path)):
+                content = _read_yaml(path)
+                for inner in _flattened(content):
                     owned = _owned_option(inner)
                     if owned:
                         raise ConfigError(f"{str(path)!r} (after --) sets {inner}, which the suite sets for every run "
                                           f"from {SUITE_OWNED_OPTIONS[owned]}; remove it from that file")
+                if _names_owned_plugin(((content.get("model") or {}).get("init_args") or {}).get("plugins")):
+                    raise ConfigError(f"{str(path)!r} (after --) gives the {SUITE_OWNED_PLUGIN} plug-in, which the suite "
+                                      "gives every run from --boost (and fits its boosting stage); remove it from that "
+                                      "file")
+            continue
+        if key.rstrip("+") == PLUGINS_KEY:
+            value = arg.split("=", 1)[1] if "=" in arg else overrides[index + 1] if index + 1 < len(overrides) else ""
+            if _names_owned_plugin(value):
+                raise ConfigError(f"the {SUITE_OWNED_PLUGIN} plug-in after -- is refused: the suite gives it to every "
+                                  "run from --boost (and fits its boosting stage); use --boost instead")
             continue
         owned = _owned_option(key)
         if owned:
@@ -478,9 +503,11 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     learner = cls.registry_name
     boosting = None
     if boost:
-        if not cls.supports_boosting:
-            raise ConfigError(f"{learner} cannot take boosting prompts (--boost); CasPL's second stage runs on coop, "
-                              "kgcoop, cocoop, maple, ivlp and promptsrc")
+        # What the class alone tells; the learner's text context is checked when its first run builds it.
+        if not cls.needs_training or not cls.has_shared_image_path():
+            raise ConfigError(f"{learner} cannot take boosting prompts (--boost): CasPL's second stage needs a learner "
+                              "that trains a text context and computes image features on the shared path (coop, "
+                              "kgcoop, cocoop, maple, ivlp, promptsrc, ...)")
         _learner_class(boost)  # names the boosting learner
         boosting, learner = Boosting(list(boost), clip_config, runs, stage_one_overrides(overrides)), f"{learner}+caspl"
     if not cls.needs_training:  # its accuracy does not depend on the shots: one run, recorded as 0 shots
@@ -521,7 +548,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
 
 def _show(runs: Sequence[_Run], boosting: Optional["Boosting"] = None) -> list[dict]:
     """``--dry-run``: what each run would train with, as ``vlprompt fit`` command lines (CasPL: the boosting stage's
-    first, once per training data set and seed, and ``boost_from`` its checkpoint)."""
+    first, once per training data set and seed, and the caspl plug-in with its checkpoint)."""
     shown = set()
     for index, run in enumerate(runs, 1):
         print(f"[suite] run {index} of {len(runs)}: {run.title} -> {run.run_dir}")
@@ -532,18 +559,23 @@ def _show(runs: Sequence[_Run], boosting: Optional["Boosting"] = None) -> list[d
                 shown.add(run_dir)
                 done = " (fitted already)" if (run_dir / BOOST_RECORD).is_file() else ""
                 print(f"  CasPL stage 1{done}: vlprompt fit " + shlex.join(boosting.fit_args(run.trained_on, run.seed)))
-            fit_args = [*fit_args, "--model.init_args.boost_from", str(boosting.expected_checkpoint(run.trained_on,
-                                                                                                      run.seed))]
+            fit_args = [*fit_args, boosting_plugin(boosting.expected_checkpoint(run.trained_on, run.seed))]
         print("  vlprompt fit " + shlex.join(fit_args))
     return []
 
 
+def boosting_plugin(checkpoint: Path) -> str:
+    """The fit option that adds the caspl plug-in with ``checkpoint``'s boosting prompts to the learner's plug-ins."""
+    return plugin_option(SUITE_OWNED_PLUGIN, boost_from=checkpoint)
+
+
 def _with_boost(args: tuple, overrides_at: int, boost: Optional["Boosting"], trained_on: Path, seed: int) -> tuple:
-    """The run's positional arguments with the boosting prompts of (``trained_on``, ``seed``) first among its
-    overrides (at ``overrides_at``); stage 1 runs first if it has not yet."""
+    """The run's positional arguments with the boosting prompts of (``trained_on``, ``seed``) added after its
+    overrides (at ``overrides_at``: after a plug-in list they give, not replaced by it); stage 1 runs first if it
+    has not yet."""
     if boost is None:
         return args
-    overrides = ["--model.init_args.boost_from", str(boost.checkpoint(trained_on, seed)), *args[overrides_at]]
+    overrides = [*args[overrides_at], boosting_plugin(boost.checkpoint(trained_on, seed))]
     return (*args[:overrides_at], overrides, *args[overrides_at + 1:])
 
 

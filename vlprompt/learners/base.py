@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
@@ -17,16 +18,17 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.clip.frozen import none_if_null
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError, warn
-from vlprompt.learners.cascade import BoostingPrompts, check_boost_matches
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
+from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
+from vlprompt.learners.plugins import build_plugins, refuse_unless_capable
 from vlprompt.learners.references import FrozenReferences
 
-#: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``).
-CHECKPOINT_FORMAT = 2
+#: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``; 3: plug-in
+#: records under ``plugins``, where 2 had CasPL's under ``boost``).
+CHECKPOINT_FORMAT = 3
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 #: Trainer precisions whose steps compute in a low dtype: the frozen weights are held in it (FrozenCLIP.hold_in).
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -38,7 +40,17 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-class PromptLearner(pl.LightningModule):
+class _AttachesPlugins(type):
+    """Plug-ins attach once the learner is whole: a subclass builds its prompts after the base class's ``__init__``,
+    and a plug-in's capabilities are the finished learner's."""
+
+    def __call__(cls, *args, **kwargs):
+        learner = super().__call__(*args, **kwargs)
+        learner._attach_plugins()
+        return learner
+
+
+class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     """Base class of all learners.
 
     A learner holds one or more frozen models (:class:`~vlprompt.clip.FrozenCLIP`: ``clip``, and for example a
@@ -52,7 +64,13 @@ class PromptLearner(pl.LightningModule):
     produces) and :meth:`loss_terms` (named, weighted terms; each is logged as ``train/<name>``). Per-part
     learning rates: :meth:`parameter_groups`. Meta-learning: set ``automatic_optimization = False`` and write
     ``training_step`` with ``self.manual_backward`` (Lightning's manual optimisation), logging through
-    :meth:`log_loss`.
+    :meth:`log_loss`. Visual prompts on the shared image path: :meth:`visual_prompts`; a learner that computes
+    image features its own way overrides :meth:`image_features` instead (the feature cache and plug-ins that need
+    the shared path then refuse it).
+
+    What a learner can take is derived from its components (:attr:`capabilities`), not declared: plug-ins
+    (:mod:`vlprompt.learners.plugins`) check it, and the data module's feature cache asks
+    :attr:`image_features_are_frozen`.
 
     Args:
         clip: the frozen backbone.
@@ -66,13 +84,8 @@ class PromptLearner(pl.LightningModule):
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
-        boost_from: the ``last.ckpt`` of a ``caspl_boost`` fit (CasPL's first stage): its boosting prompts are
-            loaded frozen and cascaded under the learner's own at every layer (:mod:`vlprompt.learners.cascade`),
-            for learners that declare ``supports_boosting``.
-        init_from: a GRAM checkpoint (``vlprompt meta-init``): its meta-learned context replaces the learner's
-            initial context when a fit sets up (learners with a text context; our reading of GRAM,
-            :mod:`vlprompt.learners.gram`).
-        gradient_regulator: a GRAM checkpoint whose regulator gates the context's gradient at every training step.
+        plugins: plug-ins as specs ``[{name: caspl, boost_from: FILE}, {name: gram, init_from: FILE, ...}]``
+            (:mod:`vlprompt.learners.plugins`); each checks that the learner has what it needs.
         compile: ``torch.compile`` the learner's heavy paths (``text_features``, ``image_features``) when a fit,
             validation, test or prediction sets up: ``False`` (default), ``True`` (torch's default mode) or a torch
             compile mode; ``"reduce-overhead"`` also replays CUDA graphs, which pays where shapes are static and
@@ -92,17 +105,12 @@ class PromptLearner(pl.LightningModule):
     #: DDP must then look for unused parameters (``--trainer.strategy ddp_find_unused_parameters_true``),
     #: which costs a graph traversal per step, so learners declare it instead of every run paying for it.
     may_leave_parameters_unused: ClassVar[bool] = False
-    #: Whether image features come from the frozen image tower unchanged, so the data module may cache them
-    #: (``data.cache_image_features``); learners with visual prompts set it to False.
-    frozen_image_features: ClassVar[bool] = True
     #: Trainable parameters on ``paper_backbone`` as the paper reports them (or as computed from its reference code).
     paper_trainable_parameters: ClassVar[Optional[int]] = None
     #: The backbone the paper's count is on (ViT-B/16, or BiomedCLIP for the biomedical papers).
     paper_backbone: ClassVar[str] = "ViT-B/16"
     #: Whether training reads labels (a distillation stage does not: no training accuracy is logged).
     uses_labels: ClassVar[bool] = True
-    #: Whether the learner takes frozen CasPL boosting prompts under its own (``boost_from``).
-    supports_boosting: ClassVar[bool] = False
     #: Whether the learner reads per-class descriptions (``data.descriptions``); it refuses to build without.
     needs_descriptions: ClassVar[bool] = False
 
@@ -118,9 +126,7 @@ class PromptLearner(pl.LightningModule):
         weight_decay: float = 5e-4,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
-        boost_from: Optional[str] = None,
-        init_from: Optional[str] = None,
-        gradient_regulator: Optional[str] = None,
+        plugins: Optional[list[dict[str, Any]]] = None,
         compile: Union[bool, str] = False,
         activation_checkpointing: bool = False,
     ):
@@ -141,16 +147,9 @@ class PromptLearner(pl.LightningModule):
                               "JSON file {\"class name\": [\"sentence\", ...]}; tools/describe_classes.py writes one)")
         self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
         self.template_groups = _template_groups(template_groups)
-        self.boost: Optional[BoostingPrompts] = None
-        if boost_from:
-            if not self.supports_boosting:
-                raise ConfigError(f"{self.registry_name} cannot take boosting prompts (boost_from); CasPL's second "
-                                  "stage runs on coop, kgcoop, cocoop, maple, ivlp and promptsrc")
-            self.boost = BoostingPrompts(boost_from, clip)
-            self.frozen_image_features = False  # the boosting prompts change the image features
-        #: GRAM (vlprompt/learners/gram.py): a meta-learned context and gradient regulator, applied at fit set-up.
-        self.gram_init_from, self.gram_regulator_from = none_if_null(init_from), none_if_null(gradient_regulator)
-        self._gram = None
+        #: Plug-ins (components; they attach once the subclass has built its prompts, see _AttachesPlugins).
+        self.plugins = nn.ModuleList(build_plugins(plugins))
+        self._plugins_set_up = False
         self.compile_mode = _compile_mode(compile)
         self.activation_checkpointing = activation_checkpointing
         self._compiled = False
@@ -171,8 +170,15 @@ class PromptLearner(pl.LightningModule):
         return [LossTerm("ce", 1.0, cross_entropy)]
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Loss:
-        """The loss of a training batch: its total, its weighted terms by name, and the step's outputs."""
-        return combine(self.loss_terms(), self.training_outputs(images, labels))
+        """The loss of a training batch: its total, its weighted terms by name (the learner's, then its plug-ins'),
+        and the step's outputs."""
+        terms = [*self.loss_terms(), *(term for plugin in self.plugins for term in plugin.loss_terms(self))]
+        return combine(terms, self.training_outputs(images, labels))
+
+    def visual_prompts(self) -> dict[str, Any]:
+        """The learner's visual prompts for the shared image path, as :meth:`encode_image`'s keyword arguments
+        (``prompts``: input tokens, ``deep_prompts``: ``{layer: tokens}``); empty for none."""
+        return {}
 
     def parameter_groups(self) -> list[dict]:
         """Optimiser parameter groups; one group at the learner's ``lr`` unless a learner trains parts at their
@@ -233,21 +239,66 @@ class PromptLearner(pl.LightningModule):
         return self._text_cache
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised features of the frozen image tower; a ``B x D`` batch already is such features (the data
-        module's cache, see ``ImageSplitDataModule(cache_image_features=True)``). With boosting prompts, the
-        image tower runs with them."""
-        if self.boost is not None:
-            return self.encode_image(images)
+        """Normalised image features on the shared path: the frozen tower's (:meth:`frozen_image_features`), or with
+        the learner's :meth:`visual_prompts` and its plug-ins' vision tokens when there are any."""
+        prompts = self.visual_prompts()
+        if not prompts and not self._plugins_change_images:
+            return self.frozen_image_features(images)
+        return self.encode_image(images, **prompts)
+
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised features of the frozen image tower, what the data module's feature cache holds; a ``B x D``
+        batch already is such features (the cache, ``ImageSplitDataModule(cache_image_features=True)``)."""
         return self.references.image_features(self.clip, images)
 
     def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
                      deep_prompts: Optional[dict] = None) -> torch.Tensor:
-        """Normalised image features with the learner's visual prompts (input ``prompts`` and per-layer
-        ``deep_prompts``), cascaded after the boosting prompts when there are any."""
-        if self.boost is not None:
-            prompts, deep_prompts = self.boost.vision_prompts(prompts, deep_prompts)
+        """Normalised image features with visual prompts (input ``prompts`` and per-layer ``deep_prompts``),
+        merged with the plug-ins' vision tokens (CasPL's boosting prompts go first)."""
+        for plugin in self.plugins:
+            prompts, deep_prompts = plugin.vision_prompts(prompts, deep_prompts)
         return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts, normalize=True,
                                       checkpoint=self.activation_checkpointing and self.training)
+
+    # -- what the learner can take, derived from its components ---------------------------------------------------
+    @property
+    def text_context(self) -> Optional[ContextPrompts]:
+        """The learner's learned text context, when it has exactly one with the class name at the end."""
+        contexts = [module for module in self.modules() if isinstance(module, ContextPrompts)]
+        return contexts[0] if len(contexts) == 1 and contexts[0].class_token_position == "end" else None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What plug-ins may need of this learner (:data:`vlprompt.learners.plugins.CAPABILITIES`): a
+        ``text_context`` when it has one, the ``shared_image_path`` when it does not compute image features its
+        own way."""
+        found = {"text_context"} if self.text_context is not None else set()
+        if self.has_shared_image_path():
+            found.add("shared_image_path")
+        return frozenset(found)
+
+    @classmethod
+    def has_shared_image_path(cls) -> bool:
+        """Whether the class computes image features on the shared path (it does not override
+        :meth:`image_features`); known without building a learner."""
+        return cls.image_features is PromptLearner.image_features
+
+    @property
+    def image_features_are_frozen(self) -> bool:
+        """Whether the image features are the frozen tower's unchanged (the data module may then cache them): the
+        shared image path, with no visual prompts and no plug-in changing them."""
+        return ("shared_image_path" in self.capabilities and not self.visual_prompts()
+                and not self._plugins_change_images)
+
+    @property
+    def _plugins_change_images(self) -> bool:
+        return any(plugin.changes_image_features for plugin in self.plugins)
+
+    def _attach_plugins(self) -> None:
+        capabilities = self.capabilities
+        for plugin in self.plugins:
+            refuse_unless_capable(plugin, self.registry_name or type(self).__name__, capabilities)
+            plugin.attach(self)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""
@@ -275,15 +326,12 @@ class PromptLearner(pl.LightningModule):
                 model.hold_in(dtype)
         if self.compile_mode is not None and not self._compiled:
             self.compile_paths()
-        # Before Lightning restores a resumed checkpoint, which then replaces the initialisation as it should.
-        if stage == "fit" and (self.gram_init_from or self.gram_regulator_from) and self._gram is None:
-            from vlprompt.learners.gram import GramPlugin
-
-            self._gram = GramPlugin(self.gram_init_from, self.gram_regulator_from)
-            if self._gram.init is not None:
-                self._gram.apply_init(self)
-            if self._gram.regulator is not None:
-                self._gram.attach_regulator(self)
+        # Before Lightning restores a resumed checkpoint, which then replaces an initialisation as it should; once,
+        # so a second fit of the same learner goes on from what the first learned.
+        if stage == "fit" and not self._plugins_set_up:
+            for plugin in self.plugins:
+                plugin.on_fit_setup(self)
+            self._plugins_set_up = True
 
     def compile_paths(self) -> None:
         """Replace the learner's heavy methods by ``torch.compile``d ones (``compile``'s mode). Each is bound as a
@@ -427,14 +475,16 @@ class PromptLearner(pl.LightningModule):
             "frozen": {name: model.identity for name, model in self.frozen_models.items()},
             "classnames": list(self.classnames),
         }
-        if self.boost is not None:
-            checkpoint["vlprompt"]["boost"] = self.boost.record()
+        records = {plugin.name: {"spec": plugin.spec, **record} for plugin in self.plugins
+                   if (record := plugin.record()) is not None}
+        if records:
+            checkpoint["vlprompt"]["plugins"] = records
         # A fit resumed from this checkpoint draws the same batches and augmentations as an uninterrupted one.
         checkpoint["random_state"] = _random_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_matches(checkpoint, self)
-        check_boost_matches(checkpoint, self.boost)
+        check_plugin_records(checkpoint, self)
         if "random_state" in checkpoint and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             _set_random_state(checkpoint["random_state"])
 
@@ -523,6 +573,26 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
                 f"checkpoint was trained with a different {name} architecture ({diff}); use the model it was "
                 f"trained on ({saved_models[name]['source']['name']!r})")
 
+
+
+def plugin_records(meta: dict) -> dict[str, dict]:
+    """What a checkpoint recorded of its learner's plug-ins, by name (format 2 kept CasPL's under ``boost``)."""
+    records = dict(meta.get("plugins") or {})
+    if "boost" in meta:
+        records["caspl"] = {"spec": {"name": "caspl", "boost_from": meta["boost"]["path"]},
+                            "sha256": meta["boost"]["sha256"]}
+    return records
+
+
+def check_plugin_records(checkpoint: dict[str, Any], learner: PromptLearner, where: str = "the checkpoint") -> None:
+    """Refuse a checkpoint trained with a plug-in the learner lacks, or whose plug-in differs from the one loaded."""
+    loaded = {plugin.name: plugin for plugin in learner.plugins}
+    for name, record in plugin_records(checkpoint.get("vlprompt") or {}).items():
+        if name not in loaded:
+            spec = ", ".join(f"{key}: {value}" for key, value in record["spec"].items())
+            raise CheckpointMismatchError(f"{where} was trained with the {name!r} plug-in; pass it: "
+                                          f"--model.init_args.plugins+='{{{spec}}}'")
+        loaded[name].check_record(record, where)
 
 
 def _evaluation_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

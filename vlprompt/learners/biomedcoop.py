@@ -47,7 +47,6 @@ class BiomedCoOp(CoOp):
     paper_trainable_parameters = 3_072  # on BiomedCLIP (PubMedBERT width 768); 2,048 on CLIP ViT-B/16
     paper_backbone = "BiomedCLIP"
     needs_descriptions = True
-    supports_boosting = False
 
     def __init__(
         self,

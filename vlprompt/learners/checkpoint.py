@@ -8,8 +8,7 @@ from typing import Optional, Union
 import torch
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.learners.base import PromptLearner, check_checkpoint_matches
-from vlprompt.learners.cascade import check_boost_matches
+from vlprompt.learners.base import PromptLearner, check_checkpoint_matches, check_plugin_records, plugin_records
 from vlprompt.learners.checkpoint_io import read_checkpoint
 from vlprompt.learners.registry import get_learner_class, hyperparameter_names
 
@@ -34,8 +33,10 @@ def load_learner(path: Union[str, Path], clip: Optional[FrozenCLIP] = None,
             frozen[name] = FrozenCLIP(**identity["source"])
     accepted = set(hyperparameter_names(cls)) - {"classnames"} - set(frozen)
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+    if "plugins" not in hparams and meta.get("format", 1) < 3:  # format 2 named CasPL's boosting prompts apart
+        hparams["plugins"] = [record["spec"] for record in plugin_records(meta).values()]
     learner = cls(classnames=meta["classnames"], **frozen, **hparams)
     check_checkpoint_matches(checkpoint, learner)
-    check_boost_matches(checkpoint, learner.boost, str(path))
+    check_plugin_records(checkpoint, learner, str(path))
     learner.load_state_dict(checkpoint["state_dict"])
     return learner.to(map_location)

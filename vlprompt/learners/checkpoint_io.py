@@ -8,12 +8,14 @@ from typing import Union
 
 import torch
 
-from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.errors import CheckpointMismatchError, ConfigError, warn
+
 
 def non_finite_tensors(named_tensors) -> list[str]:
     """Names of the tensors holding NaN or infinity."""
     return [name for name, tensor in named_tensors
             if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
 
 def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict:
     """A vlprompt checkpoint as a dict, or a one-line :class:`ConfigError` / :class:`CheckpointMismatchError`
@@ -57,3 +59,18 @@ def architecture_difference(saved: dict, current: dict) -> str:
     (checkpoints older than a recorded fact) are not compared."""
     return ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in sorted(set(saved) & set(current))
                      if saved[k] != current[k])
+
+
+def check_learned_on(saved: dict, clip, what: str, fix: str) -> None:
+    """Refuse ``what`` (a file named by its role and path) learned on another CLIP architecture than ``clip``, saying
+    how to ``fix`` it; warn when only the weights' source differs (the same weights may come from another place,
+    but other weights make what was learned a poor fit)."""
+    saved = saved or {}
+    current = clip.identity
+    diff = architecture_difference(saved.get("arch") or {}, current["arch"])
+    if diff:
+        raise CheckpointMismatchError(f"{what} was learned on the CLIP {describe_clip(saved)}, and this learner's is "
+                                      f"{describe_clip(current)} ({diff}); {fix}")
+    if saved.get("source") and saved["source"] != current["source"]:
+        warn(f"{what} was learned on {describe_clip(saved)} and this learner's CLIP is {describe_clip(current)}: same "
+             "architecture, maybe other weights; what it holds suits the weights it was learned on")

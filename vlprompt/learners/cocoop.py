@@ -60,7 +60,6 @@ class CoCoOp(PromptLearner):
 
     image_independent_text = False
     paper_trainable_parameters = 35_360
-    supports_boosting = True
 
     def __init__(
         self,
@@ -82,7 +81,7 @@ class CoCoOp(PromptLearner):
         #: Chunks chosen by ``auto``, per (batch size, class count, gradients on): fixed once, so compiled shapes
         #: stay static.
         self._auto_chunks: dict[tuple[int, int, bool], int] = {}
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init)
         image_dim, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
         self.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(image_dim, hidden)),

@@ -33,9 +33,9 @@ class ContextPrompts(nn.Module):
             ``front`` (``classname ctx.``).
         class_specific: one context per class (CoOp's CSC) instead of one shared by all classes. Such a
             context cannot move to other classes.
-        boost: frozen CasPL boosting prompts (:class:`~vlprompt.learners.cascade.BoostingPrompts`): their input
-            tokens sit right after the context (``[SOT] ctx boost ... classname.``) and their deep tokens are
-            cascaded with the learner's deep prompts in :meth:`encode`. Needs ``class_token_position`` 'end'.
+
+    Plug-ins add frozen tokens after the context with :meth:`take_tokens` (CasPL's boosting prompts:
+    ``[SOT] ctx boost ... classname.``), and merge their deep tokens with the learner's in :meth:`encode`.
     """
 
     def __init__(
@@ -46,15 +46,11 @@ class ContextPrompts(nn.Module):
         ctx_init: Optional[str] = "a photo of a",
         class_token_position: str = "end",
         class_specific: bool = False,
-        boost=None,
     ):
         super().__init__()
-        if boost is not None and class_token_position != "end":
-            raise ConfigError(f"boosting prompts (boost_from) need class_token_position 'end', got "
-                              f"{class_token_position!r}")
-        # A reference, not a sub-module: the learner owns the boosting prompts (and moves them between devices).
-        object.__setattr__(self, "_boost", boost)
-        self._boost_ids = clip.encode_words(" ".join(["X"] * boost.text_tokens)) if boost is not None else []
+        #: Plug-ins whose tokens follow the context (a plain list: the learner holds them as its components).
+        self._token_sources: list = []
+        self._plugin_ids: list[int] = []
         if n_ctx < 1:
             raise ConfigError(f"n_ctx must be at least 1, got {n_ctx}")
         if class_token_position not in CLASS_TOKEN_POSITIONS:
@@ -79,6 +75,17 @@ class ContextPrompts(nn.Module):
         self._prefix_length = clip.prompt_tokens([""]).spans[0][0]  # the tokenizer's start tokens
         self.build(clip, classnames)
 
+    def take_tokens(self, source, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
+        """Place ``source.text_tokens`` (frozen ``n x width`` embeddings) after the context in every prompt, and merge
+        ``source.text_deep_prompts`` into the deep prompts of :meth:`encode`."""
+        if self.class_token_position != "end":
+            raise ConfigError(f"plug-in tokens after the context need class_token_position 'end', got "
+                              f"{self.class_token_position!r}")
+        self._token_sources.append(source)
+        count = sum(source.text_tokens.shape[0] for source in self._token_sources)
+        self._plugin_ids = clip.encode_words(" ".join(["X"] * count))
+        self.build(clip, classnames)
+
     @property
     def prompt_start(self) -> int:
         """Position of the first context token, the same in every prompt (only for ``end``)."""
@@ -91,21 +98,21 @@ class ContextPrompts(nn.Module):
         if self.class_specific and len(classnames) != self.ctx.shape[0]:
             raise ConfigError(f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot "
                               f"serve {len(classnames)} others; use a shared context (class_specific: false)")
-        rows, positions, boost_positions = [], [], []
+        rows, positions, plugin_positions = [], [], []
         for name in classnames:
             pieces, learned = self._pieces(name)
             tokens = clip.prompt_tokens(pieces)
             rows.append(tokens)
             positions.append([p for i in learned for p in range(*tokens.spans[i])])
-            if self._boost is not None:
-                boost_positions.append(list(range(*tokens.spans[1])))
+            plugin_positions.append(list(range(*tokens.spans[1])) if self._plugin_ids else [])
         ids, pool_index, attention_mask = clip.prompt_batch(rows)
         with torch.no_grad():
             embeds = clip.embed_tokens(ids)
-            if self._boost is not None:  # frozen: written once into the token embeddings
+            if self._token_sources:  # frozen: written once into the token embeddings
                 class_rows = torch.arange(len(classnames), device=embeds.device)[:, None]
-                columns = torch.tensor(boost_positions, device=embeds.device)
-                embeds[class_rows, columns] = self._boost.text_0.to(embeds.device, embeds.dtype)
+                columns = torch.tensor(plugin_positions, device=embeds.device)
+                tokens = torch.cat([source.text_tokens.to(embeds.device, embeds.dtype) for source in self._token_sources])
+                embeds[class_rows, columns] = tokens
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("token_embeds", embeds, persistent=False)
         self.register_buffer("ctx_positions", torch.tensor(positions, device=clip.device), persistent=False)
@@ -118,8 +125,8 @@ class ContextPrompts(nn.Module):
         embeddings = self.embeddings() if embeddings is None else embeddings
         repeat = embeddings.shape[0] // self.pool_index.shape[0]
         mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
-        if self._boost is not None:
-            deep_prompts = self._boost.text_deep_prompts(deep_prompts, self.n_ctx)
+        for source in self._token_sources:
+            deep_prompts = source.text_deep_prompts(deep_prompts, self.n_ctx)
         start = self.prompt_start if deep_prompts else self._prefix_length
         # Per-image prompts (repeat > 1, image-major) share their prefix within each image's classes.
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
@@ -129,16 +136,16 @@ class ContextPrompts(nn.Module):
     @property
     def shared_prefix(self) -> int:
         """Leading positions that are the same in every class's prompt: the start tokens, the shared context,
-        the boosting tokens and fixed init words before the class name (``end`` layout); 0 otherwise."""
+        plug-in tokens and fixed init words before the class name (``end`` layout); 0 otherwise."""
         if self.class_token_position != "end" or self.class_specific:
             return 0
-        return self._prefix_length + self.n_ctx + len(self._boost_ids) + len(self._fixed_ids)
+        return self._prefix_length + self.n_ctx + len(self._plugin_ids) + len(self._fixed_ids)
 
     def _pieces(self, name: str) -> tuple[list, list[int]]:
         """Prompt pieces for one class and the indices of the learned ones."""
         ctx, half = self._ctx_ids, self.n_ctx // 2
         if self.class_token_position == "end":
-            return [ctx, self._boost_ids, self._fixed_ids, name, "."], [0]
+            return [ctx, self._plugin_ids, self._fixed_ids, name, "."], [0]
         if self.class_token_position == "front":
             return [name, ctx, "."], [1]
         return [ctx[:half], name, ctx[half:], "."], [0, 2]

@@ -34,7 +34,6 @@ class CoOp(PromptLearner):
     """
 
     paper_trainable_parameters = 2_048
-    supports_boosting = True
 
     def __init__(
         self,
@@ -48,8 +47,7 @@ class CoOp(PromptLearner):
         **kwargs,
     ):
         super().__init__(clip, classnames, templates, **kwargs)
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific,
-                                      boost=self.boost)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, class_token_position, class_specific)
 
     def _on_classnames_changed(self) -> None:
         self.prompts.build(self.clip, self.classnames)

@@ -37,9 +37,7 @@ class IVLP(PromptLearner):
     Other keyword arguments are :class:`PromptLearner`'s optimiser settings.
     """
 
-    frozen_image_features = False  # visual prompts change the image features
     paper_trainable_parameters = 46_080
-    supports_boosting = True
 
     def __init__(
         self,
@@ -65,7 +63,7 @@ class IVLP(PromptLearner):
         if not 1 <= text_depth <= clip.text_layers:
             raise ConfigError(f"text_depth must be between 1 and {clip.text_layers} (the text tower's layers), "
                               f"got {text_depth}")
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init)
         self.deep_text_prompts = _random_prompts(text_depth - 1, n_ctx, clip.text_width)
         self.vision_prompts = _random_prompts(vision_depth, n_vision_ctx, clip.vision_width) if vision_depth else None
 
@@ -78,11 +76,12 @@ class IVLP(PromptLearner):
         features = self.prompts.encode(self.clip, deep_prompts=deep)
         return F.normalize(features, dim=-1)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+    def visual_prompts(self) -> dict:
+        """The learned vision tokens: layer 0's are appended to the patch tokens, the others replace them."""
         if self.vision_prompts is None:
-            return super().image_features(images)
+            return {}
         deep = {layer: prompt for layer, prompt in enumerate(self.vision_prompts) if layer > 0}
-        return self.encode_image(images, prompts=self.vision_prompts[0], deep_prompts=deep)
+        return {"prompts": self.vision_prompts[0], "deep_prompts": deep}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(self.image_features(images), self.cached_text_features(self.text_features))

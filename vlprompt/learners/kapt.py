@@ -98,8 +98,6 @@ class KAPT(CoOp):
 
     paper_trainable_parameters = 527_873  # ours, on ViT-B/16: the paper states none
     needs_descriptions = True
-    supports_boosting = False
-    frozen_image_features = False  # the head reads the patch tokens
 
     def __init__(
         self,

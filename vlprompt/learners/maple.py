@@ -33,9 +33,7 @@ class MaPLe(PromptLearner):
     ``warmup_epochs``, ``warmup_lr``).
     """
 
-    frozen_image_features = False  # visual prompts change the image features
     paper_trainable_parameters = 3_555_072
-    supports_boosting = True
 
     def __init__(
         self,
@@ -54,7 +52,7 @@ class MaPLe(PromptLearner):
         if not 1 <= prompt_depth <= max_depth:
             raise ConfigError(f"prompt_depth must be between 1 and {max_depth} (the shallower tower's layer count) "
                               f"for this CLIP, got {prompt_depth}")
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init, boost=self.boost)
+        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, ctx_init)
         text_width, vision_width = clip.text_width, clip.vision_width
         self.proj = nn.Linear(text_width, vision_width)
         self.deep_text_prompts = nn.ParameterList(
@@ -71,10 +69,11 @@ class MaPLe(PromptLearner):
         features = self.prompts.encode(self.clip, deep_prompts=self._deep_text())
         return F.normalize(features, dim=-1)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+    def visual_prompts(self) -> dict:
+        """Vision tokens projected from the text prompts of each layer (coupled prompts)."""
         deep = {layer + 1: project(prompt) for layer, (project, prompt)
                 in enumerate(zip(self.deep_projections, self.deep_text_prompts))}
-        return self.encode_image(images, prompts=self.proj(self.prompts.ctx), deep_prompts=deep)
+        return {"prompts": self.proj(self.prompts.ctx), "deep_prompts": deep}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(self.image_features(images), self.cached_text_features(self.text_features))

@@ -78,7 +78,6 @@ class MoCoOp(PromptLearner):
 
     paper_trainable_parameters = 50_692  # ours, on ViT-B/16 with DEFAULT_TEMPLATE_GROUPS: the paper states none
     may_leave_parameters_unused = True
-    frozen_image_features = False  # the learner's own LayerNorms change the image features
 
     def __init__(
         self,

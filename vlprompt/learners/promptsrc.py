@@ -68,7 +68,7 @@ class PromptSRC(IVLP):
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         text, image = self.text_features(), self.image_features(images)
         frozen_text = self.frozen_text_features()
-        frozen_image = self.references.image_features(self.clip, images)
+        frozen_image = self.frozen_image_features(images)
         return StepOutputs(logits=self.logits(image, text), labels=labels, text_features=text, image_features=image,
                            extras={"frozen_text": frozen_text, "frozen_image": frozen_image,
                                    "frozen_logits": self.logits(frozen_image, frozen_text)})

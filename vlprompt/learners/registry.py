@@ -1,4 +1,5 @@
-"""The learner registry: a name for every learner class, filled by the ``@register_learner`` decorator.
+"""The learner and plug-in registries: a name for every learner class (``@register_learner``) and every plug-in
+class (``@register_plugin``, :mod:`vlprompt.learners.plugins`).
 
 When the registry is first read it imports every module of the :mod:`vlprompt.learners` package, so a new
 learner is one new file with a ``@register_learner`` class: nothing else lists it, and the registry is complete
@@ -20,6 +21,7 @@ from vlprompt.errors import ConfigError
 # Learner classes are typed ``type`` here: the registry sits below the base class it lists subclasses of, so that the
 # base class may ask it (which learners read unlabelled images) without an import circle.
 _REGISTRY: dict[str, type] = {}
+_PLUGINS: dict[str, type] = {}
 _loaded = False
 
 
@@ -36,14 +38,28 @@ def register_learner(name: str) -> Callable[[type], type]:
     return decorate
 
 
+def register_plugin(name: str) -> Callable[[type], type]:
+    """Class decorator: make a plug-in available as ``name`` (its spec's ``name``)."""
+
+    def decorate(cls):
+        if name in _PLUGINS and _PLUGINS[name] is not cls:
+            raise ValueError(f"plug-in name {name!r} is already taken by {_PLUGINS[name].__qualname__}")
+        cls.name = name
+        _PLUGINS[name] = cls
+        return cls
+
+    return decorate
+
+
 def _load_all() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True
     package = importlib.import_module("vlprompt.learners")
-    for module in sorted(info.name for info in pkgutil.iter_modules(package.__path__)):
-        importlib.import_module(f"vlprompt.learners.{module}")
+    # Every module, those in a method's own folder (learners/caspl/...) included.
+    for module in sorted(info.name for info in pkgutil.walk_packages(package.__path__, "vlprompt.learners.")):
+        importlib.import_module(module)
     for entry in entry_points(group="vlprompt.learners"):
         cls = entry.load()
         if entry.name not in _REGISTRY:
@@ -54,6 +70,21 @@ def list_learners() -> list[str]:
     """Names of all registered learners, sorted."""
     _load_all()
     return sorted(_REGISTRY)
+
+
+def list_plugins() -> list[str]:
+    """Names of all registered plug-ins, sorted."""
+    _load_all()
+    return sorted(_PLUGINS)
+
+
+def get_plugin_class(name: str) -> type:
+    _load_all()
+    if name not in _PLUGINS:
+        close = difflib.get_close_matches(name, _PLUGINS, n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}?" if close else f"plug-ins: {', '.join(sorted(_PLUGINS))}"
+        raise ConfigError(f"unknown plug-in {name!r}; {hint}")
+    return _PLUGINS[name]
 
 
 def get_learner_class(name: str) -> type:

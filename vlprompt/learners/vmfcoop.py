@@ -94,7 +94,6 @@ class VMFCoOp(CoOp):
     paper_trainable_parameters = 3_072  # ours, on BiomedCLIP (4 x 768): the paper states none
     paper_backbone = "BiomedCLIP"
     needs_descriptions = True
-    supports_boosting = False
 
     def __init__(
         self,

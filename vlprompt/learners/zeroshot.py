@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -27,8 +27,8 @@ class ZeroShotCLIP(PromptLearner):
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
                  descriptions: Optional[dict[str, list[str]]] = None,
-                 template_groups: Optional[Sequence[Sequence[str]]] = None):
-        super().__init__(clip, classnames, templates, descriptions, template_groups)
+                 template_groups: Optional[Sequence[Sequence[str]]] = None, plugins: Optional[list[dict[str, Any]]] = None):
+        super().__init__(clip, classnames, templates, descriptions, template_groups, plugins=plugins)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.hand_text_features)

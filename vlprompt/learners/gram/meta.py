@@ -1,38 +1,5 @@
-"""GRAM as a plug-in: a meta-learned prompt initialisation and a gradient regulator for any context learner.
-
-Li et al., "Gradient-Regulated Meta-Prompt Learning for Generalizable Vision-Language Models", ICCV 2023. No
-reference code is public and only the abstract was readable, so everything below is OUR READING of it, not the
-paper's method; each choice is named as such and has an option.
-
-What the abstract gives: GRAM jointly meta-learns (a) an initialisation of the soft prompts and (b) a lightweight
-gradient regulating function that maps raw fine-tuning gradients to a direction that transfers across domains,
-from unlabelled image-text pairs, with meta-training tasks built by a cross-modal hierarchical clustering of
-those pairs; both then plug into CoOp, CoCoOp, MaPLe and other prompt learners.
-
-Our reading:
-
-- What is meta-learned: the text context of :class:`~vlprompt.learners.context.ContextPrompts` (``n_ctx x text
-  width``, the prompt coop, cocoop, kgcoop, maple, ivlp, promptsrc, biomedcoop and vmfcoop all start from), from
-  the downstream learner's own ``n_ctx`` and ``ctx_init``. Deep and visual prompts are not (the paper's UniGRAM
-  does both towers; not done here).
-- Tasks (``cluster_pairs``, ``sample_task``): frozen-CLIP image and caption features, each L2-normalised, are
-  concatenated and clustered by scikit-learn's agglomerative (hierarchical, Ward) clustering; each cluster is a
-  pseudo-class named by the caption nearest its text centroid. A task is ``ways`` clusters with ``shots`` support
-  and ``queries`` query images each.
-- Regulator (:class:`GradientRegulator`): a gate on the prompt gradient, ``g -> 2 sigmoid(m) * g`` with ``m``
-  learned and 0 at the start (identity): ``form="elementwise"`` (one gate per prompt entry, the default) or
-  ``"token"`` (one per context token).
-- Meta-training (:func:`meta_step`, first order): from the initialisation, ``inner_steps`` SGD steps on the
-  support loss with regulated gradients, ``ctx <- ctx - inner_lr * R(g)`` (gradients taken at each inner point
-  and treated as constants); then the query loss at the adapted context is differentiated once: its gradient
-  reaches the initialisation directly (first-order MAML) and the regulator through the ``R(g)`` terms. Adam
-  updates both (``outer_lr`` for the context, ``regulator_lr`` for the gate: its gradient carries a factor
-  ``inner_lr`` and would barely move it at the context's rate). Image features are frozen, so they are
-  computed once for the whole corpus.
-- Plugging in: ``init_from: gram.ckpt`` copies the context into the learner before training, and
-  ``gradient_regulator: gram.ckpt`` gates the context's gradient at every fine-tuning step (a tensor hook on that
-  one parameter: nothing else, the frozen CLIP least of all, sees it). Either can be used alone (ablation).
-"""
+"""GRAM's meta-learning (our reading, see :mod:`vlprompt.learners.gram`): tasks from clustered image-caption pairs,
+the gradient regulator, the first-order meta-step, and the GRAM file ``vlprompt meta-init`` writes."""
 
 from __future__ import annotations
 
@@ -47,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.errors import CheckpointMismatchError, ConfigError, warn
-from vlprompt.learners.checkpoint_io import architecture_difference, describe_clip, non_finite_tensors
+from vlprompt.errors import ConfigError
+from vlprompt.learners.checkpoint_io import non_finite_tensors
 from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.references import encode_texts
 from vlprompt.meta_config import REGULATOR_FORMS, MetaConfig
@@ -255,74 +222,6 @@ def read_gram(path) -> dict:
                           "meta-training diverged); run `vlprompt meta-init` again with a lower --inner-lr/--outer-lr")
     content["path"] = str(path)
     return content
-
-
-def check_gram_clip(content: dict, clip: FrozenCLIP, role: str) -> None:
-    """Refuse a GRAM file meta-learned on another CLIP architecture; warn when only the weights' source differs
-    (the same weights may have been loaded from another place)."""
-    saved = content.get("clip") or {}
-    where = content.get("path", "the GRAM checkpoint")
-    diff = architecture_difference(saved.get("arch") or {}, clip.identity["arch"])
-    if diff:
-        raise CheckpointMismatchError(f"{role} {where!r} was meta-learned on another CLIP, {describe_clip(saved)} "
-                                      f"({diff}); run `vlprompt meta-init` with this learner's CLIP "
-                                      f"({describe_clip(clip.identity)})")
-    if saved.get("source") and saved["source"] != clip.identity["source"]:
-        warn(f"{role} {where!r} was meta-learned on {describe_clip(saved)} and this learner's CLIP is "
-             f"{describe_clip(clip.identity)}: same architecture, maybe other weights; its context suits the "
-             "weights it was learned on")
-
-
-def regulator_from(content: dict) -> GradientRegulator:
-    regulator = GradientRegulator(content["regulator"]["shape"], content["regulator"]["form"])
-    regulator.logits.data.copy_(content["regulator"]["logits"])
-    return regulator.requires_grad_(False)
-
-
-class GramPlugin:
-    """What a learner's ``init_from`` and ``gradient_regulator`` do to its context (see the module docstring)."""
-
-    def __init__(self, init_from: Optional[str], gradient_regulator: Optional[str]):
-        self.init = read_gram(init_from) if init_from else None
-        # Usually the same file: read once.
-        same = gradient_regulator == init_from and self.init is not None
-        self.regulation = self.init if same else read_gram(gradient_regulator) if gradient_regulator else None
-        self.regulator = regulator_from(self.regulation) if self.regulation else None
-        self._hook = None
-
-    @staticmethod
-    def context_of(learner) -> nn.Parameter:
-        prompts = getattr(learner, "prompts", None)
-        if not isinstance(prompts, ContextPrompts):
-            raise ConfigError(f"{learner.registry_name} has no learned text context (ContextPrompts) for GRAM's "
-                              "init_from/gradient_regulator; use coop, cocoop, kgcoop, maple, ivlp, promptsrc, "
-                              "biomedcoop or vmfcoop")
-        return prompts.ctx
-
-    def apply_init(self, learner) -> None:
-        """Copy the meta-learned context into ``learner`` (bitwise, in the context's dtype)."""
-        ctx = self.context_of(learner)
-        check_gram_clip(self.init, learner.clip, "init_from")
-        learned = self.init["ctx"]
-        if tuple(learned.shape) != tuple(ctx.shape):
-            raise ConfigError(f"the GRAM context has shape {list(learned.shape)} and {learner.registry_name}'s has "
-                              f"{list(ctx.shape)}; meta-train with this learner's n_ctx and CLIP "
-                              "(vlprompt meta-init --learner its YAML)")
-        with torch.no_grad():
-            ctx.copy_(learned.to(ctx.dtype))
-
-    def attach_regulator(self, learner) -> None:
-        """Gate the context's gradient with the meta-learned regulator at every backward pass."""
-        ctx = self.context_of(learner)
-        if self.regulation is not self.init:  # the same file was checked by apply_init
-            check_gram_clip(self.regulation, learner.clip, "gradient_regulator")
-        if tuple(self.regulator.shape) != tuple(ctx.shape):
-            raise ConfigError(f"the GRAM regulator was meta-learned for a context of shape {list(self.regulator.shape)}"
-                              f" and {learner.registry_name}'s has {list(ctx.shape)}; meta-train with this learner's "
-                              "n_ctx and CLIP")
-        if self._hook is None:  # set up before Lightning moves the learner: the gate follows the gradient's device
-            regulator = self.regulator
-            self._hook = ctx.register_hook(lambda gradient: regulator(gradient))
 
 
 def describe_gram(content: dict) -> str:

@@ -1,10 +1,13 @@
-"""Cascade prompt learning (CasPL, Wu et al., ECCV 2024): frozen boosting prompts, learned in a first stage by
-distillation from a larger teacher (:mod:`vlprompt.learners.caspl`), under a second-stage learner's own prompts.
+"""CasPL's boosting prompts as a plug-in (Wu et al., "Cascade Prompt Learning for Vision-Language Model
+Adaptation", ECCV 2024): the frozen prompts a ``caspl_boost`` fit learned (:mod:`vlprompt.learners.caspl.boosting`)
+cascaded under a second-stage learner's own prompts.
 
-At every layer the learner's prompt span holds both sets: text ``[SOT, adapting, boosting, class ...]``, vision
-``[CLS, patches, boosting, adapting]``; each set is replaced at the input of the layers up to its own depth (the
-other set's tokens then carry on as the layer's output). The boosting prompts are buffers, not parameters:
-they never train, and a stage-2 checkpoint records their content hash instead of holding them.
+``plugins: [{name: caspl, boost_from: RUN/checkpoints/last.ckpt}]``. The learner needs a learned text context and
+the shared image path (:data:`~vlprompt.learners.plugins.CAPABILITIES`). At every layer the learner's prompt span
+holds both sets: text ``[SOT, adapting, boosting, class ...]``, vision ``[CLS, patches, boosting, adapting]``; each
+set is replaced at the input of the layers up to its own depth (the other set's tokens then carry on as the
+layer's output). The boosting prompts are buffers, not parameters: they never train, and a stage-2 checkpoint
+records their content hash instead of holding them.
 """
 
 from __future__ import annotations
@@ -13,33 +16,32 @@ import hashlib
 from typing import Optional
 
 import torch
-from torch import nn
 
-from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.checkpoint_io import architecture_difference, describe_clip, read_checkpoint
+from vlprompt.learners.checkpoint_io import check_learned_on, read_checkpoint
+from vlprompt.learners.plugins import Plugin
+from vlprompt.learners.registry import register_plugin
 
 #: The learner whose checkpoints hold boosting prompts.
 BOOSTING_LEARNER = "caspl_boost"
 
 
-class BoostingPrompts(nn.Module):
-    """Frozen boosting prompts read from a stage-1 checkpoint: ``text[l]`` and ``vision[l]`` are the tokens that
-    enter layer ``l`` of each tower (layer 0: the input)."""
+@register_plugin("caspl")
+class BoostingPrompts(Plugin):
+    """Frozen boosting prompts read from a stage-1 checkpoint (``boost_from``): ``text[l]`` and ``vision[l]`` are the
+    tokens that enter layer ``l`` of each tower (layer 0: the input)."""
 
-    def __init__(self, path: str, clip: FrozenCLIP):
-        super().__init__()
-        checkpoint = read_checkpoint(path)
+    needs = ("text_context", "shared_image_path")
+    changes_image_features = True
+
+    def __init__(self, boost_from: str):
+        super().__init__(boost_from=str(boost_from))
+        checkpoint = read_checkpoint(boost_from)
         meta = checkpoint["vlprompt"]
         if meta["learner"] != BOOSTING_LEARNER:
-            raise ConfigError(f"boost_from {path!r} holds a {meta['learner']!r} learner; pass the last.ckpt of a "
-                              f"{BOOSTING_LEARNER} fit (configs/learners/caspl_boost.yaml)")
-        diff = architecture_difference(meta["clip"]["arch"], clip.identity["arch"])
-        if diff:
-            raise CheckpointMismatchError(
-                f"boost_from {path!r} was learned on the student {describe_clip(meta['clip'])}, and this learner's CLIP "
-                f"is {describe_clip(clip.identity)} ({diff}); fit the boosting stage (caspl_boost) on this learner's "
-                "CLIP and pass its last.ckpt")
+            raise ConfigError(f"boost_from {str(boost_from)!r} holds a {meta['learner']!r} learner; pass the last.ckpt "
+                              f"of a {BOOSTING_LEARNER} fit (configs/learners/caspl_boost.yaml)")
+        self.student = meta["clip"]
         state = checkpoint["state_dict"]
         text = [state["prompts.ctx"]] + _numbered(state, "deep_text_prompts")
         vision = _numbered(state, "vision_prompts")
@@ -47,8 +49,20 @@ class BoostingPrompts(nn.Module):
             for layer, tensor in enumerate(tensors):
                 self.register_buffer(f"{name}_{layer}", tensor.float().clone(), persistent=False)
         self.text_depth, self.vision_depth = len(text), len(vision)
-        self.path = str(path)
+        self.path = str(boost_from)
         self.sha256 = content_hash(text + vision)
+
+    def attach(self, learner) -> None:
+        if learner.registry_name == BOOSTING_LEARNER:
+            raise ConfigError(f"{BOOSTING_LEARNER} learns boosting prompts and takes none; the caspl plug-in goes on "
+                              "the second-stage learner")
+        check_learned_on(self.student, learner.clip, f"boost_from {self.path!r}",
+                         f"fit the boosting stage ({BOOSTING_LEARNER}) on this learner's CLIP and pass its last.ckpt")
+        learner.text_context.take_tokens(self, learner.clip, learner.classnames)
+
+    @property
+    def text_tokens(self) -> torch.Tensor:
+        return self.text_0
 
     @property
     def text(self) -> list[torch.Tensor]:
@@ -57,10 +71,6 @@ class BoostingPrompts(nn.Module):
     @property
     def vision(self) -> list[torch.Tensor]:
         return [getattr(self, f"vision_{layer}") for layer in range(self.vision_depth)]
-
-    @property
-    def text_tokens(self) -> int:
-        return self.text_0.shape[0]
 
     @property
     def vision_tokens(self) -> int:
@@ -97,8 +107,14 @@ class BoostingPrompts(nn.Module):
         return merged_input, merged
 
     def record(self) -> dict:
-        """What a stage-2 checkpoint keeps of them: where they came from and their content hash."""
-        return {"path": self.path, "sha256": self.sha256}
+        """What a stage-2 checkpoint keeps of them: their content hash (the spec says where they came from)."""
+        return {"sha256": self.sha256}
+
+    def check_record(self, record: dict, where: str) -> None:
+        if self.sha256 != record["sha256"]:
+            raise CheckpointMismatchError(
+                f"boost_from {self.path!r} holds other boosting prompts (sha256 {self.sha256[:12]}) than {where} was "
+                f"trained with ({record['spec']['boost_from']!r}, sha256 {record['sha256'][:12]}); pass that file")
 
 
 def expand_like(boost: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -119,18 +135,4 @@ def content_hash(tensors: list[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def check_boost_matches(checkpoint: dict, boost: Optional[BoostingPrompts], path: str = "the checkpoint") -> None:
-    """Refuse a stage-2 checkpoint whose recorded boosting prompts differ from the ones loaded now."""
-    recorded = (checkpoint.get("vlprompt") or {}).get("boost")
-    if recorded is None:
-        return
-    if boost is None:
-        raise CheckpointMismatchError(f"{path} was trained on the boosting prompts of {recorded['path']!r}; pass "
-                                      f"--model.init_args.boost_from {recorded['path']}")
-    if boost.sha256 != recorded["sha256"]:
-        raise CheckpointMismatchError(
-            f"boost_from {boost.path!r} holds other boosting prompts (sha256 {boost.sha256[:12]}) than {path} was "
-            f"trained with ({recorded['path']!r}, sha256 {recorded['sha256'][:12]}); pass that file")
-
-
-__all__ = ["BoostingPrompts", "check_boost_matches", "content_hash", "BOOSTING_LEARNER"]
+__all__ = ["BoostingPrompts", "content_hash", "BOOSTING_LEARNER"]

@@ -32,8 +32,8 @@ class CasPLBoost(IVLP):
     template; its logits use the student's logit scale. No label is read: the paper trains on every training
     image of the data set with all of its class names, base and novel (its setting, which sees the novel
     classes' images and names). SGD lr 0.0025, batch 4, 20 epochs (``configs/learners/caspl_boost.yaml``):
-    122,880 parameters on ViT-B/16. Stage 2 is any learner with ``boost_from`` pointing at this fit's
-    ``last.ckpt``.
+    122,880 parameters on ViT-B/16. Stage 2 is any learner that takes the ``caspl`` plug-in
+    (:mod:`vlprompt.learners.caspl.cascade`) with ``boost_from`` this fit's ``last.ckpt``.
 
     Deliberate differences from the reference: the teacher's image features are computed once per training
     image and reused when augmentation is off (exactly what the reference recomputes every step; keyed by the
@@ -45,7 +45,6 @@ class CasPLBoost(IVLP):
     """
 
     paper_trainable_parameters = 122_880
-    supports_boosting = False
     uses_labels = False
 
     def __init__(

@@ -1,0 +1,132 @@
+"""Plug-ins: methods that apply to any learner with what they need (CasPL's boosting prompts, GRAM's
+initialisation and gradient regulator), handed to a learner as components.
+
+A learner takes them as ``plugins``, a list of specs ``{"name": <plug-in>, <option>: <value>, ...}`` (in YAML
+under ``model.init_args.plugins``; on the command line ``--model.init_args.plugins+='{name: caspl, boost_from:
+RUN/checkpoints/last.ckpt}'``). The learner builds each one, asks whether it has every capability the plug-in
+:attr:`~Plugin.needs` (capabilities are derived from the learner's components, see
+:attr:`~vlprompt.learners.PromptLearner.capabilities`), refuses in one line when not, and then :meth:`~Plugin.attach`\\ es
+it. What a plug-in may contribute, each a method with a neutral default:
+
+- tokens in the text prompt (after the learned context) and in the vision prompt sequence
+  (:meth:`~Plugin.text_tokens`, :meth:`~Plugin.text_deep_prompts`, :meth:`~Plugin.vision_prompts`); a plug-in
+  whose vision tokens change the image features says so (:attr:`~Plugin.changes_image_features`);
+- what happens when a fit sets up (:meth:`~Plugin.on_fit_setup`: an initialisation, a gradient transform);
+- named loss terms (:meth:`~Plugin.loss_terms`, logged like the learner's own);
+- what a checkpoint records of it and checks when loaded (:meth:`~Plugin.record`, :meth:`~Plugin.check_record`).
+
+Weights across epochs (Gaussian prompt aggregation) are Lightning weight averaging, a callback the learner
+configures. A plug-in is one ``@register_plugin`` class in a learners module: the registry finds it as it finds
+learners.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+from torch import nn
+
+from vlprompt.errors import ConfigError
+from vlprompt.learners.losses import LossTerm
+from vlprompt.learners.registry import get_plugin_class, list_plugins
+
+#: What a plug-in may need of a learner, in words (the names :attr:`PromptLearner.capabilities` derives).
+CAPABILITIES = {
+    "text_context": "one learned text context (ContextPrompts) with the class name at the end",
+    "shared_image_path": "the shared image path (image features from PromptLearner.image_features with the "
+                         "learner's visual_prompts(), not an image_features of its own)",
+}
+
+
+class Plugin(nn.Module):
+    """Base class of plug-ins (see the module docstring). Subclasses take their options as keyword arguments.
+
+    Tensors a plug-in holds that must follow the learner between devices are buffers; they are never trained
+    and never saved in the learner's checkpoint (register them with ``persistent=False``).
+    """
+
+    name: ClassVar[str] = ""
+    #: Capabilities (keys of :data:`CAPABILITIES`) the learner must have.
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: Whether the plug-in's vision tokens change the image features (the feature cache then refuses the learner).
+    changes_image_features: ClassVar[bool] = False
+
+    def __init__(self, **options: Any):
+        super().__init__()
+        #: The spec that rebuilds this plug-in (what the learner's hyper-parameters hold).
+        self.spec = {"name": self.name, **options}
+
+    # -- attaching -------------------------------------------------------------------------------------------------
+    def attach(self, learner) -> None:
+        """Called once, after the learner is built and its capabilities checked."""
+
+    # -- what it may contribute ------------------------------------------------------------------------------------
+    @property
+    def text_tokens(self) -> Optional[torch.Tensor]:
+        """``n x text width`` frozen embeddings placed right after the learned context, or None."""
+        return None
+
+    def text_deep_prompts(self, deep_prompts: dict, adapting_tokens: int) -> dict:
+        """The learner's deep text prompts with the plug-in's merged in (``{layer: tensor or [(offset, tensor),
+        ...]}``, offsets counted from the first context token)."""
+        return deep_prompts
+
+    def vision_prompts(self, prompts: Optional[torch.Tensor], deep_prompts: dict) -> tuple[Optional[torch.Tensor], dict]:
+        """The learner's visual prompts ``(input tokens, deep prompts)`` with the plug-in's merged in."""
+        return prompts, deep_prompts
+
+    def on_fit_setup(self, learner) -> None:
+        """Called when a fit sets up, before Lightning restores a checkpoint it resumes from."""
+
+    def loss_terms(self, learner) -> list[LossTerm]:
+        """Named, weighted loss terms added to the learner's."""
+        return []
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+    def record(self) -> Optional[dict]:
+        """What a checkpoint keeps of the plug-in (under ``vlprompt.plugins.<name>``), or None."""
+        return None
+
+    def check_record(self, record: dict, where: str) -> None:
+        """Refuse a checkpoint whose record of this plug-in differs from the plug-in loaded now."""
+
+
+def plugin_options(cls: type) -> list[str]:
+    return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+
+def build_plugins(specs: Optional[Sequence[Any]]) -> list[Plugin]:
+    """Plug-ins from their specs (``{"name": ..., options}``), with one-line errors for unknown names and options."""
+    plugins = []
+    for spec in specs or []:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ConfigError(f"a plug-in is given as {{name: <plug-in>, <option>: <value>}}, got {spec!r}; "
+                              f"plug-ins: {', '.join(list_plugins())}")
+        cls = get_plugin_class(spec["name"])
+        options = {key: value for key, value in spec.items() if key != "name"}
+        known = plugin_options(cls)
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+                raise ConfigError(f"plug-in {spec['name']!r} has no option {key!r}; "
+                                  + (f"did you mean {close[0]!r}?" if close else f"its options: {', '.join(known)}"))
+        plugins.append(cls(**options))
+    names = [plugin.name for plugin in plugins]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"plug-in {twice[0]!r} is given twice; give each plug-in once")
+    return plugins
+
+
+def refuse_unless_capable(plugin: Plugin, learner_name: str, capabilities: frozenset[str]) -> None:
+    """A one-line refusal when the learner lacks a capability the plug-in needs."""
+    missing = [need for need in plugin.needs if need not in capabilities]
+    if missing:
+        raise ConfigError(f"plug-in {plugin.name!r} needs {' and '.join(CAPABILITIES[m] for m in missing)}, and "
+                          f"{learner_name} has not; drop the plug-in or use a learner that has it")
+
+
+__all__ = ["CAPABILITIES", "Plugin", "build_plugins", "refuse_unless_capable"]
