@@ -59,32 +59,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.learners.base import PromptLearner
-from vlprompt.learners.context import ContextPrompts
+from vlprompt.learners.coop import CoOp
+from vlprompt.learners.losses import LossTerm, StepOutputs, cross_entropy
 from vlprompt.learners.registry import register_learner
 
 
 @register_learner("madeup")
-class MadeUp(PromptLearner):
-    """CoOp's context and a learned logit-scale offset."""
+class ResidualCoOp(CoOp):
+    """CoOp's context, a learned residual on the image features, and a named term keeping the residual small."""
 
-    paper_trainable_parameters = 2_049
+    paper_trainable_parameters = 264_704  # 4 x 512 context + Linear(512, 512) on ViT-B/16
 
-    def __init__(self, clip, classnames, templates=None, n_ctx: int = 4, **kwargs):
+    def __init__(self, clip, classnames, templates=None, residual_weight: float = 0.1, **kwargs):
         super().__init__(clip, classnames, templates, **kwargs)
-        self.prompts = ContextPrompts(clip, self.classnames, n_ctx, "a photo of a")
-        self.scale_offset = nn.Parameter(torch.zeros(1))
+        self.residual = nn.Linear(clip.embed_dim, clip.embed_dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.residual_weight = residual_weight
 
-    def _on_classnames_changed(self):
-        self.prompts.build(self.clip, self.classnames)
+    def image_features(self, images):
+        features = super().image_features(images)
+        return F.normalize(features + self.residual(features), dim=-1)
 
-    def text_features(self):
-        features = self.clip.encode_text_embeddings(self.prompts.embeddings(), self.prompts.pool_index)
-        return F.normalize(features, dim=-1)
+    def training_outputs(self, images, labels):
+        frozen = self.frozen_image_features(images)
+        image, text = F.normalize(frozen + self.residual(frozen), dim=-1), self.text_features()
+        return StepOutputs(logits=self.logits(image, text), labels=labels, extras={"residual": self.residual(frozen)})
 
-    def forward(self, images):
-        text = self.cached_text_features(self.text_features)
-        return self.logits(self.image_features(images), text) * self.scale_offset.exp()
+    def loss_terms(self):
+        return [LossTerm("ce", 1.0, cross_entropy),
+                LossTerm("residual_l2", self.residual_weight, lambda out: out.extras["residual"].pow(2).sum(-1).mean())]
+'''
+
+#: What the made-up learner must meet in the copied checkout: the feature cache and the plug-ins, by capability.
+MADE_UP_CHECKS = '''
+import sys
+sys.path.insert(0, "tests")
+import torch
+import vlprompt
+from conftest import tiny_config
+from vlprompt.errors import ConfigError
+
+clip = vlprompt.load_clip(tiny_config())
+names = ["a", "b", "c"]
+learner = vlprompt.build_learner("madeup", clip=clip, classnames=names)
+print("capabilities", sorted(learner.capabilities), "frozen images", learner.image_features_are_frozen)
+ctx = torch.randn(tuple(learner.text_context.ctx.shape))
+from vlprompt.learners.gram.meta import save_gram
+save_gram({"ctx": ctx, "regulator": {"form": "elementwise", "shape": list(ctx.shape), "logits": torch.zeros_like(ctx)},
+           "n_ctx": 4, "ctx_init": None, "clip": clip.identity, "clusters": 3, "pairs": 9, "query_loss": [1.0]},
+          "gram.ckpt")
+taken = vlprompt.build_learner("madeup", clip=clip, classnames=names,
+                               plugins=[{"name": "gram", "init_from": "gram.ckpt", "gradient_regulator": "gram.ckpt"}])
+taken.setup("fit")
+print("gram taken", torch.equal(taken.text_context.ctx.detach(), ctx))
+try:
+    vlprompt.build_learner("madeup", clip=clip, classnames=names, plugins=[{"name": "caspl", "boost_from": "x.ckpt"}])
+except ConfigError as error:
+    print("caspl:", error)
 '''
 
 
@@ -99,7 +131,8 @@ def made_up_checkout(tmp_path, n_ctx_in_yaml: int):
         shutil.copy(REPO / part, copy / part)
     (copy / "vlprompt" / "learners" / "madeup.py").write_text(MADE_UP_LEARNER)
     (copy / "configs" / "learners" / "madeup.yaml").write_text(
-        f"model:\n  class_path: vlprompt.learners.madeup.MadeUp\n  init_args:\n    n_ctx: {n_ctx_in_yaml}\n")
+        f"model:\n  class_path: vlprompt.learners.madeup.ResidualCoOp\n  init_args:\n    n_ctx: {n_ctx_in_yaml}\n"
+        "data:\n  batch_size: 4\ntrainer:\n  max_epochs: 1\n")
     return copy
 
 
@@ -114,17 +147,42 @@ def run_pytest(checkout, *args):
 
 
 @pytest.mark.slow
-def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp_path):
+def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp_path, shapes):
     checkout = made_up_checkout(tmp_path, n_ctx_in_yaml=4)
     result = run_pytest(checkout, "tests/test_learners.py", "tests/test_learner_configs.py", "tests/test_vit_b16.py",
-                        "-k", "madeup and not readme", "-rA")
+                        "tests/test_caspl.py", "-m", "slow or not slow", "-k", "madeup and not readme", "-rA")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     passed = [line for line in result.stdout.splitlines() if line.startswith("PASSED") and "madeup" in line]
     for test in ("test_builds_and_forward_shape", "test_one_step_lowers_loss_and_only_prompts_get_gradients",
                  "test_training_keeps_clip_bit_identical_and_checkpoint_round_trips",
+                 "test_the_feature_cache_is_refused_in_one_line_or_exact",
                  "test_learner_config_names_the_learner_and_agrees_with_its_defaults",
-                 "test_parameter_count_is_the_papers_and_forward_runs"):
+                 "test_parameter_count_is_the_papers_and_forward_runs",
+                 "test_second_stage_cascades_frozen_boosting_prompts"):
         assert any(test in line for line in passed), f"{test} did not run on the made-up learner"
+    # Its own image path: the cache refuses it (the contract test above) and so does CasPL's plug-in, which needs
+    # the shared one; GRAM's needs a text context only, and takes it.
+    import subprocess
+    import sys
+
+    checks = subprocess.run([sys.executable, "-c", MADE_UP_CHECKS], cwd=checkout, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(checkout)}, timeout=300)
+    assert checks.returncode == 0, checks.stderr[-3000:]
+    assert "capabilities ['text_context'] frozen images False" in checks.stdout
+    assert "gram taken True" in checks.stdout
+    assert "caspl: plug-in 'caspl' needs the shared image path" in checks.stdout
+    # Its named loss term reaches the logs of a short fit (3 steps, fewer than Lightning's default logging interval).
+    fit = subprocess.run([sys.executable, "-m", "vlprompt", "fit", "--config", "configs/learners/madeup.yaml",
+                          "--config", "configs/clip/toy.yaml", "--config", "configs/data/toy/ToyShapes.yaml",
+                          "--data.root", str(shapes), "--data.shots", "2", "--data.batch_size", "4",
+                          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                          "--trainer.default_root_dir", str(tmp_path / "fit")],
+                         cwd=checkout, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(checkout)})
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    logged = (next((tmp_path / "fit").rglob("metrics.csv"))).read_text().splitlines()
+    assert "train/residual_l2" in logged[0].split(",")
+    assert sum(1 for line in logged[1:] if line.split(",")[logged[0].split(",").index("train/residual_l2")]) >= 3
 
     wrong = made_up_checkout(tmp_path / "wrong", n_ctx_in_yaml=8)  # a config that disagrees with the class
     result = run_pytest(wrong, "tests/test_learner_configs.py", "-k", "madeup and agrees")

@@ -119,6 +119,29 @@ def test_training_keeps_clip_bit_identical_and_checkpoint_round_trips(name, tiny
     assert type(rebuilt) is type(learner) and rebuilt.classnames == CLASSNAMES
 
 
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_the_feature_cache_is_refused_in_one_line_or_exact(name, tiny_clip, shapes, image_batch):
+    """The cache holds the frozen tower's features: a learner whose image features are those (derived from what it
+    is built of) gives the same logits on cached features as on images; any other is refused before training."""
+    import types
+
+    from vlprompt.data import ImageSplitDataModule
+
+    learner = build(name, tiny_clip).eval()
+    if learner.image_features_are_frozen:
+        images, _ = image_batch
+        with torch.no_grad():
+            torch.testing.assert_close(learner(learner.frozen_image_features(images)), learner(images))
+        return
+    data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=2, num_workers=0,
+                                cache_image_features=True)
+    data.trainer = types.SimpleNamespace(lightning_module=learner)
+    data.setup("fit")
+    with pytest.raises(ConfigError, match=f"^{name} changes the image features .* set data.cache_image_features "
+                                          "false$"):
+        data.train_dataloader()
+
+
 @pytest.mark.parametrize("name", LEARNERS)
 def test_set_classnames_switches_classes_and_keeps_what_was_learned(name, tiny_clip, image_batch):
     images, _ = image_batch
@@ -257,17 +280,18 @@ def test_checkpoint_from_another_architecture_or_learner_is_refused(tiny_clip, i
 
 
 @pytest.mark.parametrize("name", LEARNERS)
-def test_text_only_learners_run_on_a_resnet_clip_and_the_others_refuse_it(name, tiny_clip, image_batch):
+def test_learners_run_on_a_resnet_clip_or_say_they_need_a_vit(name, tiny_clip, image_batch):
     """Learners whose image features are the frozen tower's (derived from what they are built of) run on any image
-    tower; the others need a ViT's tokens and say so."""
+    tower; the others run on it too, or, where they need a ViT's tokens, say so in one line."""
     frozen_images = build(name, tiny_clip).image_features_are_frozen
     clip = vlprompt.load_clip(TINY_RESNET)
-    if not frozen_images:
-        with pytest.raises(ConfigError, match="visual prompts need a ViT image tower.*ModifiedResNet"):
-            build(name, clip)
+    try:
+        learner = build(name, clip).eval()
+    except ConfigError as error:
+        assert not frozen_images and "visual prompts need a ViT image tower" in str(error), str(error)
+        assert "ModifiedResNet" in str(error)
         return
     images, _ = image_batch
-    learner = build(name, clip).eval()
     with torch.no_grad():
         assert learner(images).shape == (6, len(CLASSNAMES))
 

@@ -23,7 +23,7 @@ from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_
 from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
-from vlprompt.learners.plugins import build_plugins, refuse_unless_capable
+from vlprompt.learners.plugins import plugin_classes, refuse_unless_capable
 from vlprompt.learners.references import FrozenReferences
 
 #: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``; 3: plug-in
@@ -147,8 +147,9 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
                               "JSON file {\"class name\": [\"sentence\", ...]}; tools/describe_classes.py writes one)")
         self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
         self.template_groups = _template_groups(template_groups)
-        #: Plug-ins (components; they attach once the subclass has built its prompts, see _AttachesPlugins).
-        self.plugins = nn.ModuleList(build_plugins(plugins))
+        #: Plug-ins (components), built and attached once the subclass has built its prompts (_AttachesPlugins).
+        self.plugins = nn.ModuleList()
+        self._plugin_classes = plugin_classes(plugins)
         self._plugins_set_up = False
         self.compile_mode = _compile_mode(compile)
         self.activation_checkpointing = activation_checkpointing
@@ -296,9 +297,13 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
 
     def _attach_plugins(self) -> None:
         capabilities = self.capabilities
-        for plugin in self.plugins:
-            refuse_unless_capable(plugin, self.registry_name or type(self).__name__, capabilities)
+        for cls, options in self._plugin_classes:
+            refuse_unless_capable(cls, self.registry_name or type(self).__name__, capabilities)
+        for cls, options in self._plugin_classes:
+            plugin = cls(**options)
             plugin.attach(self)
+            self.plugins.append(plugin)
+        self._plugin_classes = []
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""

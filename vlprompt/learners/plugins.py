@@ -3,10 +3,10 @@ initialisation and gradient regulator), handed to a learner as components.
 
 A learner takes them as ``plugins``, a list of specs ``{"name": <plug-in>, <option>: <value>, ...}`` (in YAML
 under ``model.init_args.plugins``; on the command line ``--model.init_args.plugins+='{name: caspl, boost_from:
-RUN/checkpoints/last.ckpt}'``). The learner builds each one, asks whether it has every capability the plug-in
+RUN/checkpoints/last.ckpt}'``). Once the learner is built it asks whether it has every capability each plug-in
 :attr:`~Plugin.needs` (capabilities are derived from the learner's components, see
-:attr:`~vlprompt.learners.PromptLearner.capabilities`), refuses in one line when not, and then :meth:`~Plugin.attach`\\ es
-it. What a plug-in may contribute, each a method with a neutral default:
+:attr:`~vlprompt.learners.PromptLearner.capabilities`), refuses in one line when not, and then builds the
+plug-in and calls its :meth:`~Plugin.attach`. What a plug-in may contribute, each a method with a neutral default:
 
 - tokens in the text prompt (after the learned context) and in the vision prompt sequence
   (:meth:`~Plugin.text_tokens`, :meth:`~Plugin.text_deep_prompts`, :meth:`~Plugin.vision_prompts`); a plug-in
@@ -98,9 +98,10 @@ def plugin_options(cls: type) -> list[str]:
     return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
 
 
-def build_plugins(specs: Optional[Sequence[Any]]) -> list[Plugin]:
-    """Plug-ins from their specs (``{"name": ..., options}``), with one-line errors for unknown names and options."""
-    plugins = []
+def plugin_classes(specs: Optional[Sequence[Any]]) -> list[tuple[type, dict]]:
+    """``(plug-in class, options)`` of each spec (``{"name": ..., options}``), with one-line errors for unknown names,
+    unknown options and a plug-in given twice. Nothing is built yet: a learner checks each class's needs first."""
+    found = []
     for spec in specs or []:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise ConfigError(f"a plug-in is given as {{name: <plug-in>, <option>: <value>}}, got {spec!r}; "
@@ -113,20 +114,20 @@ def build_plugins(specs: Optional[Sequence[Any]]) -> list[Plugin]:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
                 raise ConfigError(f"plug-in {spec['name']!r} has no option {key!r}; "
                                   + (f"did you mean {close[0]!r}?" if close else f"its options: {', '.join(known)}"))
-        plugins.append(cls(**options))
-    names = [plugin.name for plugin in plugins]
+        found.append((cls, options))
+    names = [cls.name for cls, _ in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigError(f"plug-in {twice[0]!r} is given twice; give each plug-in once")
-    return plugins
+    return found
 
 
-def refuse_unless_capable(plugin: Plugin, learner_name: str, capabilities: frozenset[str]) -> None:
-    """A one-line refusal when the learner lacks a capability the plug-in needs."""
+def refuse_unless_capable(plugin: type, learner_name: str, capabilities: frozenset[str]) -> None:
+    """A one-line refusal when the learner lacks a capability the plug-in (class) needs."""
     missing = [need for need in plugin.needs if need not in capabilities]
     if missing:
         raise ConfigError(f"plug-in {plugin.name!r} needs {' and '.join(CAPABILITIES[m] for m in missing)}, and "
                           f"{learner_name} has not; drop the plug-in or use a learner that has it")
 
 
-__all__ = ["CAPABILITIES", "Plugin", "build_plugins", "refuse_unless_capable"]
+__all__ = ["CAPABILITIES", "Plugin", "plugin_classes", "refuse_unless_capable"]
