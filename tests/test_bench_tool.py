@@ -1,15 +1,18 @@
-"""tools/bench.py's memory model for a CPU: the peak of live tensor storages, as a GPU's allocator counts them."""
+"""tools/bench.py's shared measures (tools/benchmarks/common.py): the memory model for a CPU (the peak of live tensor
+storages, as a GPU's allocator counts them) and the report's sections; and that every measurement family runs."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-SPEC = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "tools" / "bench.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+from benchmarks import common as bench  # noqa: E402
 
 
 def test_live_bytes_count_allocations_until_their_last_tensor_dies():
@@ -52,3 +55,19 @@ def test_a_section_is_replaced_in_its_place(tmp_path):
     bench.replace_section(report, "## C", ["## C", "", "c", ""])
     bench.replace_section(report, "## B", ["## B", "", "new b", ""])
     assert report.read_text() == "# Benchmarks\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## C\n\nc\n"
+
+
+@pytest.mark.slow
+def test_the_shared_prefix_measurement_runs_with_its_tuning_passed_to_the_clip(tmp_path):
+    """A measurement family end to end on a small CLIP: the prefix is shared from 2 prompts on the measured CLIP
+    (passed in, no module constant changed), so 4 classes are measured both ways."""
+    out = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--shared-prefix", "--model", "ViT-B-32",
+                             "--classes", "4", "--repeats", "1", "--batch", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = out.read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| 4 | 5 / "))  # SOT + 4 context tokens
+    flop_ratio = float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x"))
+    assert flop_ratio < 0.9, row  # the prefix was encoded once: the tuning reached the CLIP
+    assert "The learners share from 16 prompts on" in table

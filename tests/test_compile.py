@@ -83,17 +83,18 @@ def test_the_probe_sees_an_operation_that_waits():
 
 
 def test_the_short_prompt_attention_kernels_trace_as_one_graph_and_change_no_result():
-    from vlprompt.clip.towers import SHORT_SEQUENCE, attention_for
+    from vlprompt.clip.towers import TextTuning, attention_for
 
-    assert attention_for("cpu", 13).__class__.__name__ == "nullcontext"
-    assert attention_for("cuda", SHORT_SEQUENCE + 1).__class__.__name__ == "nullcontext"
+    short = TextTuning().short_sequence
+    assert attention_for("cpu", 13, short).__class__.__name__ == "nullcontext"
+    assert attention_for("cuda", short + 1, short).__class__.__name__ == "nullcontext"
     torch.manual_seed(0)
     query, key, value = torch.randn(3, 6, 2, 13, 8).unbind(0)
     mask = torch.full((13, 13), float("-inf")).triu(1)
 
     def attend(query, key, value):
         # The GPU's kernel choice entered on a CPU, where torch picks among the kernels it leaves in.
-        with attention_for("cuda", 13):
+        with attention_for("cuda", 13, short):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     compiled = torch.compile(attend, fullgraph=True, backend="eager")
     expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)

@@ -22,15 +22,19 @@ def build(clip, **hparams):
     return vlprompt.build_learner("mocoop", clip=clip, classnames=CLASSNAMES, template_groups=GROUPS, **hparams)
 
 
-def test_experts_start_from_their_groups_first_template(tiny_clip):
+def test_experts_start_from_their_groups_first_template_without_its_period(tiny_clip):
+    """As the reference: the "." is taken out of the template; the prompts the text term supervises end with a
+    frozen "." (the template as written, for templates that end with one)."""
     learner = build(tiny_clip).eval()
     with torch.no_grad():
-        text = learner.text_features()
+        text, supervised = learner.text_features(), learner.text_features(supervised=True)
         for expert, group in enumerate(GROUPS):
-            frozen = tiny_clip.encode_text(tiny_clip.tokenize([group[0].format(n) for n in CLASSNAMES]), normalize=True)
-            torch.testing.assert_close(text[expert], frozen, atol=1e-5, rtol=1e-5)
-    # Words before and after the class name are learned: "a photo of a" + "."; "texture ." after only.
-    assert [expert.ctx.shape[0] for expert in learner.experts] == [5, 5, 2, 6]
+            for features, template in ((text, group[0].replace(".", "")), (supervised, group[0])):
+                frozen = tiny_clip.encode_text(tiny_clip.tokenize([template.format(n) for n in CLASSNAMES]),
+                                               normalize=True)
+                torch.testing.assert_close(features[expert], frozen, atol=1e-5, rtol=1e-5)
+    # Words before and after the class name are learned: "a photo of a"; "texture" after only.
+    assert [expert.ctx.shape[0] for expert in learner.experts] == [4, 4, 1, 5]
 
 
 def steer_router(learner, image_features, experts_per_image):
@@ -116,7 +120,7 @@ def test_loss_terms_are_named_and_weighted_and_prototypes_are_group_means(tiny_c
             each = torch.stack([tiny_clip.encode_text(tiny_clip.tokenize([t.format(n) for n in CLASSNAMES]),
                                                       normalize=True) for t in group])
             torch.testing.assert_close(prototypes[g], F.normalize(each.mean(0), dim=-1), atol=1e-5, rtol=1e-5)
-    expected_text = 5.0 * grouped_text_supervision(loss.outputs.text_features, prototypes)
+    expected_text = 5.0 * grouped_text_supervision(loss.outputs.extras["supervised_text"], prototypes)
     torch.testing.assert_close(loss.terms["text"], expected_text)
 
 
@@ -183,3 +187,64 @@ def test_a_checkpoint_evaluates_on_a_data_set_with_other_template_groups(tiny_cl
                        enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(CheckpointMismatchError, match="other template groups"):
         refit.fit(resumed, DataLoader(TensorDataset(images, labels), batch_size=3), ckpt_path=tmp_path / "m.ckpt")
+
+
+#: dyabel/mocoop@04b5d2a (prompting/moe.py's CustomCLIP) run on the weights of ``reference_setting``, with its Dassl
+#: imports stubbed and ``PREC: fp32``, from a scratch folder outside this repository: ``python run_ref.py`` (see
+#: docs/reproducing.md, "Equal to the reference code"). Only the numbers it printed are kept here.
+REFERENCE = {
+    "parameters": 43_010,
+    "logits": [0.1373268, -0.1276468, -0.0408283, 0.1438452, -0.1347652, -0.0346359, -0.0709006, -0.2845819,
+               -0.2372305],
+    "loss": 7.1081085205078125,
+    # experts 0 and 1, router weight, router bias, correction
+    "gradient_norms": [0.6124661564826965, 0.574989378452301, 0.015379193238914013, 0.013829114846885204,
+                       0.007476475555449724],
+    "logits_after_step": [0.1244543, -0.0553601, 0.0028753, 0.1300785, -0.0501787, 0.0157846, -0.0887698,
+                          -0.2115694, -0.1834482],
+}
+
+
+def reference_setting():
+    """The reference's setting: open_clip ViT-B-16-quickgelu, random weights (seed 0) rounded to fp16 (the
+    reference's build_model holds fp16 weights), two template groups, the router from a seeded generator."""
+    torch.manual_seed(0)
+    clip = vlprompt.load_clip("ViT-B-16-quickgelu")
+    with torch.no_grad():
+        for tensor in [*clip.model.parameters(), *clip.model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    groups = [["a photo of a {}.", "a bad photo of a {}."], ["a photo of a small {}.", "itap of a {}."]]
+    learner = vlprompt.build_learner("mocoop", clip=clip, classnames=["dog", "cat", "sea turtle"],
+                                     template_groups=groups)
+    router = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        learner.router.weight.copy_(torch.randn(learner.router.weight.shape, generator=router) * 0.02)
+        learner.router.bias.copy_(torch.randn(learner.router.bias.shape, generator=router) * 0.02)
+    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return learner, images, torch.tensor([0, 1, 2])
+
+
+@pytest.mark.slow
+def test_logits_loss_gradients_and_one_step_equal_the_reference_code():
+    learner, images, labels = reference_setting()
+    assert learner.num_trainable_parameters() == REFERENCE["parameters"]
+    learner.eval()
+    with torch.no_grad():
+        logits = learner(images).flatten()
+    assert (logits - torch.tensor(REFERENCE["logits"])).abs().max() <= 1e-5
+    learner.train()
+    loss = learner.training_loss(images, labels).total
+    assert abs(loss.item() - REFERENCE["loss"]) <= 1e-5
+    loss.backward()
+    stepped = [*(expert.ctx for expert in learner.experts), learner.router.weight, learner.router.bias,
+               learner.correction]
+    norms = torch.tensor([parameter.grad.norm().item() for parameter in stepped])
+    assert (norms - torch.tensor(REFERENCE["gradient_norms"])).abs().max() <= 1e-5
+    with torch.no_grad():  # the block LayerNorms' gradients differ by design (constant routing targets): not stepped
+        for parameter in stepped:
+            parameter -= 0.032 * parameter.grad
+    learner.eval()
+    with torch.no_grad():
+        after = learner(images).flatten()
+    assert (after - torch.tensor(REFERENCE["logits_after_step"])).abs().max() <= 1e-5

@@ -79,3 +79,12 @@ def test_capabilities_are_derived_from_the_learners_components(tiny_clip):
     assert maple.capabilities == {"text_context", "shared_image_path"} and not maple.image_features_are_frozen
     ivlp = vlprompt.build_learner("ivlp", clip=tiny_clip, classnames=CLASSNAMES, vision_depth=0)
     assert ivlp.image_features_are_frozen  # no vision tokens: the frozen tower's features
+
+
+@pytest.mark.parametrize("name", vlprompt.list_learners())
+def test_a_learner_class_shows_its_init_arguments_despite_attaching_plugins_after_it(name):
+    """Plug-ins attach when the class is called (after __init__); what the class takes stays its __init__'s."""
+    import inspect
+
+    cls = registry.get_learner_class(name)
+    assert list(inspect.signature(cls).parameters) == list(inspect.signature(cls.__init__).parameters)[1:]

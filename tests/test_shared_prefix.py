@@ -8,15 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt
-from vlprompt.clip import towers
-from vlprompt.clip.towers import OpenCLIPTextTower
+from vlprompt.clip.towers import OpenCLIPTextTower, TextTuning
 from vlprompt.learners.context import ContextPrompts
 
 from conftest import CLASSNAMES, learner_arguments
 
-#: Learners whose class prompts are built by ContextPrompts (MoCoOp's experts are several contexts).
-CONTEXT_LEARNERS = ["biomedcoop", "caspl_boost", "cocoop", "coop", "ivlp", "kapt", "kgcoop", "maple", "promptsrc",
-                    "vmfcoop"]
 
 
 def features_and_gradients(learner, shared: bool, monkeypatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -31,12 +27,15 @@ def features_and_gradients(learner, shared: bool, monkeypatch) -> tuple[torch.Te
     return features.detach(), {name: p.grad.clone() for name, p in learner.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", CONTEXT_LEARNERS)
+@pytest.mark.parametrize("name", vlprompt.list_learners())
 def test_a_shared_prefix_encoded_once_gives_the_full_paths_features_and_gradients(name, tiny_clip, monkeypatch):
+    """Every learner whose class prompts come from one shared text context (found by what it is built of)."""
     torch.manual_seed(0)
     learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
                                      **learner_arguments(name, tiny_clip, CLASSNAMES))
-    monkeypatch.setattr(towers, "MIN_SEQUENCES_TO_SHARE", 2)  # five classes share here
+    if learner.text_context is None or not hasattr(learner, "text_features"):
+        pytest.skip(f"{name} has no single text context")
+    monkeypatch.setattr(tiny_clip, "text_tuning", TextTuning(min_sequences_to_share=2))  # five classes share here
     taken = []
     original = OpenCLIPTextTower._encode_with_shared_prefix
     monkeypatch.setattr(OpenCLIPTextTower, "_encode_with_shared_prefix",
@@ -44,7 +43,7 @@ def test_a_shared_prefix_encoded_once_gives_the_full_paths_features_and_gradient
     shared, shared_grads = features_and_gradients(learner, True, monkeypatch)
     full, full_grads = features_and_gradients(learner, False, monkeypatch)
     # Per-image prompts (CoCoOp) share their prefix within each image's classes.
-    assert taken == [learner.prompts.shared_prefix] and taken[0] >= 2
+    assert taken == [learner.text_context.shared_prefix] and taken[0] >= 2
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
     assert shared_grads.keys() == full_grads.keys() and shared_grads
     for key in full_grads:
@@ -61,7 +60,7 @@ def test_nothing_is_shared_where_the_prompts_do_not_start_alike(options, tiny_cl
 def test_few_classes_take_the_full_path(tiny_clip, monkeypatch):
     learner = vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES)
     monkeypatch.setattr(OpenCLIPTextTower, "_encode_with_shared_prefix", lambda *args: pytest.fail("shared"))
-    assert len(CLASSNAMES) < towers.MIN_SEQUENCES_TO_SHARE
+    assert len(CLASSNAMES) < tiny_clip.text_tuning.min_sequences_to_share
     learner.text_features()
 
 
@@ -76,7 +75,7 @@ def test_the_shared_prefix_covers_the_start_token_the_context_and_fixed_words(ti
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["coop", "maple", "cocoop"])
 def test_the_shared_prefix_path_compiles_as_one_graph(name, tiny_clip, monkeypatch):
-    monkeypatch.setattr(towers, "MIN_SEQUENCES_TO_SHARE", 2)
+    monkeypatch.setattr(tiny_clip, "text_tuning", TextTuning(min_sequences_to_share=2))
     learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
                                      **learner_arguments(name, tiny_clip, CLASSNAMES))
     args = [] if type(learner).image_independent_text else [F.normalize(torch.randn(2, tiny_clip.embed_dim), dim=-1)]
@@ -90,11 +89,11 @@ def test_the_shared_prefix_holds_in_bf16_with_held_weights(monkeypatch):
     shared path is as close to fp32 as the full path is."""
     from conftest import tiny_config
 
-    monkeypatch.setattr(towers, "MIN_SEQUENCES_TO_SHARE", 2)
     results = {}
     for key, dtype, shared in (("fp32", None, False), ("full", torch.bfloat16, False), ("shared", torch.bfloat16, True)):
         torch.manual_seed(0)
         clip = vlprompt.load_clip(tiny_config())
+        clip.text_tuning = TextTuning(min_sequences_to_share=2)
         if dtype is not None:
             clip.hold_in(dtype)
         learner = vlprompt.build_learner("coop", clip=clip, classnames=CLASSNAMES)

@@ -278,6 +278,16 @@ class FrozenCLIP(nn.Module):
             arch.update(vision_width=self.vision_width, vision_layers=self.vision_layers)
         return {"source": dict(self.source), "arch": arch}
 
+    @property
+    def text_tuning(self):
+        """The text tower's tuned thresholds (:class:`~vlprompt.clip.towers.TextTuning`): when a context shared by
+        the prompts is encoded once, which attention kernel short prompts take. Assign another to measure it."""
+        return self._require_text().tuning
+
+    @text_tuning.setter
+    def text_tuning(self, tuning) -> None:
+        self._require_text().tuning = tuning
+
     def _require_text(self) -> TextTower:
         if self._text is None:
             text = getattr(self._model, "text", None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -79,6 +80,17 @@ class PieceTokenizer:
         return list(self._encode(text)) if text else []
 
 
+@dataclass
+class TextTuning:
+    """Thresholds of a text tower's fast paths, tuned by measurement (``tools/bench.py``). Each tower holds its own
+    (``FrozenCLIP.text_tuning``), so a measurement passes other values to the CLIP it measures."""
+
+    #: Sequences that must share a prefix before it is encoded once (see :data:`MIN_SEQUENCES_TO_SHARE`).
+    min_sequences_to_share: int = MIN_SEQUENCES_TO_SHARE
+    #: Sequences up to this long attend with the memory-efficient kernel on a GPU (see :func:`attention_for`).
+    short_sequence: int = 32
+
+
 class TextTower:
     """What prompt learners need from a text encoder. ``encode`` takes token embeddings (some learned)."""
 
@@ -88,6 +100,7 @@ class TextTower:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._pieces: Optional[PieceTokenizer] = None
+        self.tuning = TextTuning()
 
     @property
     def pieces(self) -> PieceTokenizer:
@@ -169,7 +182,7 @@ class OpenCLIPTextTower(TextTower):
         x = embeds + owner.positional_embedding[:length].to(embeds.dtype)
         blocks = owner.transformer.resblocks
         deep_prompts = check_deep_prompts(deep_prompts, len(blocks))
-        with attention_for(x.device.type, length):
+        with attention_for(x.device.type, length, self.tuning.short_sequence):
             if self._can_share(x, deep_prompts, prompt_start, shared_prefix, prefix_groups):
                 x, pool_index = self._encode_with_shared_prefix(x, mask, deep_prompts, prompt_start, shared_prefix,
                                                                 prefix_groups, pool_index)
@@ -188,10 +201,10 @@ class OpenCLIPTextTower(TextTower):
     def _can_share(self, x: torch.Tensor, deep_prompts: DeepPrompts, prompt_start: int, shared_prefix: int,
                    groups: int) -> bool:
         """Whether the prefix path applies: a causal standard tower, a prefix of 2 or more positions that leaves
-        a suffix, groups of at least :data:`MIN_SEQUENCES_TO_SHARE` sequences, and deep prompts that are the same
+        a suffix, groups of at least ``tuning.min_sequences_to_share`` sequences, and deep prompts that are the same
         for every sequence and lie in the prefix."""
         if not (self.shares_prefix and 2 <= shared_prefix < x.shape[1] and groups >= 1
-                and x.shape[0] % groups == 0 and x.shape[0] // groups >= max(MIN_SEQUENCES_TO_SHARE, 2)):
+                and x.shape[0] % groups == 0 and x.shape[0] // groups >= max(self.tuning.min_sequences_to_share, 2)):
             return False
         for prompts in deep_prompts.values():
             pieces = [(0, prompts)] if isinstance(prompts, torch.Tensor) else prompts
@@ -230,19 +243,15 @@ class OpenCLIPTextTower(TextTower):
         return suffix, pool_index - shared_prefix
 
 
-#: Sequences up to this long attend with the memory-efficient kernel on a GPU. torch's first choice there (torch
-#: 2.11, H100), cuDNN's flash kernel, works in tiles far longer than a prompt: forward and backward of 1000 x 8
-#: heads x 13 positions under a causal mask (bf16) take 1.28 ms with it and 0.46 ms with the memory-efficient
-#: kernel (at 77 positions cuDNN is the faster, 1.50 ms against 1.74). CoOp's compiled step at 1000 classes:
-#: 19.2 -> 13.8 ms.
-SHORT_SEQUENCE = 32
-
-
-def attention_for(device_type: str, length: int):
-    """A context choosing the attention kernels for sequences of ``length`` on ``device_type``: on a GPU, short
-    prompts leave cuDNN out, so torch takes the memory-efficient kernel (flash takes no mask, and the text towers
-    pass their causal mask): the same attention, computed in other tiles. Otherwise torch's own choice."""
-    if device_type != "cuda" or length > SHORT_SEQUENCE:
+def attention_for(device_type: str, length: int, short_sequence: int):
+    """A context choosing the attention kernels for sequences of ``length`` on ``device_type``: on a GPU, prompts up
+    to ``short_sequence`` long leave cuDNN out, so torch takes the memory-efficient kernel (flash takes no mask, and
+    the text towers pass their causal mask): the same attention, computed in other tiles. Otherwise torch's own
+    choice. Why (``TextTuning.short_sequence``, 32): torch's first choice on a GPU (torch 2.11, H100), cuDNN's flash
+    kernel, works in tiles far longer than a prompt: forward and backward of 1000 x 8 heads x 13 positions under a
+    causal mask (bf16) take 1.28 ms with it and 0.46 ms with the memory-efficient kernel (at 77 positions cuDNN is
+    the faster, 1.50 ms against 1.74). CoOp's compiled step at 1000 classes: 19.2 -> 13.8 ms."""
+    if device_type != "cuda" or length > short_sequence:
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import types
@@ -48,6 +49,12 @@ class _AttachesPlugins(type):
         learner = super().__call__(*args, **kwargs)
         learner._attach_plugins()
         return learner
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # What calling the class takes is its __init__'s arguments (inspect would otherwise read __call__'s above).
+        signature = inspect.signature(cls.__init__)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):

@@ -20,11 +20,12 @@ from vlprompt.learners.templates import DEFAULT_TEMPLATE_GROUPS
 
 class TemplateExpert(nn.Module):
     """A hand template whose words before and after the class name are learned vectors, initialised from the
-    words' own embeddings (``"a photo of a {}."``: 4 before, 1 after); the class name stays frozen words."""
+    words' own embeddings; the class name stays frozen words. As the reference does, every "." is taken out of the
+    template first: ``"a photo of a {}."`` becomes the prompt ``a photo of a <class>`` with 4 learned words."""
 
     def __init__(self, clip: FrozenCLIP, template: str):
         super().__init__()
-        before, after = (part.strip() for part in template.split("{}"))
+        before, after = (part.strip() for part in template.replace(".", "").split("{}"))
         self.before_ids = clip.encode_words(before) if before else []
         self.after_ids = clip.encode_words(after) if after else []
         ids = self.before_ids + self.after_ids
@@ -37,8 +38,8 @@ class TemplateExpert(nn.Module):
 
 @register_learner("mocoop")
 class MoCoOp(PromptLearner):
-    """Mixture of Prompt Learning (Du, Niu and Zhao, "Mixture of Prompt Learning for Vision Language Models",
-    arXiv 2409.12011, 2024).
+    """Mixture of Prompt Learning (Du et al. (Du, Niu and Zhao), "Mixture of Prompt Learning for Vision Language
+    Models", arXiv 2024: 2409.12011).
 
     One prompt expert per group of hand templates (``data.template_groups``; :data:`DEFAULT_TEMPLATE_GROUPS`, four
     groups of CLIP's ImageNet templates, when the data set names none), initialised from its group's first
@@ -52,7 +53,9 @@ class MoCoOp(PromptLearner):
     - ``ce``: cross-entropy of the per-image mixed classifier's logits;
     - ``text`` (weight 5): each expert's class features against its group's frozen prototypes (the normalised
       mean of the group's normalised template features), as one cross-entropy over all experts' classes, without
-      a logit scale (:func:`~vlprompt.learners.losses.grouped_text_supervision`);
+      a logit scale (:func:`~vlprompt.learners.losses.grouped_text_supervision`). As in the reference, the
+      features supervised are those of the expert's prompts with a frozen "." after the class name, a second
+      encoding of the experts beside the one that classifies (which has no ".");
     - ``gate`` (weight 1): the router logits against soft targets, the softmax of the image's similarity to each
       group's prototype of its true class with +10 on the top 2 (:func:`~vlprompt.learners.losses.routing_loss`).
 
@@ -63,8 +66,9 @@ class MoCoOp(PromptLearner):
 
     Defaults follow the reference run (``vit_b16_c4_ep50_batch32``): SGD lr 0.032, batch 32, 50 epochs, 5 warm-up
     epochs at 1e-5, gradient clipping at norm 1.0 (``configs/learners/mocoop.yaml``). Trainable parameters on
-    ViT-B/16 with the default groups: 50,692 (computed; the paper states none): 22 expert tokens x 512, router
-    512 x 4 + 4, correction 512, LayerNorms 36,864.
+    ViT-B/16 with the default groups: 48,644 (the reference's count on the same groups; the paper states none): 18
+    expert tokens x 512 (the templates' words without their "."), router 512 x 4 + 4, correction 512, LayerNorms
+    36,864.
 
     Deliberate differences from the reference: its released configs do not run as shipped (the dataset configs'
     ``LASP_PROMPTS`` key is not the ``PROMPTS``/``GROUPS`` the code reads): vlprompt reads ``data.template_groups``;
@@ -76,7 +80,7 @@ class MoCoOp(PromptLearner):
     DDP pass ``--trainer.strategy ddp_find_unused_parameters_true``).
     """
 
-    paper_trainable_parameters = 50_692  # ours, on ViT-B/16 with DEFAULT_TEMPLATE_GROUPS: the paper states none
+    paper_trainable_parameters = 48_644  # the reference code's, on ViT-B/16 with DEFAULT_TEMPLATE_GROUPS
     may_leave_parameters_unused = True
 
     def __init__(
@@ -158,38 +162,45 @@ class MoCoOp(PromptLearner):
 
     # -- prompts -------------------------------------------------------------------------------------------------
     def _on_classnames_changed(self) -> None:
-        """Token ids of every expert's prompt for every class (expert-major), and the learned positions."""
-        rows, positions = [], []
-        for expert in self.experts:
-            expert_positions = []
-            for name in self.classnames:
-                tokens = self.clip.prompt_tokens([expert.before_ids, name, expert.after_ids])
-                rows.append(tokens)
-                expert_positions.append([*range(*tokens.spans[0]), *range(*tokens.spans[2])])
-            positions.append(torch.tensor(expert_positions, dtype=torch.long))
-        ids, pool_index, attention_mask = self.clip.prompt_batch(rows)
-        # Token ids, embedded per step: E x C prompts (20 x 1000 on ImageNet) would hold ~0.8 GB of embeddings.
-        self.register_buffer("token_ids", ids, persistent=False)
-        self.register_buffer("pool_index", pool_index, persistent=False)
-        self.register_buffer("attention_mask", attention_mask, persistent=False)
-        self._positions = positions
+        """Token ids of every expert's prompt for every class (expert-major), and the learned positions: the
+        prompts that classify (``a photo of a <class>``), and those the text term supervises, which end with a
+        frozen "." (``a photo of a <class>.``), as the reference builds its two sets."""
+        for prefix, ending in (("", []), ("supervised_", ".")):
+            rows, positions = [], []
+            for expert in self.experts:
+                expert_positions = []
+                for name in self.classnames:
+                    tokens = self.clip.prompt_tokens([expert.before_ids, name, expert.after_ids, ending])
+                    rows.append(tokens)
+                    expert_positions.append([*range(*tokens.spans[0]), *range(*tokens.spans[2])])
+                positions.append(torch.tensor(expert_positions, dtype=torch.long))
+            ids, pool_index, attention_mask = self.clip.prompt_batch(rows)
+            # Token ids, embedded per step: E x C prompts (20 x 1000 on ImageNet) would hold ~0.8 GB of embeddings.
+            self.register_buffer(f"{prefix}token_ids", ids, persistent=False)
+            self.register_buffer(f"{prefix}pool_index", pool_index, persistent=False)
+            self.register_buffer(f"{prefix}attention_mask", attention_mask, persistent=False)
+            setattr(self, f"_{prefix}positions", positions)
 
-    def text_features(self, experts: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Normalised class features ``len(experts) x C x D`` of the given experts (all by default)."""
+    def text_features(self, experts: Optional[Sequence[int]] = None, supervised: bool = False) -> torch.Tensor:
+        """Normalised class features ``len(experts) x C x D`` of the given experts (all by default), of the
+        prompts that classify or (``supervised``) of those the text term supervises."""
         experts = range(self.n_experts) if experts is None else experts
+        prefix = "supervised_" if supervised else ""
+        token_ids, all_positions = getattr(self, f"{prefix}token_ids"), getattr(self, f"_{prefix}positions")
+        pool_index, attention_mask = getattr(self, f"{prefix}pool_index"), getattr(self, f"{prefix}attention_mask")
         n_cls, chunks, rows = self.n_classes, [], []
         for e in experts:
             block = slice(e * n_cls, (e + 1) * n_cls)
-            positions = self._positions[e].to(self.token_ids.device)
+            positions = all_positions[e].to(token_ids.device)
             class_rows = torch.arange(n_cls, device=positions.device)[:, None].expand_as(positions)
             with torch.no_grad():
-                words = self.clip.embed_tokens(self.token_ids[block])
+                words = self.clip.embed_tokens(token_ids[block])
             chunks.append(words.index_put((class_rows, positions), self.experts[e].ctx.to(words.dtype).expand(
                 n_cls, -1, -1)))
             rows.append(torch.arange(block.start, block.stop, device=positions.device))
         rows = torch.cat(rows)
-        mask = self.attention_mask[rows] if self.attention_mask is not None else None
-        features = self.clip.encode_text_embeddings(torch.cat(chunks), self.pool_index[rows], attention_mask=mask)
+        mask = attention_mask[rows] if attention_mask is not None else None
+        features = self.clip.encode_text_embeddings(torch.cat(chunks), pool_index[rows], attention_mask=mask)
         features = features.view(len(experts), n_cls, -1)
         if self.correction is not None:
             features = features + self.correction.to(features.dtype)
@@ -235,20 +246,21 @@ class MoCoOp(PromptLearner):
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         features = self.image_features(images)
         router_logits, chosen, weights = self.route(features)
-        if self.text_loss_weight != 0:  # the text term supervises every expert: encode them all once
+        extras = {"router_logits": router_logits}
+        if self.text_loss_weight != 0:  # the text term supervises every expert: encode them all
             experts, text = None, self.text_features()
+            extras["supervised_text"] = self.text_features(supervised=True)
         else:  # only what some image chose: the others stay out of the graph
             experts = torch.unique(chosen)
             text = self.text_features(experts.tolist())
         logits = self.mixed_logits(features, text, chosen, weights, experts)
-        return StepOutputs(logits=logits, labels=labels, text_features=text, image_features=features,
-                           extras={"router_logits": router_logits})
+        return StepOutputs(logits=logits, labels=labels, text_features=text, image_features=features, extras=extras)
 
     def loss_terms(self) -> list[LossTerm]:
         return [
             LossTerm("ce", 1.0, cross_entropy),
             LossTerm("text", self.text_loss_weight,
-                     lambda out: grouped_text_supervision(out.text_features, self.group_prototypes())),
+                     lambda out: grouped_text_supervision(out.extras["supervised_text"], self.group_prototypes())),
             LossTerm("gate", self.gate_loss_weight,
                      lambda out: routing_loss(out.extras["router_logits"], out.image_features.detach(),
                                               self.group_prototypes(), out.labels, self.top_k,
