@@ -142,10 +142,11 @@ def test_second_stage_cascades_frozen_boosting_prompts(name, tiny_clip, stage_on
     # Only the learner's own prompts train; the boosting ones are buffers outside the state dict.
     assert learner.num_trainable_parameters() == plain.num_trainable_parameters()
     assert not any(key.startswith("boost") for key in learner.state_dict())
-    # Text layout [SOT, adapting, boosting, ...]: the boosting input tokens follow the context.
+    # Text layout [SOT, adapting, (fixed init words,) boosting, class ...]: the boosting input tokens follow the
+    # context and the words that stay fixed after it (MaPLe's "of a").
     context = learner.text_context
     n_ctx, n_boost = context.n_ctx, boost.text_tokens.shape[0]
-    start = context._prefix_length + n_ctx
+    start = context._prefix_length + n_ctx + len(context._fixed_ids)
     torch.testing.assert_close(context.token_embeds[:, start:start + n_boost],
                                boost.text[0].expand(len(CLASSNAMES), -1, -1))
     with torch.no_grad():

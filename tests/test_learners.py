@@ -180,11 +180,15 @@ def test_class_token_positions_and_class_specific_context(tiny_clip, image_batch
         specific.set_classnames(NOVEL)
 
 
-def test_longer_context_than_init_words_keeps_the_words_next_to_the_class(tiny_clip):
+def test_more_context_than_init_words_starts_fully_random_and_says_so(tiny_clip, capsys):
+    """As the reference code (MaPLe's, IVLP's, PromptSRC's, CasPL's) starts it; tests/test_caspl_reference.py holds
+    the reference's own first draw."""
     learner = build("coop", tiny_clip, n_ctx=8, ctx_init="a photo of a")
-    words = tiny_clip.embed_tokens(torch.tensor(tiny_clip.encode_words("a photo of a")))
-    assert learner.prompts.ctx.shape == (8, tiny_clip.text_width)
-    torch.testing.assert_close(learner.prompts.ctx[4:].detach(), words)
+    torch.manual_seed(0)
+    assert torch.equal(learner.prompts.ctx.detach(), torch.empty(8, tiny_clip.text_width).normal_(std=0.02))
+    assert learner.prompts._fixed_ids == [] and learner.prompts.shared_prefix == 1 + 8
+    assert "ctx_init 'a photo of a' has 4 tokens, fewer than n_ctx 8: the context starts fully random" in \
+        capsys.readouterr().err
 
 
 def test_zero_shot_ensembles_normalised_template_features(tiny_clip, image_batch):

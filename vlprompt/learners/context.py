@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vlprompt.clip import FrozenCLIP
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ConfigError, warn
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -27,15 +27,18 @@ class ContextPrompts(nn.Module):
         ctx_init: text whose token embeddings initialise the context (``"a photo of a"``), or ``None`` for
             random N(0, 0.02) vectors. If it has more tokens than ``n_ctx``, the first ``n_ctx`` are learned and
             the rest stay as fixed words before the class name (as MaPLe does with ``n_ctx=2``); if it has
-            fewer, the extra context vectors are random and placed before the init words (CoOp's reference
-            instead silently ignores ``n_ctx`` when ``ctx_init`` is set).
+            fewer, the whole context starts random and the words are not used (a warning says so), as MaPLe's,
+            IVLP's, PromptSRC's and CasPL's reference code start it. Deliberate difference: CoOp's reference
+            silently ignores ``n_ctx`` when ``ctx_init`` is set; here ``n_ctx`` is what it says.
         class_token_position: ``end`` (``ctx classname.``), ``middle`` (half the context on each side) or
             ``front`` (``classname ctx.``).
         class_specific: one context per class (CoOp's CSC) instead of one shared by all classes. Such a
             context cannot move to other classes.
 
-    Plug-ins add frozen tokens after the context with :meth:`take_tokens` (CasPL's boosting prompts:
-    ``[SOT] ctx boost ... classname.``), and merge their deep tokens with the learner's in :meth:`encode`.
+    Plug-ins add frozen tokens after the context and its fixed init words with :meth:`take_tokens` (CasPL's
+    boosting prompts: ``[SOT] ctx boost classname.``, or with MaPLe's ``n_ctx`` 2 from "a photo of a"
+    ``[SOT] ctx "of a" boost classname.``, as CasPL's reference orders them), and merge their deep tokens with the
+    learner's in :meth:`encode`.
     """
 
     def __init__(
@@ -62,8 +65,12 @@ class ContextPrompts(nn.Module):
         if len(init_ids) > n_ctx and class_token_position != "end":
             raise ConfigError(f"ctx_init longer than n_ctx needs class_token_position 'end', got "
                               f"{class_token_position!r}")
-        # Context beyond the init words is random and comes first, so the init words stay next to the class name.
-        n_random = max(n_ctx - len(init_ids), 0)
+        if 0 < len(init_ids) < n_ctx:
+            # As the references (MaPLe, IVLP, PromptSRC, CasPL: init words only for n_ctx <= 4) start such a context.
+            warn(f"ctx_init {ctx_init!r} has {len(init_ids)} tokens, fewer than n_ctx {n_ctx}: the context starts fully "
+                 "random, as the reference code starts it; give n_ctx at most the init words' count to start from them")
+            init_ids = []
+        n_random = n_ctx if not init_ids else 0
         self._ctx_ids = clip.encode_words(" ".join(["X"] * n_random)) + init_ids[:n_ctx - n_random]
         self._fixed_ids = init_ids[n_ctx - n_random:]
         with torch.no_grad():
@@ -104,7 +111,7 @@ class ContextPrompts(nn.Module):
             tokens = clip.prompt_tokens(pieces)
             rows.append(tokens)
             positions.append([p for i in learned for p in range(*tokens.spans[i])])
-            plugin_positions.append(list(range(*tokens.spans[1])) if self._plugin_ids else [])
+            plugin_positions.append(list(range(*tokens.spans[2])) if self._plugin_ids else [])
         ids, pool_index, attention_mask = clip.prompt_batch(rows)
         with torch.no_grad():
             embeds = clip.embed_tokens(ids)
@@ -125,8 +132,8 @@ class ContextPrompts(nn.Module):
         embeddings = self.embeddings() if embeddings is None else embeddings
         repeat = embeddings.shape[0] // self.pool_index.shape[0]
         mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
-        for source in self._token_sources:
-            deep_prompts = source.text_deep_prompts(deep_prompts, self.n_ctx)
+        for source in self._token_sources:  # plug-in tokens sit after the context and its fixed words
+            deep_prompts = source.text_deep_prompts(deep_prompts, self.n_ctx + len(self._fixed_ids))
         start = self.prompt_start if deep_prompts else self._prefix_length
         # Per-image prompts (repeat > 1, image-major) share their prefix within each image's classes.
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
@@ -145,7 +152,7 @@ class ContextPrompts(nn.Module):
         """Prompt pieces for one class and the indices of the learned ones."""
         ctx, half = self._ctx_ids, self.n_ctx // 2
         if self.class_token_position == "end":
-            return [ctx, self._plugin_ids, self._fixed_ids, name, "."], [0]
+            return [ctx, self._fixed_ids, self._plugin_ids, name, "."], [0]
         if self.class_token_position == "front":
             return [name, ctx, "."], [1]
         return [ctx[:half], name, ctx[half:], "."], [0, 2]

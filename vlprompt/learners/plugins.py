@@ -69,9 +69,9 @@ class Plugin(nn.Module):
         """``n x text width`` frozen embeddings placed right after the learned context, or None."""
         return None
 
-    def text_deep_prompts(self, deep_prompts: dict, adapting_tokens: int) -> dict:
+    def text_deep_prompts(self, deep_prompts: dict, offset: int) -> dict:
         """The learner's deep text prompts with the plug-in's merged in (``{layer: tensor or [(offset, tensor),
-        ...]}``, offsets counted from the first context token)."""
+        ...]}``, offsets counted from the first context token; the plug-in's tokens sit at ``offset``)."""
         return deep_prompts
 
     def vision_prompts(self, prompts: Optional[torch.Tensor], deep_prompts: dict) -> tuple[Optional[torch.Tensor], dict]:

@@ -4,10 +4,15 @@ cascaded under a second-stage learner's own prompts.
 
 ``plugins: [{name: caspl, boost_from: RUN/checkpoints/last.ckpt}]``. The learner needs a learned text context and
 the shared image path (:data:`~vlprompt.learners.plugins.CAPABILITIES`). At every layer the learner's prompt span
-holds both sets: text ``[SOT, adapting, boosting, class ...]``, vision ``[CLS, patches, boosting, adapting]``; each
-set is replaced at the input of the layers up to its own depth (the other set's tokens then carry on as the
-layer's output). The boosting prompts are buffers, not parameters: they never train, and a stage-2 checkpoint
-records their content hash instead of holding them.
+holds both sets: text ``[SOT, adapting, boosting, class ...]`` (``[SOT, adapting, "of a", boosting, class ...]``
+when init words stay fixed after the context, as MaPLe's with ``n_ctx`` 2), vision ``[CLS, patches, boosting,
+adapting]``. Each set is replaced at the input of the layers up to its depth, and the other set's tokens carry on
+as the layer's output. The boosting prompts' depth (``depth``) follows CasPL's reference: under a learner whose
+prompts in the image tower are learned tokens of their own (IVLP, PromptSRC: CasPL's PromptSRC stage 2) they are
+replaced only within the learner's own depth in each tower (boosting depth 12 under PromptSRC's 9: layers 1-8);
+under any other (CoOp, CoCoOp: no deep prompts; MaPLe: visual prompts projected from the text ones) up to the
+boosting stage's depth. The boosting prompts are buffers, not parameters: they never train, and a stage-2
+checkpoint records their content hash instead of holding them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from vlprompt.learners.registry import register_plugin
 
 #: The learner whose checkpoints hold boosting prompts.
 BOOSTING_LEARNER = "caspl_boost"
+#: How deep the boosting prompts are replaced (the caspl plug-in's ``depth``).
+DEPTH_RULES = ("auto", "learner", "boosting")
 
 
 @register_plugin("caspl")
@@ -34,8 +41,15 @@ class BoostingPrompts(Plugin):
     needs = ("text_context", "shared_image_path")
     changes_image_features = True
 
-    def __init__(self, boost_from: str):
-        super().__init__(boost_from=str(boost_from))
+    def __init__(self, boost_from: str, depth: str = "auto"):
+        """``depth``: ``auto`` (the reference's rule above), ``learner`` (within the learner's own prompt depth in
+        each tower) or ``boosting`` (the boosting stage's whole depth)."""
+        if depth not in DEPTH_RULES:
+            raise ConfigError(f"the caspl plug-in's depth must be one of {', '.join(DEPTH_RULES)}, got {depth!r}")
+        super().__init__(boost_from=str(boost_from), depth=depth)
+        self.depth = depth
+        #: Whether the boosting prompts stop at the learner's own depth (decided when attached, for ``auto``).
+        self.within_learner_depth = depth == "learner"
         checkpoint = read_checkpoint(boost_from)
         meta = checkpoint["vlprompt"]
         if meta["learner"] != BOOSTING_LEARNER:
@@ -58,6 +72,10 @@ class BoostingPrompts(Plugin):
                               "the second-stage learner")
         check_learned_on(self.student, learner.clip, f"boost_from {self.path!r}",
                          f"fit the boosting stage ({BOOSTING_LEARNER}) on this learner's CLIP and pass its last.ckpt")
+        if self.depth == "auto":
+            visual = learner.visual_prompts()
+            tokens = [visual.get("prompts"), *(visual.get("deep_prompts") or {}).values()]
+            self.within_learner_depth = bool(visual) and all(isinstance(t, torch.nn.Parameter) for t in tokens)
         learner.text_context.take_tokens(self, learner.clip, learner.classnames)
 
     @property
@@ -76,15 +94,21 @@ class BoostingPrompts(Plugin):
     def vision_tokens(self) -> int:
         return self.vision_0.shape[0] if self.vision_depth else 0
 
-    def text_deep_prompts(self, deep_prompts: Optional[dict], adapting_tokens: int) -> dict:
-        """The learner's deep text prompts (replacing its ``adapting_tokens`` context tokens) with the boosting
-        ones after them, each up to its own depth."""
+    def _depth(self, own: int, learners: int) -> int:
+        """Layers (input included) whose boosting tokens are replaced: ``own`` (the boosting stage's), or within the
+        learner's (``learners``, its input included) when the rule says so."""
+        return min(own, learners) if self.within_learner_depth else own
+
+    def text_deep_prompts(self, deep_prompts: Optional[dict], offset: int) -> dict:
+        """The learner's deep text prompts (replacing its context tokens) with the boosting ones at ``offset`` after
+        the first context token, each up to its depth."""
         deep_prompts = deep_prompts or {}
+        depth = self._depth(self.text_depth, max(deep_prompts, default=0) + 1)
         merged = {}
-        for layer in range(1, max(self.text_depth, max(deep_prompts, default=0) + 1)):
+        for layer in range(1, max(depth, max(deep_prompts, default=0) + 1)):
             pieces = [(0, deep_prompts[layer])] if layer in deep_prompts else []
-            if layer < self.text_depth:
-                pieces.append((adapting_tokens, getattr(self, f"text_{layer}")))
+            if layer < depth:
+                pieces.append((offset, getattr(self, f"text_{layer}")))
             if pieces:
                 merged[layer] = pieces
         return merged
@@ -97,9 +121,10 @@ class BoostingPrompts(Plugin):
         boost = self.vision_0
         merged_input = boost if prompts is None else torch.cat([expand_like(boost, prompts), prompts], dim=-2)
         deep_prompts = deep_prompts or {}
+        depth = self._depth(self.vision_depth, max(deep_prompts, default=0) + 1)
         merged = {}
-        for layer in range(1, max(self.vision_depth, max(deep_prompts, default=0) + 1)):
-            pieces = [(0, getattr(self, f"vision_{layer}"))] if layer < self.vision_depth else []
+        for layer in range(1, max(depth, max(deep_prompts, default=0) + 1)):
+            pieces = [(0, getattr(self, f"vision_{layer}"))] if layer < depth else []
             if layer in deep_prompts:
                 pieces.append((self.vision_tokens, deep_prompts[layer]))
             if pieces:
