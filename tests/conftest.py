@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -59,6 +60,32 @@ def learner_arguments(name: str, clip, classnames) -> dict:
     frozen = {key: clip for key, parameter in parameters.items()
               if key != "clip" and "FrozenCLIP" in str(parameter.annotation)}
     return {**frozen, **class_texts(name, classnames)}
+
+
+#: Trainable parameters of the learners whose paper states no count and which have no public code (our reading),
+#: counted by hand from the architecture's widths, so a test compares the code with an independent count.
+OUR_READING_COUNTS = {
+    # CoOp's context (4 tokens) + the attention-pooling head: query (D), key and value Linear(D, D), alpha.
+    "kapt": lambda text_width, embed_dim: 4 * text_width + embed_dim + 2 * (embed_dim * embed_dim + embed_dim) + 1,
+    # CoOp's context only (4 tokens): the anchors are fitted, not learned.
+    "vmfcoop": lambda text_width, embed_dim: 4 * text_width,
+}
+#: The widths of the backbones the papers count on.
+BACKBONE_WIDTHS = {"ViT-B/16": {"text_width": 512, "embed_dim": 512}, "BiomedCLIP": {"text_width": 768, "embed_dim": 512}}
+
+
+def expected_parameters(name: str, clip=None) -> Optional[int]:
+    """A learner's trainable parameters: its paper's count (on its paper's backbone; None on another ``clip``), or
+    for a learner of our reading, ours, on ``clip``'s widths or its paper's backbone's."""
+    from vlprompt.learners import get_learner_class
+
+    cls = get_learner_class(name)
+    if cls.paper_trainable_parameters is not None:
+        return cls.paper_trainable_parameters if clip is None else None
+    assert name in OUR_READING_COUNTS, f"{name} states no paper count: count it in tests/conftest.py OUR_READING_COUNTS"
+    widths = BACKBONE_WIDTHS[cls.paper_backbone] if clip is None else {"text_width": clip.text_width,
+                                                                         "embed_dim": clip.embed_dim}
+    return OUR_READING_COUNTS[name](**widths)
 
 
 CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]

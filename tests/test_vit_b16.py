@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import vlprompt
 from vlprompt.learners import get_learner_class
 
-from conftest import learner_arguments
+from conftest import expected_parameters, learner_arguments
 
 LEARNERS = vlprompt.list_learners()
 CLASSNAMES = ["dog", "cat", "sea turtle"]
@@ -24,15 +24,17 @@ def vit_b16():
 
 @pytest.mark.parametrize("name", LEARNERS)
 def test_parameter_count_is_the_papers_and_forward_runs(name, vit_b16):
-    """Each learner declares its paper's count on ViT-B/16 (``paper_trainable_parameters``; MaPLe: "about 3.55
-    M"), and builds exactly that many trainable parameters; learners whose paper counts on another backbone
+    """Each learner builds its paper's count on ViT-B/16 (``paper_trainable_parameters``, the paper's or its reference
+    code's; MaPLe: "about 3.55 M"); a learner of our reading (no paper count, no public code) builds the count
+    tests/conftest.py works out by hand from the widths. Learners whose paper counts on another backbone
     (``paper_backbone``) are counted there (below) and run here."""
     cls = get_learner_class(name)
-    assert cls.paper_trainable_parameters is not None, f"{name} declares no paper_trainable_parameters"
     learner = vlprompt.build_learner(name, clip=vit_b16, classnames=CLASSNAMES,
                                      **learner_arguments(name, vit_b16, CLASSNAMES)).eval()
-    if cls.paper_backbone == "ViT-B/16":
-        assert learner.num_trainable_parameters() == cls.paper_trainable_parameters
+    # The paper's count where it states one; for a learner of our reading, a count by hand from the widths.
+    expected = expected_parameters(name) if cls.paper_backbone == "ViT-B/16" else expected_parameters(name, vit_b16)
+    if expected is not None:
+        assert learner.num_trainable_parameters() == expected
     with torch.no_grad():
         logits = learner(torch.randn(2, 3, 224, 224))
     assert logits.shape == (2, len(CLASSNAMES)) and torch.isfinite(logits).all()
@@ -75,6 +77,6 @@ def test_parameter_counts_on_the_biomedclip_architecture(tmp_path):
     for name in [n for n in LEARNERS if get_learner_class(n).paper_backbone == "BiomedCLIP"]:
         learner = vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES,
                                          **learner_arguments(name, clip, CLASSNAMES)).eval()
-        assert learner.num_trainable_parameters() == get_learner_class(name).paper_trainable_parameters
+        assert learner.num_trainable_parameters() == expected_parameters(name)
         with torch.no_grad():
             assert learner(torch.randn(1, 3, 224, 224)).shape == (1, len(CLASSNAMES))

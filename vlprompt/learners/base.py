@@ -112,7 +112,8 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     #: DDP must then look for unused parameters (``--trainer.strategy ddp_find_unused_parameters_true``),
     #: which costs a graph traversal per step, so learners declare it instead of every run paying for it.
     may_leave_parameters_unused: ClassVar[bool] = False
-    #: Trainable parameters on ``paper_backbone`` as the paper reports them (or as computed from its reference code).
+    #: Trainable parameters on ``paper_backbone`` as the paper reports them (or as computed from its reference code);
+    #: None where neither states one (a learner of our reading: its tests count it from the architecture).
     paper_trainable_parameters: ClassVar[Optional[int]] = None
     #: The backbone the paper's count is on (ViT-B/16, or BiomedCLIP for the biomedical papers).
     paper_backbone: ClassVar[str] = "ViT-B/16"
