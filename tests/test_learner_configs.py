@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Optional
 
 import pytest
 import yaml
@@ -27,7 +28,9 @@ def test_every_learner_has_a_config(name):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
-def test_learner_config_names_the_learner_and_agrees_with_its_defaults(path):
+def test_learner_config_names_the_learner_and_restates_none_of_its_defaults(path):
+    """One source of truth: a learner's defaults are its class's keyword arguments; its YAML holds what the paper's
+    script sets around it (the CLIP, data, trainer) and may change an option, never restate one."""
     name = path.stem
     model = yaml.safe_load(path.read_text())["model"]
     assert learner_name_of(model["class_path"]) == name, f"{name}.yaml names {model['class_path']}"
@@ -38,7 +41,18 @@ def test_learner_config_names_the_learner_and_agrees_with_its_defaults(path):
         assert key in defaults, f"{name}.yaml sets {key!r}, which {name} does not accept"
         default = defaults[key]
         assert default is not inspect.Parameter.empty, f"{name}.yaml sets required argument {key!r}"
-        assert value == default, f"{name}.yaml says {key}={value!r} but the class default is {default!r}"
+        assert value != default, f"{name}.yaml restates {key}={value!r}, the class default: drop it (the class holds it)"
+
+
+def test_print_config_shows_the_class_defaults_the_yaml_leaves_out(capsys):
+    from vlprompt.commands import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs" / "learners" / "promptsrc.yaml"), "--print_config"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    init = shown["model"]["init_args"]
+    assert (init["n_ctx"], init["text_depth"], init["lr"], init["gpa_mean"]) == (4, 9, 0.0025, 15.0)
+    assert shown["trainer"]["max_epochs"] == 20 and shown["data"]["batch_size"] == 4
 
 
 @pytest.mark.parametrize("name", LEARNERS)
@@ -124,7 +138,7 @@ except ConfigError as error:
 '''
 
 
-def made_up_checkout(tmp_path, n_ctx_in_yaml: int):
+def made_up_checkout(tmp_path, n_ctx_in_yaml: Optional[int] = None):
     """A copy of the package, tests and configs with one new learner file and its config; nothing else edited."""
     import shutil
 
@@ -135,8 +149,9 @@ def made_up_checkout(tmp_path, n_ctx_in_yaml: int):
         shutil.copy(REPO / part, copy / part)
     (copy / "vlprompt" / "learners" / "madeup.py").write_text(MADE_UP_LEARNER)
     (copy / "configs" / "learners" / "madeup.yaml").write_text(
-        f"model:\n  class_path: vlprompt.learners.madeup.ResidualCoOp\n  init_args:\n    n_ctx: {n_ctx_in_yaml}\n"
-        "data:\n  batch_size: 4\ntrainer:\n  max_epochs: 1\n")
+        "model:\n  class_path: vlprompt.learners.madeup.ResidualCoOp\n"
+        + (f"  init_args:\n    n_ctx: {n_ctx_in_yaml}\n" if n_ctx_in_yaml else "")
+        + "data:\n  batch_size: 4\ntrainer:\n  max_epochs: 1\n")
     return copy
 
 
@@ -152,7 +167,7 @@ def run_pytest(checkout, *args):
 
 @pytest.mark.slow
 def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp_path, shapes):
-    checkout = made_up_checkout(tmp_path, n_ctx_in_yaml=4)
+    checkout = made_up_checkout(tmp_path)
     result = run_pytest(checkout, "tests/test_learners.py", "tests/test_learner_configs.py", "tests/test_vit_b16.py",
                         "tests/test_caspl.py", "-m", "slow or not slow", "-k", "madeup and not readme", "-rA")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -160,7 +175,7 @@ def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp
     for test in ("test_builds_and_forward_shape", "test_one_step_lowers_loss_and_only_prompts_get_gradients",
                  "test_training_keeps_clip_bit_identical_and_checkpoint_round_trips",
                  "test_the_feature_cache_is_refused_in_one_line_or_exact",
-                 "test_learner_config_names_the_learner_and_agrees_with_its_defaults",
+                 "test_learner_config_names_the_learner_and_restates_none_of_its_defaults",
                  "test_parameter_count_is_the_papers_and_forward_runs",
                  "test_second_stage_cascades_frozen_boosting_prompts"):
         assert any(test in line for line in passed), f"{test} did not run on the made-up learner"
@@ -188,6 +203,6 @@ def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp
     assert "train/residual_l2" in logged[0].split(",")
     assert sum(1 for line in logged[1:] if line.split(",")[logged[0].split(",").index("train/residual_l2")]) >= 3
 
-    wrong = made_up_checkout(tmp_path / "wrong", n_ctx_in_yaml=8)  # a config that disagrees with the class
-    result = run_pytest(wrong, "tests/test_learner_configs.py", "-k", "madeup and agrees")
-    assert result.returncode == 1 and "n_ctx=8" in result.stdout
+    wrong = made_up_checkout(tmp_path / "wrong", n_ctx_in_yaml=4)  # a config that restates the class's default
+    result = run_pytest(wrong, "tests/test_learner_configs.py", "-k", "madeup and restates")
+    assert result.returncode == 1 and "restates n_ctx=4, the class default" in result.stdout
