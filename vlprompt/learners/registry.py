@@ -25,30 +25,35 @@ _PLUGINS: dict[str, type] = {}
 _loaded = False
 
 
-def register_learner(name: str) -> Callable[[type], type]:
-    """Class decorator: make a learner available as ``name``."""
+def _registrar(table: dict[str, type], kind: str, attribute: str) -> Callable[[str], Callable[[type], type]]:
+    """A class decorator factory that files classes in ``table`` by name and gives each its name as ``attribute``."""
 
-    def decorate(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"learner name {name!r} is already taken by {_REGISTRY[name].__qualname__}")
-        cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
+    def register(name: str) -> Callable[[type], type]:
+        def decorate(cls):
+            if name in table and table[name] is not cls:
+                raise ValueError(f"{kind} name {name!r} is already taken by {table[name].__qualname__}")
+            setattr(cls, attribute, name)
+            table[name] = cls
+            return cls
 
-    return decorate
+        return decorate
+
+    return register
 
 
-def register_plugin(name: str) -> Callable[[type], type]:
-    """Class decorator: make a plug-in available as ``name`` (its spec's ``name``)."""
+#: Class decorator: make a learner available as ``name``.
+register_learner = _registrar(_REGISTRY, "learner", "registry_name")
+#: Class decorator: make a plug-in available as ``name`` (its spec's ``name``).
+register_plugin = _registrar(_PLUGINS, "plug-in", "name")
 
-    def decorate(cls):
-        if name in _PLUGINS and _PLUGINS[name] is not cls:
-            raise ValueError(f"plug-in name {name!r} is already taken by {_PLUGINS[name].__qualname__}")
-        cls.name = name
-        _PLUGINS[name] = cls
-        return cls
 
-    return decorate
+def _registered(table: dict[str, type], kind: str, name: str) -> type:
+    _load_all()
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(table))}"
+        raise ConfigError(f"unknown {kind} {name!r}; {hint}")
+    return table[name]
 
 
 def _load_all() -> None:
@@ -79,21 +84,11 @@ def list_plugins() -> list[str]:
 
 
 def get_plugin_class(name: str) -> type:
-    _load_all()
-    if name not in _PLUGINS:
-        close = difflib.get_close_matches(name, _PLUGINS, n=1, cutoff=0.4)
-        hint = f"did you mean {close[0]!r}?" if close else f"plug-ins: {', '.join(sorted(_PLUGINS))}"
-        raise ConfigError(f"unknown plug-in {name!r}; {hint}")
-    return _PLUGINS[name]
+    return _registered(_PLUGINS, "plug-in", name)
 
 
 def get_learner_class(name: str) -> type:
-    _load_all()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
-        raise ConfigError(f"unknown learner {name!r}; {hint}")
-    return _REGISTRY[name]
+    return _registered(_REGISTRY, "learner", name)
 
 
 def learner_name_of(class_path: str) -> Optional[str]:
