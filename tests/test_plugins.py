@@ -88,3 +88,18 @@ def test_a_learner_class_shows_its_init_arguments_despite_attaching_plugins_afte
 
     cls = registry.get_learner_class(name)
     assert list(inspect.signature(cls).parameters) == list(inspect.signature(cls.__init__).parameters)[1:]
+
+
+def test_the_shipped_plugin_configs_give_their_plugin_after_a_learners_yaml(capsys):
+    import yaml
+
+    from conftest import REPO
+    from vlprompt.commands import main
+
+    for path in sorted((REPO / "configs" / "plugins").glob("*.yaml")):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(REPO / "configs" / "learners" / "coop.yaml"), "--config", str(path),
+                  "--print_config"])
+        plugins = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["plugins"]
+        assert [plugin["name"] for plugin in plugins] == [path.stem]
+        assert set(plugins[0]) - {"name"} <= set(registry.get_plugin_class(path.stem).__init__.__code__.co_varnames)
