@@ -26,9 +26,10 @@ from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
 from vlprompt.learners.plugins import plugin_classes, refuse_unless_capable
 from vlprompt.learners.references import FrozenReferences
+from vlprompt.learners.registry import get_plugin_class, list_plugins
 
 #: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``; 3: plug-in
-#: records under ``plugins``, where 2 had CasPL's under ``boost``).
+#: records under ``plugins``, which format 2 kept in places of their own: ``Plugin.format_2_record``).
 CHECKPOINT_FORMAT = 3
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 #: Trainer precisions whose steps compute in a low dtype: the frozen weights are held in it (FrozenCLIP.hold_in).
@@ -91,7 +92,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
-        plugins: plug-ins as specs ``[{name: caspl, boost_from: FILE}, {name: gram, init_from: FILE, ...}]``
+        plugins: plug-ins as specs ``[{name: <plug-in>, <option>: <value>, ...}, ...]``
             (:mod:`vlprompt.learners.plugins`); each checks that the learner has what it needs.
         compile: ``torch.compile`` the learner's heavy paths (``text_features``, ``image_features``) when a fit,
             validation, test or prediction sets up: ``False`` (default), ``True`` (torch's default mode) or a torch
@@ -263,7 +264,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
                      deep_prompts: Optional[dict] = None) -> torch.Tensor:
         """Normalised image features with visual prompts (input ``prompts`` and per-layer ``deep_prompts``),
-        merged with the plug-ins' vision tokens (CasPL's boosting prompts go first)."""
+        merged with the plug-ins' vision tokens (which go first)."""
         for plugin in self.plugins:
             prompts, deep_prompts = plugin.vision_prompts(prompts, deep_prompts)
         return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts, normalize=True,
@@ -589,11 +590,14 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], learner: PromptLearner)
 
 
 def plugin_records(meta: dict) -> dict[str, dict]:
-    """What a checkpoint recorded of its learner's plug-ins, by name (format 2 kept CasPL's under ``boost``)."""
+    """What a checkpoint recorded of its learner's plug-ins, by name (from a format-2 checkpoint, as each plug-in
+    reads its own record there)."""
     records = dict(meta.get("plugins") or {})
-    if "boost" in meta:
-        records["caspl"] = {"spec": {"name": "caspl", "boost_from": meta["boost"]["path"]},
-                            "sha256": meta["boost"]["sha256"]}
+    if meta.get("format", 1) < 3:
+        for name in list_plugins():
+            record = get_plugin_class(name).format_2_record(meta)
+            if record is not None:
+                records[name] = record
     return records
 
 

@@ -33,7 +33,7 @@ def load_learner(path: Union[str, Path], clip: Optional[FrozenCLIP] = None,
             frozen[name] = FrozenCLIP(**identity["source"])
     accepted = set(hyperparameter_names(cls)) - {"classnames"} - set(frozen)
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-    if "plugins" not in hparams and meta.get("format", 1) < 3:  # format 2 named CasPL's boosting prompts apart
+    if "plugins" not in hparams and meta.get("format", 1) < 3:  # format 2 kept plug-ins out of the hyper-parameters
         hparams["plugins"] = [record["spec"] for record in plugin_records(meta).values()]
     learner = cls(classnames=meta["classnames"], **frozen, **hparams)
     check_checkpoint_matches(checkpoint, learner)

@@ -93,6 +93,12 @@ class Plugin(nn.Module):
     def check_record(self, record: dict, where: str) -> None:
         """Refuse a checkpoint whose record of this plug-in differs from the plug-in loaded now."""
 
+    @classmethod
+    def format_2_record(cls, meta: dict) -> Optional[dict]:
+        """This plug-in's record (``{"spec": ..., ...}``) in a format-2 checkpoint's ``vlprompt`` entry, which kept
+        records elsewhere; None when it holds none."""
+        return None
+
 
 def plugin_options(cls: type) -> list[str]:
     return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]

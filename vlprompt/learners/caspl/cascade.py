@@ -135,6 +135,11 @@ class BoostingPrompts(Plugin):
         """What a stage-2 checkpoint keeps of them: their content hash (the spec says where they came from)."""
         return {"sha256": self.sha256}
 
+    @classmethod
+    def format_2_record(cls, meta: dict) -> Optional[dict]:
+        boost = meta.get("boost")  # format 2 named the boosting prompts apart
+        return {"spec": {"name": cls.name, "boost_from": boost["path"]}, "sha256": boost["sha256"]} if boost else None
+
     def check_record(self, record: dict, where: str) -> None:
         if self.sha256 != record["sha256"]:
             raise CheckpointMismatchError(
