@@ -55,6 +55,13 @@ def test_print_config_shows_the_class_defaults_the_yaml_leaves_out(capsys):
     assert shown["trainer"]["max_epochs"] == 20 and shown["data"]["batch_size"] == 4
 
 
+def test_readme_table_has_a_row_for_every_registered_learner_and_no_other():
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("| name | paper | trainable on ViT-B/16 | defaults |")
+    rows = [line for line in readme[start:].split("\n\n", 1)[0].splitlines()[2:]]
+    assert sorted(row.split("|")[1].strip().strip("`") for row in rows) == LEARNERS
+
+
 @pytest.mark.parametrize("name", LEARNERS)
 def test_readme_table_lists_the_learner_with_its_parameter_count(name):
     readme = (REPO / "README.md").read_text()
