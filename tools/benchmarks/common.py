@@ -11,10 +11,10 @@ import weakref
 from pathlib import Path
 from typing import Optional
 
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parents[2]
 ADJECTIVES = ("red", "small", "golden", "spotted", "wild", "striped", "old", "great", "common", "long-tailed")

@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
