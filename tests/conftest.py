@@ -62,6 +62,18 @@ def learner_arguments(name: str, clip, classnames) -> dict:
     return {**frozen, **class_texts(name, classnames)}
 
 
+def save_stage_one(stage_one, path) -> str:
+    """Write a ``caspl_boost`` learner's prompts as the checkpoint its fit would (what the caspl plug-in reads),
+    without a trainer; returns the path."""
+    from vlprompt.learners.base import CHECKPOINT_FORMAT
+
+    identity = stage_one.clip.identity
+    meta = {"format": CHECKPOINT_FORMAT, "learner": "caspl_boost", "clip": identity, "frozen": {"clip": identity},
+            "classnames": list(stage_one.classnames)}
+    torch.save({"vlprompt": meta, "state_dict": stage_one.state_dict(), "hyper_parameters": {}}, path)
+    return str(path)
+
+
 #: Trainable parameters of the learners whose paper states no count and which have no public code (our reading),
 #: counted by hand from the architecture's widths, so a test compares the code with an independent count.
 OUR_READING_COUNTS = {

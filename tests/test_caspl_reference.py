@@ -14,6 +14,8 @@ import torch
 
 import vlprompt
 
+from conftest import save_stage_one
+
 CLASSNAMES = ["dog", "cat", "sea turtle"]
 
 #: Logits of the three images against the three classes, as the reference printed them, and its initial context
@@ -47,11 +49,7 @@ def setting(tmp_path_factory):
     clip = vlprompt.load_clip("ViT-B-16-quickgelu")
     stage_one = vlprompt.build_learner("caspl_boost", clip=clip, teacher=clip, classnames=CLASSNAMES)
     seeded([p for p in stage_one.parameters() if p.requires_grad], 3)
-    path = tmp_path_factory.mktemp("boost") / "boost.ckpt"
-    torch.save({"vlprompt": {"format": 3, "learner": "caspl_boost", "clip": clip.identity,
-                             "frozen": {"clip": clip.identity}, "classnames": CLASSNAMES},
-                "state_dict": stage_one.state_dict(), "hyper_parameters": {}}, path)
-    return clip, str(path)
+    return clip, save_stage_one(stage_one, tmp_path_factory.mktemp("boost") / "boost.ckpt")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import torch
 import vlprompt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CLASSNAMES, learner_arguments, tiny_config  # noqa: E402
+from conftest import CLASSNAMES, learner_arguments, save_stage_one, tiny_config  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "learner_reference.pt"
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
@@ -48,11 +48,7 @@ def boosting_checkpoint(clip, folder: Path) -> str:
     for parameter in stage_one.parameters():
         if parameter.requires_grad:
             parameter.data.normal_(std=0.1)
-    path = folder / "boost.ckpt"
-    meta = {"format": 2, "learner": "caspl_boost", "clip": clip.identity, "frozen": {"clip": clip.identity},
-            "classnames": CLASSNAMES}
-    torch.save({"vlprompt": meta, "state_dict": stage_one.state_dict(), "hyper_parameters": {}}, path)
-    return str(path)
+    return save_stage_one(stage_one, folder / "boost.ckpt")
 
 
 def gram_file(clip, folder: Path, n_ctx: int) -> str:
