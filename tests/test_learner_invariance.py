@@ -29,6 +29,10 @@ PLUGIN_CASES = {
     "cocoop+caspl": ("cocoop", "caspl"),
     "coop+gram": ("coop", "gram"),
     "ivlp+gram": ("ivlp", "gram"),
+    "coop+atprompt": ("coop", "atprompt"),
+    "cocoop+atprompt": ("cocoop", "atprompt"),
+    "maple+atprompt": ("maple", "atprompt"),
+    "promptsrc+atprompt": ("promptsrc", "atprompt"),
 }
 
 
@@ -68,6 +72,8 @@ def plugin_spec(plugin: str, clip, folder: Path, n_ctx: int) -> dict:
     """The spec of ``plugin`` (``{name: ..., options}``) on seeded random files."""
     if plugin == "caspl":
         return {"name": "caspl", "boost_from": boosting_checkpoint(clip, folder)}
+    if plugin == "atprompt":
+        return {"name": "atprompt", "attributes": ["colour", "shape"]}
     path = gram_file(clip, folder, n_ctx)
     return {"name": "gram", "init_from": path, "gradient_regulator": path}
 

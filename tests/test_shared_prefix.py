@@ -27,14 +27,25 @@ def features_and_gradients(learner, shared: bool, monkeypatch) -> tuple[torch.Te
     return features.detach(), {name: p.grad.clone() for name, p in learner.named_parameters() if p.grad is not None}
 
 
+#: ATPrompt's attribute words and learned tokens before the context are part of the shared prefix.
+ATTRIBUTES = [{"name": "atprompt", "attributes": ["colour", "shape"]}]
+
+
+@pytest.mark.parametrize("plugins", [None, ATTRIBUTES], ids=["alone", "atprompt"])
 @pytest.mark.parametrize("name", vlprompt.list_learners())
-def test_a_shared_prefix_encoded_once_gives_the_full_paths_features_and_gradients(name, tiny_clip, monkeypatch):
-    """Every learner whose class prompts come from one shared text context (found by what it is built of)."""
+def test_a_shared_prefix_encoded_once_gives_the_full_paths_features_and_gradients(name, plugins, tiny_clip,
+                                                                                  monkeypatch):
+    """Every learner whose class prompts come from one shared text context (found by what it is built of), alone
+    and with ATPrompt's attribute tokens in front of its context."""
     torch.manual_seed(0)
     learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES,
                                      **learner_arguments(name, tiny_clip, CLASSNAMES))
     if learner.text_context is None or not hasattr(learner, "text_features"):
         pytest.skip(f"{name} has no single text context")
+    if plugins:
+        torch.manual_seed(0)
+        learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=plugins,
+                                         **learner_arguments(name, tiny_clip, CLASSNAMES))
     monkeypatch.setattr(tiny_clip, "text_tuning", TextTuning(min_sequences_to_share=2))  # five classes share here
     taken = []
     original = OpenCLIPTextTower._encode_with_shared_prefix

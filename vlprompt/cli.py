@@ -95,6 +95,7 @@ class VlpromptCLI(LightningCLI):
         parser.link_arguments("data.templates", "model.init_args.templates", apply_on="instantiate")
         parser.link_arguments("data.class_descriptions", "model.init_args.descriptions", apply_on="instantiate")
         parser.link_arguments("data.template_groups", "model.init_args.template_groups", apply_on="instantiate")
+        parser.link_arguments("data.attributes", "model.init_args.attributes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # Kept to tell explicit command-line overrides from values that came from config files.

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
 from vlprompt.data.benchmarks import build_split_file, get_benchmark
-from vlprompt.data.descriptions import read_descriptions
+from vlprompt.data.descriptions import check_attributes, read_descriptions
 from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, images_per_class,
                                   read_split_file, subsample_classes)
@@ -167,6 +167,8 @@ class ImageSplitDataModule(pl.LightningDataModule):
             half). Learners that use descriptions receive them with the class names.
         template_groups: the data set's hand templates in groups (lists of templates with one ``{}``), for learners
             with one prompt per group (MoCoOp: one expert per group, initialised from its first template).
+        attributes: the data set's attribute words (ATPrompt's, e.g. ``[color, shape]``), handed to the learner for
+            plug-ins that place them in the prompt; the 11 data sets' YAMLs hold the ones ATPrompt released.
         unlabeled_dir: a folder of images (searched recursively) that replaces the training split, every image
             labelled -1, for learners that read no labels (CasPL's boosting stage, ``uses_labels = False``);
             class names, validation and test still come from the split file.
@@ -191,6 +193,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         cached_views: int = 1,
         descriptions: Optional[str] = None,
         template_groups: Optional[list[list[str]]] = None,
+        attributes: Optional[list[str]] = None,
         unlabeled_dir: Optional[str] = None,
     ):
         super().__init__()
@@ -222,6 +225,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
         self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
         self.template_groups = [list(group) for group in template_groups] if template_groups else None
+        self.attributes = check_attributes(attributes, "data.attributes")
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers must be 0 or more (or null to fit the machine), got {num_workers}")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

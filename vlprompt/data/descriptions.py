@@ -1,5 +1,6 @@
 """Per-class descriptions: a JSON file ``{"class name": ["sentence", ...]}`` that learners such as KAPT and
-BiomedCoOp read beside the class names (``data.descriptions``)."""
+BiomedCoOp read beside the class names (``data.descriptions``); and a data set's attribute words
+(``data.attributes``, ATPrompt's)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def _malformed(raw) -> Optional[str]:
         if not isinstance(sentences, list) or not all(isinstance(s, str) and s.strip() for s in sentences):
             return f"the entry for {name!r} is not a list of non-empty sentences"
     return None
+
+
+def check_attributes(attributes: Optional[Sequence[str]], where: str) -> Optional[list[str]]:
+    """Attribute words as a list, refusing anything but non-empty words (``where`` names the option)."""
+    if attributes is None:
+        return None
+    if isinstance(attributes, str) or not all(isinstance(word, str) and word.strip() for word in attributes):
+        raise ConfigError(f"{where} must be a list of words such as [color, shape], got {attributes!r}")
+    if not attributes:
+        raise ConfigError(f"{where} is empty; give at least one attribute word, or leave it unset")
+    return [word.strip() for word in attributes]

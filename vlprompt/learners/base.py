@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.data.descriptions import check_attributes
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError, warn
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
 from vlprompt.learners.context import ContextPrompts
@@ -89,6 +90,8 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
             module's ``data.descriptions`` file); every class needs at least one.
         template_groups: the data set's hand templates in groups (``data.template_groups``), for learners with one
             prompt per group (MoCoOp's experts); others ignore them.
+        attributes: the data set's attribute words (``data.attributes``, e.g. ``[color, shape]``), for plug-ins that
+            place them in the prompt (ATPrompt); others ignore them.
         lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
@@ -130,6 +133,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         templates: Optional[Sequence[str]] = None,
         descriptions: Optional[dict[str, list[str]]] = None,
         template_groups: Optional[Sequence[Sequence[str]]] = None,
+        attributes: Optional[Sequence[str]] = None,
         lr: float = 0.002,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -156,6 +160,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
                               "JSON file {\"class name\": [\"sentence\", ...]}; tools/describe_classes.py writes one)")
         self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates, descriptions)
         self.template_groups = _template_groups(template_groups)
+        self.attributes = check_attributes(attributes, "attributes")
         #: Plug-ins (components), built and attached once the subclass has built its prompts (_AttachesPlugins).
         self.plugins = nn.ModuleList()
         self._plugin_classes = plugin_classes(plugins)

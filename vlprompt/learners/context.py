@@ -38,7 +38,9 @@ class ContextPrompts(nn.Module):
     Plug-ins add frozen tokens after the context and its fixed init words with :meth:`take_tokens` (CasPL's
     boosting prompts: ``[SOT] ctx boost classname.``, or with MaPLe's ``n_ctx`` 2 from "a photo of a"
     ``[SOT] ctx "of a" boost classname.``, as CasPL's reference orders them), and merge their deep tokens with the
-    learner's in :meth:`encode`.
+    learner's in :meth:`encode`. They put words and learned tokens before the context with :meth:`take_prefix`
+    (ATPrompt's attributes: ``[SOT] A1 "color" A2 "shape" ctx classname.``); deep prompts then still replace the
+    context only (:attr:`prompt_start` moves past the prefix).
     """
 
     def __init__(
@@ -54,6 +56,10 @@ class ContextPrompts(nn.Module):
         #: Plug-ins whose tokens follow the context (a plain list: the learner holds them as its components).
         self._token_sources: list = []
         self._plugin_ids: list[int] = []
+        #: Plug-ins whose words and learned tokens go before the context, and the token ids they take there.
+        self._prefix_sources: list = []
+        self._prefix_ids: list[int] = []
+        self._prefix_learned: list[int] = []
         if n_ctx < 1:
             raise ConfigError(f"n_ctx must be at least 1, got {n_ctx}")
         if class_token_position not in CLASS_TOKEN_POSITIONS:
@@ -93,12 +99,37 @@ class ContextPrompts(nn.Module):
         self._plugin_ids = clip.encode_words(" ".join(["X"] * count))
         self.build(clip, classnames)
 
+    def start_random(self, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
+        """Draw the context afresh from N(0, 0.02), without init words (how a plug-in's reference code may start its
+        host's context)."""
+        with torch.no_grad():
+            self.ctx.normal_(std=0.02)
+        self._ctx_ids, self._fixed_ids = clip.encode_words(" ".join(["X"] * self.n_ctx)), []
+        self.build(clip, classnames)
+
+    def take_prefix(self, source, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
+        """Place ``source.text_prefix`` (words, and learned ``n x width`` tokens filled in by :meth:`embeddings`)
+        between the start token and the context in every prompt."""
+        if self.class_token_position != "end":
+            raise ConfigError(f"plug-in tokens before the context need class_token_position 'end', got "
+                              f"{self.class_token_position!r}")
+        self._prefix_sources.append(source)
+        ids, learned = [], []
+        for piece in (piece for source in self._prefix_sources for piece in source.text_prefix):
+            encoded = clip.encode_words(piece) if isinstance(piece, str) else clip.encode_words(
+                " ".join(["X"] * piece.shape[0]))
+            if not isinstance(piece, str):
+                learned += range(len(ids), len(ids) + len(encoded))
+            ids += encoded
+        self._prefix_ids, self._prefix_learned = ids, learned
+        self.build(clip, classnames)
+
     @property
     def prompt_start(self) -> int:
         """Position of the first context token, the same in every prompt (only for ``end``)."""
         if self.class_token_position != "end":
             raise ConfigError("deep prompts need class_token_position 'end'")
-        return self._prefix_length
+        return self._prefix_length + len(self._prefix_ids)
 
     def build(self, clip: FrozenCLIP, classnames: Sequence[str]) -> None:
         """(Re)build token ids and frozen embeddings for ``classnames``; the context is untouched."""
@@ -111,7 +142,7 @@ class ContextPrompts(nn.Module):
             tokens = clip.prompt_tokens(pieces)
             rows.append(tokens)
             positions.append([p for i in learned for p in range(*tokens.spans[i])])
-            plugin_positions.append(list(range(*tokens.spans[2])) if self._plugin_ids else [])
+            plugin_positions.append(list(range(*tokens.spans[3])) if self._plugin_ids else [])
         ids, pool_index, attention_mask = clip.prompt_batch(rows)
         with torch.no_grad():
             embeds = clip.embed_tokens(ids)
@@ -125,6 +156,9 @@ class ContextPrompts(nn.Module):
         self.register_buffer("ctx_positions", torch.tensor(positions, device=clip.device), persistent=False)
         self.register_buffer("pool_index", pool_index, persistent=False)
         self.register_buffer("attention_mask", attention_mask, persistent=False)
+        prefix = [self._prefix_length + i for i in self._prefix_learned]
+        self.register_buffer("prefix_positions", torch.tensor(prefix, dtype=torch.long, device=clip.device),
+                             persistent=False)
 
     def encode(self, clip: FrozenCLIP, embeddings: Optional[torch.Tensor] = None, deep_prompts=None) -> torch.Tensor:
         """Text features (not normalised) of the class prompts: ``embeddings`` defaults to :meth:`embeddings`;
@@ -134,7 +168,7 @@ class ContextPrompts(nn.Module):
         mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
         for source in self._token_sources:  # plug-in tokens sit after the context and its fixed words
             deep_prompts = source.text_deep_prompts(deep_prompts, self.n_ctx + len(self._fixed_ids))
-        start = self.prompt_start if deep_prompts else self._prefix_length
+        start = self.prompt_start if deep_prompts else self._prefix_length + len(self._prefix_ids)
         # Per-image prompts (repeat > 1, image-major) share their prefix within each image's classes.
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
                                            prompt_start=start, attention_mask=mask, shared_prefix=self.shared_prefix,
@@ -142,17 +176,19 @@ class ContextPrompts(nn.Module):
 
     @property
     def shared_prefix(self) -> int:
-        """Leading positions that are the same in every class's prompt: the start tokens, the shared context,
-        plug-in tokens and fixed init words before the class name (``end`` layout); 0 otherwise."""
+        """Leading positions that are the same in every class's prompt: the start tokens, plug-in words and tokens
+        before the context, the shared context, plug-in tokens and fixed init words before the class name (``end``
+        layout); 0 otherwise."""
         if self.class_token_position != "end" or self.class_specific:
             return 0
-        return self._prefix_length + self.n_ctx + len(self._plugin_ids) + len(self._fixed_ids)
+        return (self._prefix_length + len(self._prefix_ids) + self.n_ctx + len(self._plugin_ids)
+                + len(self._fixed_ids))
 
     def _pieces(self, name: str) -> tuple[list, list[int]]:
         """Prompt pieces for one class and the indices of the learned ones."""
         ctx, half = self._ctx_ids, self.n_ctx // 2
         if self.class_token_position == "end":
-            return [ctx, self._fixed_ids, self._plugin_ids, name, "."], [0]
+            return [self._prefix_ids, ctx, self._fixed_ids, self._plugin_ids, name, "."], [1]
         if self.class_token_position == "front":
             return [name, ctx, "."], [1]
         return [ctx[:half], name, ctx[half:], "."], [0, 2]
@@ -164,14 +200,27 @@ class ContextPrompts(nn.Module):
         ``B x C x L x width`` (CoCoOp).
         """
         ctx = self.ctx if ctx is None else ctx
-        n_cls = self.token_embeds.shape[0]
+        token_embeds = self._token_embeds()
+        n_cls = token_embeds.shape[0]
         rows = torch.arange(n_cls, device=ctx.device)[:, None].expand(-1, self.n_ctx)
         if ctx.dim() == 3 and not self.class_specific:
             batch = ctx.shape[0]
-            base = self.token_embeds.unsqueeze(0).expand(batch, -1, -1, -1)
+            base = token_embeds.unsqueeze(0).expand(batch, -1, -1, -1)
             images = torch.arange(batch, device=ctx.device)[:, None, None].expand(-1, n_cls, self.n_ctx)
             values = ctx[:, None].expand(-1, n_cls, -1, -1).to(base.dtype)
             return base.index_put((images, rows.expand(batch, -1, -1), self.ctx_positions.expand(batch, -1, -1)),
                                   values)
-        values = (ctx if ctx.dim() == 3 else ctx.expand(n_cls, -1, -1)).to(self.token_embeds.dtype)
-        return self.token_embeds.index_put((rows, self.ctx_positions), values)
+        values = (ctx if ctx.dim() == 3 else ctx.expand(n_cls, -1, -1)).to(token_embeds.dtype)
+        return token_embeds.index_put((rows, self.ctx_positions), values)
+
+    def _token_embeds(self) -> torch.Tensor:
+        """The frozen token embeddings with the plug-ins' learned prefix tokens in place (the same in every class's
+        prompt)."""
+        if not self._prefix_learned:
+            return self.token_embeds
+        learned = torch.cat([piece for source in self._prefix_sources for piece in source.text_prefix
+                             if not isinstance(piece, str)]).to(self.token_embeds.dtype)
+        n_cls = self.token_embeds.shape[0]
+        rows = torch.arange(n_cls, device=learned.device)[:, None].expand(-1, learned.shape[0])
+        return self.token_embeds.index_put((rows, self.prefix_positions.expand(n_cls, -1)),
+                                           learned.expand(n_cls, -1, -1))

@@ -8,8 +8,9 @@ RUN/checkpoints/last.ckpt}'``). Once the learner is built it asks whether it has
 :attr:`~vlprompt.learners.PromptLearner.capabilities`), refuses in one line when not, and then builds the
 plug-in and calls its :meth:`~Plugin.attach`. What a plug-in may contribute, each a method with a neutral default:
 
-- tokens in the text prompt (after the learned context) and in the vision prompt sequence
-  (:meth:`~Plugin.text_tokens`, :meth:`~Plugin.text_deep_prompts`, :meth:`~Plugin.vision_prompts`); a plug-in
+- tokens in the text prompt (frozen ones after the learned context, words and learned tokens before it) and in the
+  vision prompt sequence (:meth:`~Plugin.text_tokens`, :meth:`~Plugin.text_prefix`,
+  :meth:`~Plugin.text_deep_prompts`, :meth:`~Plugin.vision_prompts`); a plug-in
   whose vision tokens change the image features says so (:attr:`~Plugin.changes_image_features`);
 - what happens when a fit sets up (:meth:`~Plugin.on_fit_setup`: an initialisation, a gradient transform);
 - named loss terms (:meth:`~Plugin.loss_terms`, logged like the learner's own);
@@ -44,8 +45,9 @@ CAPABILITIES = {
 class Plugin(nn.Module):
     """Base class of plug-ins (see the module docstring). Subclasses take their options as keyword arguments.
 
-    Tensors a plug-in holds that must follow the learner between devices are buffers; they are never trained
-    and never saved in the learner's checkpoint (register them with ``persistent=False``).
+    Frozen tensors a plug-in holds that must follow the learner between devices are buffers, never saved in the
+    learner's checkpoint (register them with ``persistent=False``). What a plug-in learns is its parameters: they
+    train with the learner's and are saved in its checkpoint under ``plugins.<index>.``.
     """
 
     name: ClassVar[str] = ""
@@ -67,6 +69,12 @@ class Plugin(nn.Module):
     @property
     def text_tokens(self) -> Optional[torch.Tensor]:
         """``n x text width`` frozen embeddings placed right after the learned context, or None."""
+        return None
+
+    @property
+    def text_prefix(self) -> Optional[list]:
+        """Pieces placed between the start token and the learned context, in order: words (``str``, embedded by the
+        frozen CLIP) and learned ``n x text width`` tensors; or None."""
         return None
 
     def text_deep_prompts(self, deep_prompts: dict, offset: int) -> dict:

@@ -27,8 +27,9 @@ class ZeroShotCLIP(PromptLearner):
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
                  descriptions: Optional[dict[str, list[str]]] = None,
-                 template_groups: Optional[Sequence[Sequence[str]]] = None, plugins: Optional[list[dict[str, Any]]] = None):
-        super().__init__(clip, classnames, templates, descriptions, template_groups, plugins=plugins)
+                 template_groups: Optional[Sequence[Sequence[str]]] = None, attributes: Optional[Sequence[str]] = None,
+                 plugins: Optional[list[dict[str, Any]]] = None):
+        super().__init__(clip, classnames, templates, descriptions, template_groups, attributes, plugins=plugins)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.hand_text_features)
