@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.caspl.boosting import image_keys
+from vlprompt.learners.distillation import image_keys
 from vlprompt.learners.caspl.cascade import BoostingPrompts, content_hash
 from vlprompt.learners.losses import logit_distillation
 

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import warnings
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.errors import ConfigError
+from vlprompt.learners.distillation import CachesTeacherImages
 from vlprompt.learners.ivlp import IVLP
 from vlprompt.learners.losses import LossTerm, StepOutputs, logit_distillation
 from vlprompt.learners.registry import register_learner
 
 
-# Lightning notes that a learner's on_before_batch_transfer wins over a data module's; that is the intent here.
-warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
-
-
 @register_learner("caspl_boost")
-class CasPLBoost(IVLP):
+class CasPLBoost(CachesTeacherImages, IVLP):
     """Boosting prompts of Cascade Prompt Learning (Wu et al., "Cascade Prompt Learning for Vision-Language Model
     Adaptation", ECCV 2024), stage 1.
 
@@ -78,9 +72,7 @@ class CasPLBoost(IVLP):
         self.teacher = teacher
         self.temperature, self.distillation_weight, self.cache_teacher = temperature, distillation_weight, cache_teacher
         self.offload_teacher = offload_teacher
-        #: Teacher image features by image content (bytes hash), filled as training images are first seen.
-        self._teacher_cache: dict[str, torch.Tensor] = {}
-        self._batch_keys: Optional[list[str]] = None
+        self._init_teacher_cache()
         #: The teacher's class text features, kept on the student's device while the teacher is offloaded.
         self._teacher_text: Optional[torch.Tensor] = None
 
@@ -95,89 +87,26 @@ class CasPLBoost(IVLP):
         super()._on_classnames_changed()
         self._teacher_text = None
 
-    @property
-    def teacher_offloaded(self) -> bool:
-        return self.teacher.device != self.clip.device
+    def compute_teacher_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.references.image_features(self.teacher, self.teacher_inputs(images))
 
-    def _teacher_back(self) -> None:
-        """The teacher on the student's device again (an image the cache has not seen needs it)."""
-        if self.teacher_offloaded:
-            self.teacher.to(self.clip.device)
-            self._teacher_text = None
+    def teacher_device(self) -> torch.device:
+        return self.teacher.device
 
-    def on_train_start(self) -> None:
-        # Every training image's teacher features, once, before the first step; then, off a GPU, the teacher's
-        # weights leave the device (they are the larger CLIP), so the steps hold the student and its activations
-        # only.
-        if not self._caching():
-            return
-        self.fill_teacher_cache(self.trainer.datamodule.train_dataloader())
-        if self.offload_teacher and self.teacher is not self.clip and self.clip.device.type != "cpu":
-            self._teacher_text = self.teacher_text_features()
-            self.teacher.to("cpu")
-            if self.clip.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def teacher_preprocess_cfg(self) -> dict:
+        return self.teacher.preprocess_cfg
 
-    @torch.no_grad()
-    def fill_teacher_cache(self, loader) -> None:
-        """Teacher image features of every image ``loader`` yields (as ``(images, ...)`` batches), keyed as training
-        batches are. The global random state is left as it was, so training draws the same batches."""
-        with torch.random.fork_rng(devices=[]):
-            for batch in loader:
-                images = batch[0]
-                self._batch_keys = image_keys(images)
-                try:
-                    self.teacher_image_features(images.to(self.clip.device))
-                finally:
-                    self._batch_keys = None
+    def move_teacher(self, device) -> None:
+        self.teacher.to(device)
 
-    def teacher_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """The student's input batch at the teacher's image size and normalisation (itself when they agree)."""
-        student, teacher = self.clip.preprocess_cfg, self.teacher.preprocess_cfg
-        same = all(student.get(key) == teacher.get(key) for key in ("size", "mean", "std"))
-        if same:
-            return images
-        mean_s, std_s = (torch.tensor(student[k], device=images.device).view(1, -1, 1, 1) for k in ("mean", "std"))
-        mean_t, std_t = (torch.tensor(teacher[k], device=images.device).view(1, -1, 1, 1) for k in ("mean", "std"))
-        size = teacher["size"]
-        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        pixels = images * std_s + mean_s
-        if tuple(pixels.shape[-2:]) != size:
-            pixels = F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False)
-        return (pixels - mean_t) / std_t
+    def teacher_is_student(self) -> bool:
+        return self.teacher is self.clip
 
-    def teacher_image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised teacher image features; from the cache for images seen before (augmentation off)."""
-        keys = self._batch_keys
-        if keys is None:
-            return self.references.image_features(self.teacher, self.teacher_inputs(images))
-        missing = [i for i, key in enumerate(keys) if key not in self._teacher_cache]
-        if missing:
-            self._teacher_back()
-            index = torch.tensor(missing, device=images.device)
-            computed = self.references.image_features(self.teacher, self.teacher_inputs(images[index]))
-            for i, feature in zip(missing, computed):
-                self._teacher_cache[keys[i]] = feature
-        return torch.stack([self._teacher_cache[key] for key in keys])
+    def on_teacher_offloaded(self) -> None:
+        self._teacher_text = self.teacher_text_features()
 
-    def _caching(self) -> bool:
-        # Exact only when a training image is the same tensor every epoch, i.e. without random augmentation.
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return self.cache_teacher and datamodule is not None and not getattr(datamodule, "augment", True)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self._trainer is not None and self.trainer.training and self._caching():
-            images, labels = batch[0], batch[1]
-            return images, labels, image_keys(images)
-        return batch
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch[0], batch[1]
-        self._batch_keys = batch[2] if len(batch) > 2 else None
-        try:
-            return super().training_step((images, labels), batch_idx)
-        finally:
-            self._batch_keys = None
+    def on_teacher_back(self) -> None:
+        self._teacher_text = None
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
@@ -191,8 +120,3 @@ class CasPLBoost(IVLP):
                          lambda out: logit_distillation(out.logits, out.extras["teacher_logits"], self.temperature,
                                                         normalize_by="batch"))]
 
-
-def image_keys(images: torch.Tensor) -> list[str]:
-    """Cache keys of a batch of images: the hash of each image's bytes, on the host (before the copy to the
-    device: no synchronisation, and exact)."""
-    return [hashlib.sha1(image.contiguous().cpu().numpy().tobytes()).hexdigest() for image in images]
