@@ -50,8 +50,9 @@ def class_texts(name: str, classnames) -> dict:
 
 def learner_arguments(name: str, clip, classnames) -> dict:
     """Arguments a learner requires besides ``clip`` and ``classnames``: the frozen models it takes (a
-    ``teacher``), all given as ``clip`` itself, as the shared tests build every learner the same way, and
-    made-up descriptions for learners that read them."""
+    ``teacher``), all given as ``clip`` itself, as the shared tests build every learner the same way; a teacher
+    checkpoint (:func:`teacher_checkpoint`, on ``clip``) for learners distilled from one; and made-up descriptions
+    for learners that read them."""
     import inspect
 
     from vlprompt.learners import get_learner_class
@@ -59,19 +60,52 @@ def learner_arguments(name: str, clip, classnames) -> dict:
     parameters = inspect.signature(get_learner_class(name).__init__).parameters
     frozen = {key: clip for key, parameter in parameters.items()
               if key != "clip" and "FrozenCLIP" in str(parameter.annotation)}
+    if "teacher_checkpoint" in parameters:
+        frozen["teacher_checkpoint"] = teacher_checkpoint(clip)
     return {**frozen, **class_texts(name, classnames)}
 
 
-def save_stage_one(stage_one, path) -> str:
-    """Write a ``caspl_boost`` learner's prompts as the checkpoint its fit would (what the caspl plug-in reads),
-    without a trainer; returns the path."""
+def learned_tensors(learner) -> dict[str, torch.Tensor]:
+    """A copy of every tensor in the learner's state dict; a module's extra state (PromptKD's teacher text features
+    by class name) is not a learned tensor and is left out."""
+    return {k: v.detach().clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
+
+
+def save_fitted(learner, path) -> str:
+    """Write a learner as the ``last.ckpt`` of its fit would hold it (what plug-ins and teachers read), without a
+    trainer; returns the path."""
     from vlprompt.learners.base import CHECKPOINT_FORMAT
 
-    identity = stage_one.clip.identity
-    meta = {"format": CHECKPOINT_FORMAT, "learner": "caspl_boost", "clip": identity, "frozen": {"clip": identity},
-            "classnames": list(stage_one.classnames)}
-    torch.save({"vlprompt": meta, "state_dict": stage_one.state_dict(), "hyper_parameters": {}}, path)
+    identity = learner.clip.identity
+    meta = {"format": CHECKPOINT_FORMAT, "learner": learner.registry_name, "clip": identity,
+            "frozen": {name: model.identity for name, model in learner.frozen_models.items()},
+            "classnames": list(learner.classnames)}
+    torch.save({"vlprompt": meta, "state_dict": learner.state_dict(), "hyper_parameters": dict(learner.hparams)}, path)
     return str(path)
+
+
+_TEACHERS: dict[str, str] = {}
+
+
+def teacher_checkpoint(clip) -> str:
+    """A PromptKD teacher: a promptsrc learner on ``clip`` whose prompts are seeded N(0, 0.1) values, saved once
+    per CLIP architecture (the global random state is left as it was)."""
+    import json
+    import tempfile
+
+    key = json.dumps(clip.identity, sort_keys=True, default=str)
+    if key not in _TEACHERS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(11)
+            # As deep as the CLIP allows (a ResNet has no visual prompts, the tiny ResNet's text tower 2 layers).
+            vit = clip.identity["arch"]["visual"] == "VisionTransformer"
+            depths = {"text_depth": min(9, clip.text_layers), "vision_depth": min(9, clip.vision_layers) if vit else 0}
+            teacher = vlprompt.build_learner("promptsrc", clip=clip, classnames=CLASSNAMES, **depths)
+            for parameter in teacher.parameters():
+                if parameter.requires_grad:
+                    parameter.data.normal_(std=0.1)
+        _TEACHERS[key] = save_fitted(teacher, Path(tempfile.mkdtemp(prefix="vlprompt-teacher-")) / "teacher.ckpt")
+    return _TEACHERS[key]
 
 
 #: Trainable parameters of the learners whose paper states no count and which have no public code (our reading),

@@ -287,7 +287,7 @@ def test_suite_runs_the_boosting_stage_once_per_data_set_and_seed(shapes, tmp_pa
     with pytest.raises(SystemExit) as stopped:
         suite("kgcoop", epochs="2")
     err = capsys.readouterr().err
-    assert stopped.value.code == 2 and "were fitted with the overrides" in err and str(records[0].parent) in err
+    assert stopped.value.code == 2 and "was fitted with the overrides" in err and str(records[0].parent) in err
 
 
 def test_a_learner_with_boosting_prompts_refuses_the_feature_cache_in_one_line(tiny_clip, stage_one, shapes):

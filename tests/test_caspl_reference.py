@@ -14,7 +14,7 @@ import torch
 
 import vlprompt
 
-from conftest import save_stage_one
+from conftest import save_fitted
 
 CLASSNAMES = ["dog", "cat", "sea turtle"]
 
@@ -49,7 +49,7 @@ def setting(tmp_path_factory):
     clip = vlprompt.load_clip("ViT-B-16-quickgelu")
     stage_one = vlprompt.build_learner("caspl_boost", clip=clip, teacher=clip, classnames=CLASSNAMES)
     seeded([p for p in stage_one.parameters() if p.requires_grad], 3)
-    return clip, save_stage_one(stage_one, tmp_path_factory.mktemp("boost") / "boost.ckpt")
+    return clip, save_fitted(stage_one, tmp_path_factory.mktemp("boost") / "boost.ckpt")
 
 
 @pytest.mark.slow

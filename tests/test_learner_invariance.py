@@ -17,7 +17,7 @@ import torch
 import vlprompt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CLASSNAMES, learner_arguments, save_stage_one, tiny_config  # noqa: E402
+from conftest import CLASSNAMES, learner_arguments, save_fitted, tiny_config  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "learner_reference.pt"
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
@@ -52,7 +52,7 @@ def boosting_checkpoint(clip, folder: Path) -> str:
     for parameter in stage_one.parameters():
         if parameter.requires_grad:
             parameter.data.normal_(std=0.1)
-    return save_stage_one(stage_one, folder / "boost.ckpt")
+    return save_fitted(stage_one, folder / "boost.ckpt")
 
 
 def gram_file(clip, folder: Path, n_ctx: int) -> str:

@@ -14,7 +14,7 @@ import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 from vlprompt.learners import get_learner_class, registry
 
-from conftest import CLASSNAMES, TINY_RESNET, class_texts, learner_arguments, model_weights, tiny_config
+from conftest import CLASSNAMES, TINY_RESNET, class_texts, learned_tensors, learner_arguments, model_weights, tiny_config
 
 LEARNERS = vlprompt.list_learners()
 # Contract tests pick learners by what they declare, never by name.
@@ -97,13 +97,13 @@ def test_one_step_lowers_loss_and_only_prompts_get_gradients(name, tiny_clip, im
 def test_training_keeps_clip_bit_identical_and_checkpoint_round_trips(name, tiny_clip, image_batch, tmp_path):
     images, labels = image_batch
     learner = build(name, tiny_clip)
-    learned_before = {k: v.clone() for k, v in learner.state_dict().items()}
+    learned_before = learned_tensors(learner)
     weights = model_weights(tiny_clip)
     trainer = brief_fit(learner, images, labels, tmp_path)
     assert not tiny_clip.model.training
     for key, value in model_weights(tiny_clip).items():
         assert torch.equal(value, weights[key]), f"CLIP tensor {key} changed"
-    assert any(not torch.equal(v, learned_before[k]) for k, v in learner.state_dict().items()), "nothing learned"
+    assert any(not torch.equal(v, learned_before[k]) for k, v in learned_tensors(learner).items()), "nothing learned"
 
     path = tmp_path / "learner.ckpt"
     trainer.save_checkpoint(path)
@@ -150,11 +150,11 @@ def test_set_classnames_switches_classes_and_keeps_what_was_learned(name, tiny_c
         for p in learner.parameters():
             p.add_(0.01 * torch.randn_like(p))
         base_logits = learner(images)
-        learned = {k: v.clone() for k, v in learner.state_dict().items()}
+        learned = learned_tensors(learner)
         learner.set_classnames(NOVEL, **class_texts(name, NOVEL))
         novel_logits = learner(images)
         assert novel_logits.shape == (images.shape[0], len(NOVEL))
-        for key, value in learner.state_dict().items():
+        for key, value in learned_tensors(learner).items():
             assert torch.equal(value, learned[key])
         learner.set_classnames(CLASSNAMES, **class_texts(name, CLASSNAMES))
         assert torch.allclose(learner(images), base_logits, atol=1e-5)

@@ -33,6 +33,8 @@ def test_parameter_count_is_the_papers_and_forward_runs(name, vit_b16):
                                      **learner_arguments(name, vit_b16, CLASSNAMES)).eval()
     # The paper's count where it states one; for a learner of our reading, a count by hand from the widths.
     expected = expected_parameters(name) if cls.paper_backbone == "ViT-B/16" else expected_parameters(name, vit_b16)
+    if cls.teacher_recipe is not None:  # the count depends on the teacher's width: test_promptkd.py counts it with
+        expected = None                 # the paper's ViT-L/14 teacher (here the teacher is this ViT-B/16)
     if expected is not None:
         assert learner.num_trainable_parameters() == expected
     with torch.no_grad():

@@ -265,10 +265,11 @@ class FrozenCLIP(nn.Module):
     @property
     def identity(self) -> dict:
         """What checkpoints record to rebuild this backbone and to refuse a different one."""
+        size = self.preprocess_cfg.get("size", ()) or ()
         arch = {
             "embed_dim": self.embed_dim,
             "visual": type(self._model.visual).__name__,
-            "image_size": list(self.preprocess_cfg.get("size", ()) or ()),
+            "image_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
             "quick_gelu": self.uses_quick_gelu,
         }
         if self._text is not None:

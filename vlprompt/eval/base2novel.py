@@ -39,10 +39,16 @@ def fit_then_test(args: Sequence[str], subsample: str, trains: bool,
     return (args, *cli_test([*args, "--data.subsample", subsample]))
 
 
-def base_to_novel(args: Sequence[str], trains: bool, resume: Optional[Path] = None) -> dict:
+def base_to_novel(args: Sequence[str], trains: bool, resume: Optional[Path] = None,
+                  transductive: bool = False) -> dict:
     """``base_acc``, ``novel_acc`` and ``hm`` in percent for one learner/data configuration, and ``data``: what
-    the base half's data module records (the training data's split and shots)."""
-    args, base, data = fit_then_test(args, "base", trains, resume)
+    the base half's data module records (the training data's split and shots). ``transductive``: the fit reads
+    every training image of every class, novel included (a learner that reads no label: PromptKD's setting); the
+    tests are the same."""
+    args = [*args, "--data.shots", "-1"] if transductive else list(args)
+    if trains:
+        args += ["--ckpt_path", fit_checkpoint(args, "all" if transductive else "base", resume)]
+    base, data = cli_test([*args, "--data.subsample", "base"])
     novel, _ = cli_test([*args, "--data.subsample", "novel"])
     return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel), "data": data}
 

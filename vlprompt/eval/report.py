@@ -30,6 +30,13 @@ MARK_NOTES = {
 }
 
 
+#: The label of a learner's transductive runs (``"transductive": true`` in their metrics.json), and what it means:
+#: they are rows of their own, so their averages never pool with the same learner's inductive runs.
+TRANSDUCTIVE = " (transductive)"
+TRANSDUCTIVE_NOTE = ("(transductive): trained on every class's training images, novel included, without labels "
+                     "(PromptKD's setting); not comparable with inductive rows, and averaged apart from them")
+
+
 #: What every metrics.json holds besides its accuracies.
 REQUIRED_KEYS = ("learner", "dataset", "seed", "shots", "protocol")
 
@@ -79,10 +86,12 @@ def _summary(values: Sequence[float], ci: bool) -> dict:
 
 def aggregate(metrics: Sequence[dict], ci: bool = False) -> list[dict]:
     """One row per (protocol, learner, shots, source, data set) and an average row per (protocol, learner, shots,
-    source). The transfer protocols' average leaves out the source data set, as the papers' tables do."""
+    source). The transfer protocols' average leaves out the source data set, as the papers' tables do. A learner's
+    transductive runs are a learner of their own (``<learner> (transductive)``, :data:`TRANSDUCTIVE_NOTE`)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for m in metrics:
-        groups[(m["protocol"], m["learner"], m["shots"], m.get("source"), m["dataset"])].append(m)
+        learner = m["learner"] + (TRANSDUCTIVE if m.get("transductive") else "")
+        groups[(m["protocol"], learner, m["shots"], m.get("source"), m["dataset"])].append(m)
     rows = []
     for (protocol, learner, shots, source, dataset), runs in sorted(groups.items(), key=lambda g: str(g[0])):
         keys = metric_keys(protocol)
@@ -123,9 +132,10 @@ def _marked(name: str, marks: str) -> str:
 
 
 def mark_notes(rows: Sequence[dict]) -> list[str]:
-    """One line per mark the rows carry, saying what it means."""
+    """One line per mark the rows carry, saying what it means (and what a transductive row is, when there is one)."""
     used = {m for r in rows for m in r.get("marks", "")}
-    return [f"{mark} {note}" for mark, note in MARK_NOTES.items() if mark in used]
+    notes = [f"{mark} {note}" for mark, note in MARK_NOTES.items() if mark in used]
+    return notes + ([TRANSDUCTIVE_NOTE] if any(r["learner"].endswith(TRANSDUCTIVE) for r in rows) else [])
 
 
 def _cell(stat: dict, ci: bool, latex: bool = False) -> str:
@@ -155,8 +165,13 @@ TABLE_COLUMNS = ["protocol", "learner", "source", "shots", "dataset", "seeds", "
 def table_rows(rows: Sequence[dict]) -> list[list]:
     """One row per (aggregated row, metric) in :data:`TABLE_COLUMNS` order; ``std``/``ci95`` None if absent."""
     return [[r["protocol"], r["learner"], r["source"] or "", r["shots"], r["dataset"], " ".join(map(str, r["seeds"])),
-             key, r[key]["mean"], r[key]["std"], r[key].get("ci95"),
-             "; ".join(MARK_NOTES[m] for m in r.get("marks", ""))] for r in rows for key in metric_keys(r["protocol"])]
+             key, r[key]["mean"], r[key]["std"], r[key].get("ci95"), _row_notes(r)]
+            for r in rows for key in metric_keys(r["protocol"])]
+
+
+def _row_notes(row: dict) -> str:
+    notes = [MARK_NOTES[m] for m in row.get("marks", "")]
+    return "; ".join(notes + ([TRANSDUCTIVE_NOTE] if row["learner"].endswith(TRANSDUCTIVE) else []))
 
 
 def tables(rows: Sequence[dict], ci: bool = False) -> dict[str, str]:

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -129,6 +129,13 @@ def _run_args(learner_config: Path, clip_config: Optional[Path], data_config: Pa
             *epochs, *overrides]
 
 
+def _reads_unlabeled_dir(data_config: Path, overrides: Sequence[str]) -> bool:
+    """Whether a run's training images come from ``data.unlabeled_dir`` (its data YAML or an override sets it)."""
+    if any(str(arg).split("=", 1)[0] == "--data.unlabeled_dir" for arg in overrides):
+        return True
+    return bool((_read_yaml(data_config).get("data") or {}).get("unlabeled_dir"))
+
+
 def _config_record(learner_config: Path, clip_config: Optional[Path], data_config: Path,
                    overrides: Sequence[str]) -> dict:
     """What a run was configured with, kept in its ``metrics.json``."""
@@ -163,7 +170,10 @@ def run_one(protocol: str, learner_config: Path, clip_config: Optional[Path], da
     started = time.time()
     metrics = {"learner": name, "dataset": dataset, "seed": seed, "shots": shots, "protocol": protocol}
     if protocol == "base2novel":
-        metrics.update(base_to_novel(args, cls.needs_training, resume))
+        transductive = cls.transductive and not _reads_unlabeled_dir(data_config, overrides)
+        metrics.update(base_to_novel(args, cls.needs_training, resume, transductive))
+        if transductive:
+            metrics["transductive"] = True
     elif protocol == "few-shot":
         _, metrics["acc"], metrics["data"] = fit_then_test(args, "all", cls.needs_training, resume)
     else:
@@ -328,9 +338,10 @@ class _Run:
     title: str
     execute: Callable[..., list[dict]]
     fit_args: list[str]
-    #: The data config it trains on and its seed (where CasPL's boosting prompts come from).
+    #: The data config it trains on, its seed and shots (what a first stage is fitted for).
     trained_on: Path
     seed: int
+    shots: int
 
 
 #: Seconds between looks at runs that another suite process is running.
@@ -477,7 +488,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
               overrides: Sequence[str] = (), source: Optional[Path] = None,
               wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None,
-              dry_run: bool = False, boost: Optional[Sequence[Path]] = None) -> list[dict]:
+              dry_run: bool = False, boost: Optional[Sequence[Path]] = None,
+              teacher: Optional[Sequence[Path]] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
@@ -487,6 +499,9 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     schedule does; overrides after it still win. ``dry_run`` prints each run's training command and runs nothing.
     ``boost``: the YAMLs of CasPL's boosting stage (``configs/learners/caspl_boost.yaml`` and the teacher's); its
     prompts are fitted once per (training data set, seed) and cascaded under the learner's (``<learner>+caspl``).
+    ``teacher``: the YAMLs of a distilled learner's teacher (PromptKD; default: the learner's ``teacher_recipe``),
+    fitted once per (training data set, shots, seed) on the classes the protocol trains on, with labels; plug-ins its
+    YAMLs give name the runs (``promptkd+atprompt``).
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -495,13 +510,13 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     if protocol in TRANSFER_PROTOCOLS and source is None:
         source = _standard_config(default_source)
     data_configs = list(data_configs) or [_standard_config(name) for name in default_data]
-    _check_files([*_paths(learner_config), clip_config, source, *data_configs, *(boost or [])])
+    _check_files([*_paths(learner_config), clip_config, source, *data_configs, *(boost or []), *(teacher or [])])
     if not dry_run:
         ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     cls = _learner_class(learner_config)
     learner = cls.registry_name
-    boosting = None
+    stage = None
     if boost:
         # What the class alone tells; the learner's text context is checked when its first run builds it.
         if not cls.needs_training or not cls.has_shared_image_path():
@@ -509,7 +524,17 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                               "that trains a text context and computes image features on the shared path (coop, "
                               "kgcoop, cocoop, maple, ivlp, promptsrc, ...)")
         _learner_class(boost)  # names the boosting learner
-        boosting, learner = Boosting(list(boost), clip_config, runs, stage_one_overrides(overrides)), f"{learner}+caspl"
+        stage, learner = boosting_stage(list(boost), clip_config, runs, stage_one_overrides(overrides)), f"{learner}+caspl"
+    if cls.teacher_recipe is not None:
+        if stage is not None:
+            raise ConfigError(f"{learner} is distilled from a teacher and cannot take CasPL's boosting prompts (--boost)")
+        configs = list(teacher) if teacher else [resolve_config(Path("configs") / p) for p in cls.teacher_recipe]
+        _learner_class(configs)  # names the teacher's learner
+        added = _plugin_names(configs)
+        stage = teacher_stage(configs, runs, stage_one_overrides(overrides), protocol)
+        learner = "+".join([learner, *added])
+    elif teacher:
+        raise ConfigError(f"--teacher is for learners distilled from a fitted teacher (promptkd); {learner} has none")
     if not cls.needs_training:  # its accuracy does not depend on the shots: one run, recorded as 0 shots
         shots = [0]
     epochs = {k: _epochs_for(k, epochs_by_shots) if k else None for k in shots}
@@ -523,10 +548,10 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                     run_dir, [run_dir / name / METRICS_FILE for name in names],
                     f"{protocol} {learner} {names[0]} -> {', '.join(names[1:])} shots={k} seed={seed}",
                     functools.partial(_transfer_run, protocol, learner_config, clip_config, source, data_configs, seed,
-                                      k, run_dir, overrides, wandb, epochs[k], boost=boosting, label=learner),
+                                      k, run_dir, overrides, wandb, epochs[k], stage=stage, label=learner),
                     _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k]), source,
-                    seed))
-        return _show(planned, boosting) if dry_run else _run_all(planned)
+                    seed, k))
+        return _show(planned, stage) if dry_run else _run_all(planned)
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         if protocol == "base2novel" and not _has_base_to_novel(dataset):
@@ -539,130 +564,173 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                 planned.append(_Run(run_dir, [run_dir / METRICS_FILE],
                                     f"{protocol} {learner} {dataset} shots={k} seed={seed}",
                                     functools.partial(_single_run, protocol, learner_config, clip_config, data_config,
-                                                      seed, k, run_dir, overrides, wandb, epochs[k], boost=boosting,
+                                                      seed, k, run_dir, overrides, wandb, epochs[k], stage=stage,
                                                       label=learner),
                                     _run_args(learner_config, clip_config, data_config, seed, k, run_dir, overrides,
-                                              epochs[k]), data_config, seed))
-    return _show(planned, boosting) if dry_run else _run_all(planned)
+                                              epochs[k]), data_config, seed, k))
+    return _show(planned, stage) if dry_run else _run_all(planned)
 
 
-def _show(runs: Sequence[_Run], boosting: Optional["Boosting"] = None) -> list[dict]:
-    """``--dry-run``: what each run would train with, as ``vlprompt fit`` command lines (CasPL: the boosting stage's
-    first, once per training data set and seed, and the caspl plug-in with its checkpoint)."""
+def _show(runs: Sequence[_Run], stage: Optional["FirstStage"] = None) -> list[dict]:
+    """``--dry-run``: what each run would train with, as ``vlprompt fit`` command lines (a first stage's first, once per
+    training data set and seed, and the option that hands its checkpoint to the run)."""
     shown = set()
     for index, run in enumerate(runs, 1):
         print(f"[suite] run {index} of {len(runs)}: {run.title} -> {run.run_dir}")
         fit_args = run.fit_args
-        if boosting is not None:
-            run_dir = boosting.run_dir(run.trained_on, run.seed)
+        if stage is not None:
+            run_dir = stage.run_dir(run.trained_on, run.seed, run.shots)
             if run_dir not in shown:
                 shown.add(run_dir)
-                done = " (fitted already)" if (run_dir / BOOST_RECORD).is_file() else ""
-                print(f"  CasPL stage 1{done}: vlprompt fit " + shlex.join(boosting.fit_args(run.trained_on, run.seed)))
-            fit_args = [*fit_args, boosting_plugin(boosting.expected_checkpoint(run.trained_on, run.seed))]
+                done = " (fitted already)" if (run_dir / stage.record).is_file() else ""
+                print(f"  {stage.title}{done}: vlprompt fit "
+                      + shlex.join(stage.fit_args(run.trained_on, run.seed, run.shots)))
+            fit_args = [*fit_args, *stage.hand_over(stage.expected_checkpoint(run.trained_on, run.seed, run.shots))]
         print("  vlprompt fit " + shlex.join(fit_args))
     return []
 
 
-def boosting_plugin(checkpoint: Path) -> str:
+def boosting_plugin(checkpoint: Path) -> list[str]:
     """The fit option that adds the caspl plug-in with ``checkpoint``'s boosting prompts to the learner's plug-ins."""
-    return plugin_option(SUITE_OWNED_PLUGIN, boost_from=checkpoint)
+    return [plugin_option(SUITE_OWNED_PLUGIN, boost_from=checkpoint)]
 
 
-def _with_boost(args: tuple, overrides_at: int, boost: Optional["Boosting"], trained_on: Path, seed: int) -> tuple:
-    """The run's positional arguments with the boosting prompts of (``trained_on``, ``seed``) added after its
-    overrides (at ``overrides_at``: after a plug-in list they give, not replaced by it); stage 1 runs first if it
-    has not yet."""
-    if boost is None:
+def teacher_option(checkpoint: Path) -> list[str]:
+    """The fit option that gives a distilled learner its teacher."""
+    return ["--model.init_args.teacher_checkpoint", str(checkpoint)]
+
+
+def _plugin_names(configs: Sequence[Path]) -> list[str]:
+    """The plug-ins the YAMLs give a learner (``model.init_args.plugins``), in order."""
+    names = []
+    for path in configs:
+        plugins = ((_read_yaml(path).get("model") or {}).get("init_args") or {}).get("plugins") or []
+        names += [item["name"] for item in plugins if isinstance(item, dict) and isinstance(item.get("name"), str)]
+    return names
+
+
+def _with_first_stage(args: tuple, overrides_at: int, stage: Optional["FirstStage"], trained_on: Path, seed: int,
+                      shots: int) -> tuple:
+    """The run's positional arguments with the first stage's checkpoint for (``trained_on``, ``seed``, ``shots``)
+    handed over after its overrides (at ``overrides_at``: after a plug-in list they give, not replaced by it); the
+    stage runs first if it has not yet."""
+    if stage is None:
         return args
-    overrides = [*args[overrides_at], boosting_plugin(boost.checkpoint(trained_on, seed))]
+    overrides = [*args[overrides_at], *stage.hand_over(stage.checkpoint(trained_on, seed, shots))]
     return (*args[:overrides_at], overrides, *args[overrides_at + 1:])
 
 
-def _single_run(*args, resume: Optional[Path] = None, boost: Optional["Boosting"] = None,
+def _single_run(*args, resume: Optional[Path] = None, stage: Optional["FirstStage"] = None,
                 label: Optional[str] = None) -> list[dict]:
     # run_one(protocol, learner, clip, data, seed, shots, run_dir, overrides, ...)
-    return [run_one(*_with_boost(args, 7, boost, args[3], args[4]), resume=resume, label=label)]
+    return [run_one(*_with_first_stage(args, 7, stage, args[3], args[4], args[5]), resume=resume, label=label)]
 
 
-def _transfer_run(*args, resume: Optional[Path] = None, boost: Optional["Boosting"] = None,
+def _transfer_run(*args, resume: Optional[Path] = None, stage: Optional["FirstStage"] = None,
                   label: Optional[str] = None) -> list[dict]:
     # run_transfer(protocol, learner, clip, source, targets, seed, shots, run_dir, overrides, ...)
-    return run_transfer(*_with_boost(args, 8, boost, args[3], args[5]), resume=resume, label=label)
+    return run_transfer(*_with_first_stage(args, 8, stage, args[3], args[5], args[6]), resume=resume, label=label)
 
 
-#: Where the boosting stage's runs go below the runs directory, and the file that marks one finished.
-BOOST_DIR, BOOST_RECORD = "caspl_boost", "boost.json"
+#: Where CasPL's boosting stage and distilled learners' teachers go below the runs directory.
+BOOST_DIR, TEACHER_DIR = "caspl_boost", "teachers"
 
 
 @dataclass
-class Boosting:
-    """CasPL's first stage for a suite: the boosting learner's YAMLs (``--boost``), run once per (data set, seed)
-    on every training image and class name, shared by every second-stage run and suite process, resumable."""
+class FirstStage:
+    """A fit every run of a suite builds on: run once per (training data set, seed; a teacher also per shots), shared
+    by every run and suite process that needs it, resumable, and handed to each run as an option. CasPL's boosting
+    prompts (:func:`boosting_stage`) and a distilled learner's teacher (:func:`teacher_stage`)."""
 
+    #: How the dry run names it, and what its fit's progress line calls it.
+    title: str
+    what: str
+    directory: str
+    #: The file in its run directory that marks it fitted (and names its checkpoint).
+    record: str
     configs: list[Path]
     clip_config: Optional[Path]
     runs: Path
     #: The overrides after ``--`` that reach this stage (:func:`stage_one_overrides`).
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str]
+    #: The classes it trains on, and whether it takes the run's shots (else every training image).
+    subsample: str
+    per_shots: bool
+    #: The fit options that give a run the stage's checkpoint.
+    hand_over: Callable[[Path], list[str]]
 
-    def run_dir(self, data_config: Path, seed: int) -> Path:
-        return self.runs / BOOST_DIR / _dataset_name(data_config) / f"seed{seed}"
+    def run_dir(self, data_config: Path, seed: int, shots: int) -> Path:
+        folder = self.runs / self.directory / _dataset_name(data_config)
+        return folder / (f"shots{shots}_seed{seed}" if self.per_shots else f"seed{seed}")
 
-    def fit_args(self, data_config: Path, seed: int) -> list[str]:
-        """The boosting stage's ``vlprompt fit`` arguments: every training image and class name (the paper's
-        setting), with the overrides that reach this stage."""
-        return _run_args(self.configs, self.clip_config, data_config, seed, -1, self.run_dir(data_config, seed),
-                         self.overrides)
+    def fit_args(self, data_config: Path, seed: int, shots: int) -> list[str]:
+        """The stage's ``vlprompt fit`` arguments, with the overrides that reach it."""
+        return _run_args(self.configs, self.clip_config, data_config, seed, shots if self.per_shots else -1,
+                         self.run_dir(data_config, seed, shots), self.overrides)
 
-    def expected_checkpoint(self, data_config: Path, seed: int) -> Path:
-        """Where the boosting prompts of (``data_config``, ``seed``) are, or will be once fitted."""
-        record = self.run_dir(data_config, seed) / BOOST_RECORD
+    def expected_checkpoint(self, data_config: Path, seed: int, shots: int) -> Path:
+        """Where the stage's checkpoint for (``data_config``, ``seed``, ``shots``) is, or will be once fitted."""
+        record = self.run_dir(data_config, seed, shots) / self.record
         if record.is_file():
-            return Path(_read_boost_record(record)["checkpoint"])
-        return (self.run_dir(data_config, seed) / CHECKPOINT_DIR / "last.ckpt").resolve()
+            return Path(_read_stage_record(record)["checkpoint"])
+        return (self.run_dir(data_config, seed, shots) / CHECKPOINT_DIR / "last.ckpt").resolve()
 
-    def checkpoint(self, data_config: Path, seed: int) -> Path:
-        run_dir = self.run_dir(data_config, seed)
-        record = run_dir / BOOST_RECORD
+    def checkpoint(self, data_config: Path, seed: int, shots: int) -> Path:
+        run_dir = self.run_dir(data_config, seed, shots)
+        record = run_dir / self.record
         while True:
             if record.is_file():
-                content = _read_boost_record(record)
+                content = _read_stage_record(record)
                 if list(content.get("overrides", [])) != self.overrides:
                     raise ConfigError(
-                        f"the boosting prompts in {str(run_dir)!r} were fitted with the overrides "
+                        f"{str(run_dir)!r} ({self.what}) was fitted with the overrides "
                         f"{shlex.join(content.get('overrides', [])) or '(none)'} and this suite passes "
                         f"{shlex.join(self.overrides) or '(none)'} to that stage; use another --runs, or delete that "
-                        "folder to fit them again")
+                        "folder to fit it again")
                 return Path(content["checkpoint"])
             with RunLock(run_dir) as lock:
                 if lock.acquired and not record.is_file():
-                    self._fit(data_config, seed, run_dir, record)
+                    self._fit(data_config, seed, shots, run_dir, record)
                     continue
             if not lock.acquired:
                 time.sleep(WAIT_POLL_SECONDS)  # another suite process is fitting it
 
-    def _fit(self, data_config: Path, seed: int, run_dir: Path, record: Path) -> None:
+    def _fit(self, data_config: Path, seed: int, shots: int, run_dir: Path, record: Path) -> None:
         from vlprompt.eval.base2novel import fit_checkpoint
 
         resume = _resumable_checkpoint(run_dir) if run_dir.exists() else None
         if run_dir.exists() and resume is None:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"[suite] boosting prompts (CasPL stage 1) for {_dataset_name(data_config)} seed={seed} "
-              f"({'resuming' if resume else 'starting'}) -> {run_dir}", flush=True)
-        checkpoint = fit_checkpoint(self.fit_args(data_config, seed), "all", resume)
+        print(f"[suite] {self.what} for {_dataset_name(data_config)} seed={seed}"
+              f"{f' shots={shots}' if self.per_shots else ''} ({'resuming' if resume else 'starting'}) -> {run_dir}",
+              flush=True)
+        checkpoint = fit_checkpoint(self.fit_args(data_config, seed, shots), self.subsample, resume)
         write_json_atomically(record, {"checkpoint": str(Path(checkpoint).resolve()), "overrides": self.overrides},
                               indent=2)
 
 
-def _read_boost_record(path: Path) -> dict:
+def boosting_stage(configs: list[Path], clip_config: Optional[Path], runs: Path, overrides: list[str]) -> FirstStage:
+    """CasPL's first stage (``--boost``): the boosting learner on the student's CLIP, on every training image and
+    class name without labels (the paper's setting), handed to each run as the caspl plug-in."""
+    return FirstStage("CasPL stage 1", "boosting prompts (CasPL stage 1)", BOOST_DIR, "boost.json", configs,
+                      clip_config, runs, overrides, "all", False, boosting_plugin)
+
+
+def teacher_stage(configs: list[Path], runs: Path, overrides: list[str], protocol: str) -> FirstStage:
+    """A distilled learner's teacher: its YAMLs (which name its CLIP), with labels on the run's shots of the classes
+    the protocol trains on (base-to-novel: the base half), handed over as ``teacher_checkpoint``."""
+    return FirstStage("Teacher (stage 1)", "teacher (stage 1)", TEACHER_DIR, "teacher.json", configs, None, runs,
+                      overrides, "base" if protocol == "base2novel" else "all", True, teacher_option)
+
+
+def _read_stage_record(path: Path) -> dict:
     import json
 
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        raise ConfigError(f"{str(path)!r} is damaged; delete it to fit those boosting prompts again") from None
+        raise ConfigError(f"{str(path)!r} is damaged; delete its folder to fit that stage again") from None
 
 
 def _epochs_schedule(values: Sequence[str]) -> dict[int, int]:
@@ -700,6 +768,10 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--boost", type=Path, nargs="+",
                         help="CasPL: the boosting stage's YAMLs (configs/learners/caspl_boost.yaml, and the teacher's); "
                              "fitted once per data set and seed, then cascaded under the learner (<learner>+caspl)")
+    parser.add_argument("--teacher", type=Path, nargs="+",
+                        help="PromptKD: the teacher's YAMLs (default: configs/learners/promptsrc.yaml "
+                             "configs/recipes/promptkd/teacher.yaml, ViT-L/14); fitted once per data set, shots and seed "
+                             "on the protocol's training classes, then distilled into the learner")
     parser.add_argument("--wandb", action="store_true",
                         help="log every run to wandb (grouped by protocol/learner/data set) and a summary run at the "
                              "end; WANDB_MODE=offline logs locally for `wandb sync` later")
@@ -713,6 +785,7 @@ def main(argv: Sequence[str]) -> None:
     options.learner = [resolve_config(path) for path in options.learner]
     options.data = [resolve_config(path) for path in options.data]
     options.boost = [resolve_config(path) for path in options.boost] if options.boost else options.boost
+    options.teacher = [resolve_config(path) for path in options.teacher] if options.teacher else options.teacher
     options.clip, options.source = (resolve_config(path) if path else path for path in (options.clip, options.source))
     schedule = _epochs_schedule(options.max_epochs_by_shots)
     tracker = WandbOptions(options.wandb_project, options.wandb_entity) if options.wandb else None
@@ -721,7 +794,8 @@ def main(argv: Sequence[str]) -> None:
     # A resumed run's checkpoint folder is not empty (the command line's own noise is silenced where it is built).
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-                        options.shots, overrides, options.source, tracker, schedule, options.dry_run, options.boost)
+                        options.shots, overrides, options.source, tracker, schedule, options.dry_run, options.boost,
+                        options.teacher)
     if options.dry_run:
         return
     rows = aggregate(results)

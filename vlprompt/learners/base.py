@@ -125,6 +125,13 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     uses_labels: ClassVar[bool] = True
     #: Whether the learner reads per-class descriptions (``data.descriptions``); it refuses to build without.
     needs_descriptions: ClassVar[bool] = False
+    #: Whether base-to-novel training reads every class's training images, novel included, without labels (PromptKD):
+    #: the suite then fits it on all classes and marks its rows "transductive" (unless ``data.unlabeled_dir`` gives
+    #: the images instead: the inductive variant).
+    transductive: ClassVar[bool] = False
+    #: For a learner distilled from a fitted teacher (its ``teacher_checkpoint`` option): the teacher fit's default
+    #: YAMLs, relative to the configs folder; the suite fits that teacher first. None for others.
+    teacher_recipe: ClassVar[Optional[tuple[str, ...]]] = None
 
     def __init__(
         self,
@@ -208,9 +215,11 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def set_classnames(self, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
                        descriptions: Optional[dict[str, list[str]]] = None) -> None:
         """Switch to other classes (and their data set's templates and descriptions, when given); learned
-        parameters are kept as they are."""
-        self.classnames, self.templates, self.descriptions = _class_texts(
-            classnames, templates or self.templates, descriptions if descriptions is not None else self.descriptions)
+        parameters are kept as they are. A learner that does not read descriptions drops those of its old classes."""
+        if descriptions is None:
+            descriptions = self.descriptions if self.needs_descriptions else None
+        self.classnames, self.templates, self.descriptions = _class_texts(classnames, templates or self.templates,
+                                                                          descriptions)
         self._text_cache = None
         self.references.clear()
         self._on_classnames_changed()

@@ -3,6 +3,7 @@ learners, so that every learner module (and the cascade's boosting prompts) can 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Union
 
@@ -74,3 +75,12 @@ def check_learned_on(saved: dict, clip, what: str, fix: str) -> None:
     if saved.get("source") and saved["source"] != current["source"]:
         warn(f"{what} was learned on {describe_clip(saved)} and this learner's CLIP is {describe_clip(current)}: same "
              "architecture, maybe other weights; what it holds suits the weights it was learned on")
+
+
+def content_hash(tensors: list[torch.Tensor]) -> str:
+    """sha256 of the tensors' values (float32, in order): the same prompts give the same hash whatever file holds
+    them."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -17,13 +17,12 @@ checkpoint records their content hash instead of holding them.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import torch
 
 from vlprompt.errors import CheckpointMismatchError, ConfigError
-from vlprompt.learners.checkpoint_io import check_learned_on, read_checkpoint
+from vlprompt.learners.checkpoint_io import check_learned_on, content_hash, read_checkpoint
 from vlprompt.learners.plugins import Plugin
 from vlprompt.learners.registry import register_plugin
 
@@ -154,15 +153,6 @@ def expand_like(boost: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
 def _numbered(state: dict, prefix: str) -> list[torch.Tensor]:
     found = {int(key.rsplit(".", 1)[1]): value for key, value in state.items() if key.startswith(prefix + ".")}
     return [found[i] for i in range(len(found))]
-
-
-def content_hash(tensors: list[torch.Tensor]) -> str:
-    """sha256 of the tensors' values (float32, in order): the same prompts give the same hash whatever file holds
-    them."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 __all__ = ["BoostingPrompts", "content_hash", "BOOSTING_LEARNER"]
