@@ -67,10 +67,16 @@ METRICS = ("base_acc", "novel_acc", "hm")
 CASPL_SUFFIX, CASPL_LEARNERS = "+caspl", ("coop", "maple", "promptsrc")
 #: GRAM on the toy world: these learners start from a meta-learned context and fine-tune with its regulator.
 GRAM_SUFFIX, GRAM_LEARNERS = "+gram", ("coop", "maple")
+#: ATPrompt on the toy world: these learners with the data set's attributes (``data.attributes``); on promptkd the
+#: plug-in goes on its teacher (the student has no text prompt).
+ATP_SUFFIX, ATP_LEARNERS = "+atprompt", ("coop", "maple", "promptkd")
+#: PromptKD's toy teacher: promptsrc with the teacher recipe on the toy world's larger CLIP (vlprompt-small).
+TEACHER_CONFIGS = ("learners/promptsrc.yaml", "recipes/promptkd/teacher.yaml", "clip/toy-small.yaml")
+TEACHER_ROW = "promptkd teacher: promptsrc on vlprompt-small"
 
 
 def base_learner(learner: str) -> str:
-    return learner.removesuffix(CASPL_SUFFIX).removesuffix(GRAM_SUFFIX)
+    return learner.removesuffix(CASPL_SUFFIX).removesuffix(GRAM_SUFFIX).removesuffix(ATP_SUFFIX)
 
 
 def mean_std(values: list[float]) -> str:
@@ -107,12 +113,41 @@ def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run
     base = base_learner(learner)
     args = [*toy_run_args(CONFIGS, base, dataset, data_root, seed), *quiet,
             "--trainer.max_epochs", str(recipe_epochs(learner))]
+    if get_learner_class(base).teacher_recipe is not None:
+        plugins = ["atprompt"] if learner.endswith(ATP_SUFFIX) else []
+        args += ["--model.init_args.teacher_checkpoint",
+                 teacher_checkpoint(dataset, data_root, seed, run_dir, quiet, fitted, plugins)]
+    elif learner.endswith(ATP_SUFFIX):
+        args.append(plugin_option("atprompt"))
     if learner.endswith(CASPL_SUFFIX):
         args.append(plugin_option("caspl", boost_from=boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)))
     if learner.endswith(GRAM_SUFFIX):
         gram = gram_checkpoint(base, data_root, run_dir, fitted)
         args.append(plugin_option("gram", init_from=gram, gradient_regulator=gram))
     return args
+
+
+def teacher_args(dataset: str, data_root: Path, seed: int, quiet: list[str], plugins: list[str]) -> list[str]:
+    """PromptKD's teacher on the toy world: promptsrc with the teacher recipe on vlprompt-small (16 shots of the base
+    classes, with labels), with ``plugins`` (ATPrompt's: the data set's attributes)."""
+    args = toy_run_args(CONFIGS, "promptsrc", dataset, data_root, seed)
+    for path in TEACHER_CONFIGS[1:]:
+        args += ["--config", str(CONFIGS / path)]
+    return [*args, *quiet, *(plugin_option(name) for name in plugins)]
+
+
+def teacher_checkpoint(dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str], fitted: dict,
+                       plugins: list[str]) -> str:
+    """PromptKD's teacher for (``dataset``, ``seed``): fitted and tested base-to-novel once (its accuracy is a row of
+    its own), remembered in ``fitted`` with its seconds and metrics."""
+    key = f"teacher:{dataset}:{seed}:{'+'.join(plugins)}"
+    if key not in fitted:
+        name = f"{dataset}-teacher{''.join('+' + p for p in plugins)}-seed{seed}"
+        started = time.time()
+        metrics = run_base_to_novel(teacher_args(dataset, data_root, seed, quiet, plugins), run_dir, name)
+        checkpoint = run_dir / name / "version_0" / "checkpoints" / "last.ckpt"
+        fitted[key] = (str(checkpoint), time.time() - started, metrics)
+    return fitted[key][0]
 
 
 #: GRAM's meta-training corpus on the toy world (``python -m vlprompt.toy --captions``), and its size.
@@ -234,11 +269,13 @@ def set_tables(results: dict, label) -> list[str]:
 
 
 def main() -> None:
-    # Stage learners that read no labels (CasPL's boosting stage) are not base-to-novel learners of their own.
-    trainable = [name for name in list_learners()
-                 if get_learner_class(name).needs_training and get_learner_class(name).uses_labels]
+    # Stage learners that read no labels (CasPL's boosting stage) are not base-to-novel learners of their own;
+    # transductive ones (PromptKD) are.
+    trainable = [name for name in list_learners() if get_learner_class(name).needs_training
+                 and (get_learner_class(name).uses_labels or get_learner_class(name).transductive)]
     trainable += [f"{name}{CASPL_SUFFIX}" for name in CASPL_LEARNERS]
     trainable += [f"{name}{GRAM_SUFFIX}" for name in GRAM_LEARNERS]
+    trainable += [f"{name}{ATP_SUFFIX}" for name in ATP_LEARNERS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets live")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
@@ -287,17 +324,25 @@ def main() -> None:
         rows["zeroshot"] = {"seeds": [], **{key: [zeroshot[key]] for key in METRICS}}
         for learner in options.learners:
             stage1_before, learner_started = fitted_seconds(fitted, name), time.time()
-            shared_before = sum(seconds for _, seconds in fitted.values())
+            shared_before = sum(entry[1] for entry in fitted.values())
+            transductive = get_learner_class(base_learner(learner)).transductive
             runs = [run_base_to_novel(learner_run_args(learner, name, options.data, seed, run_dir, quiet, fitted),
-                                      run_dir, f"{name}-{learner}-seed{seed}") for seed in options.seeds]
+                                      run_dir, f"{name}-{learner}-seed{seed}", transductive=transductive)
+                    for seed in options.seeds]
             stage1 = fitted_seconds(fitted, name)  # the boosting prompts this row fitted: shared, timed apart
             # Shared stages (boosting prompts, GRAM's meta-training) are timed apart from the rows that use them.
-            shared = sum(seconds for _, seconds in fitted.values()) - shared_before
+            shared = sum(entry[1] for entry in fitted.values()) - shared_before
             rows[learner] = {"seeds": list(options.seeds), "epochs": recipe_epochs(learner),
                              "seconds": time.time() - learner_started - shared,
                              **{key: [run[key] for run in runs] for key in METRICS}}
             if stage1 > stage1_before:
                 rows[STAGE1_ROW] = {"seconds": stage1}
+            plugins = "+atprompt" if learner.endswith(ATP_SUFFIX) else ""
+            teachers = [fitted.get(f"teacher:{name}:{seed}:{plugins.lstrip('+')}") for seed in options.seeds]
+            if all(teachers) and get_learner_class(base_learner(learner)).teacher_recipe is not None:
+                rows[TEACHER_ROW + plugins] = {"seeds": list(options.seeds), "epochs": recipe_epochs("promptsrc"),
+                                               "seconds": sum(entry[1] for entry in teachers),
+                                               **{key: [entry[2][key] for entry in teachers] for key in METRICS}}
             print(f"{name} {learner}: " + ", ".join(f"{key} {mean_std(rows[learner][key])}" for key in METRICS),
                   flush=True)
         results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,6 +386,12 @@ def main() -> None:
         f"fitted once per data set with seed {BOOST_SEED} and shared by the stage-2 seeds). `+gram` rows start "
         "from GRAM's meta-learned context and fine-tune with its gradient regulator (our reading; `vlprompt "
         f"meta-init` with default options on {GRAM_CORPUS_SIZE} captioned toy images, once per learner). "
+        "`+atprompt` rows add ATPrompt's attribute tokens, anchored on the data set's two varying properties "
+        "(`data.attributes` of its YAML). `promptkd` rows are transductive, as the paper: the student reads every "
+        "class's training images, novel included, without labels, distilled from a teacher fitted first per data set "
+        f"and seed (`{TEACHER_ROW}`: `configs/recipes/promptkd/teacher.yaml` on `configs/clip/toy-small.yaml`, 16 shots "
+        "of the base classes with labels; its own base-to-novel accuracy is its row, its time not in the student's); "
+        "`promptkd+atprompt`'s teacher carries the atprompt plug-in. "
         "The domain-shifted copies of ToyShapes are test domains of the "
         "domain-generalisation protocol, never trained on, so they have no rows here.", "",
     ]

@@ -53,11 +53,12 @@ def base_to_novel(args: Sequence[str], trains: bool, resume: Optional[Path] = No
     return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel), "data": data}
 
 
-def run_base_to_novel(config_args: Sequence[str], run_dir: Path, name: str, train: bool = True) -> dict:
+def run_base_to_novel(config_args: Sequence[str], run_dir: Path, name: str, train: bool = True,
+                      transductive: bool = False) -> dict:
     """:func:`base_to_novel` with logs and checkpoints in ``run_dir/name``.
 
     ``config_args`` are ``vlprompt`` arguments (``--config`` files and overrides).
     """
     args = [*map(str, config_args), "--trainer.logger.init_args.save_dir", str(run_dir),
             "--trainer.logger.init_args.name", name, "--trainer.enable_model_summary", "false"]
-    return base_to_novel(args, train)
+    return base_to_novel(args, train, transductive=transductive)

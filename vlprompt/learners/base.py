@@ -481,15 +481,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         hp = self.hparams
         optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
                                     weight_decay=hp.weight_decay)
-        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
-
-        def factor(epoch: int) -> float:
-            if epoch < hp.warmup_epochs:
-                return hp.warmup_lr / hp.lr
-            # Dassl steps the cosine successor from 0 after warm-up, with T_max = max_epochs.
-            return 0.5 * (1 + math.cos(math.pi * (epoch - hp.warmup_epochs) / max_epochs))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = dassl_schedule(optimizer, hp.lr, hp.warmup_epochs, hp.warmup_lr, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -519,6 +511,20 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._text_cache = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def dassl_schedule(optimizer, lr: float, warmup_epochs: int, warmup_lr: float, max_epochs: Optional[int]):
+    """Dassl's per-epoch schedule: ``warmup_lr`` for the first ``warmup_epochs`` (its constant warm-up), then cosine
+    annealing from ``lr`` over ``max_epochs``."""
+    max_epochs = max(int(max_epochs or 1), 1)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return warmup_lr / lr
+        # Dassl steps the cosine successor from 0 after warm-up, with T_max = max_epochs.
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _compile_mode(value: Union[bool, str, None]) -> Optional[str]:
