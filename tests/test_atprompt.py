@@ -184,3 +184,65 @@ def test_a_checkpoint_records_its_attributes_and_refuses_others(tiny_clip):
         check_plugin_records(checkpoint, build(tiny_clip, plugins={"attributes": ["shape", "colour"]}))
     with pytest.raises(CheckpointMismatchError, match="trained with the 'atprompt' plug-in; pass it"):
         check_plugin_records(checkpoint, vlprompt.build_learner("coop", clip=tiny_clip, classnames=CLASSNAMES))
+
+
+# -- the attribute search ----------------------------------------------------------------------------------------
+def test_the_search_enumerates_combinations_of_the_given_sizes():
+    from vlprompt.learners.atprompt.search import combinations
+
+    assert combinations(["a", "b", "c"], [1, 2]) == [("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c")]
+    assert len(combinations(list("abcde"), [3, 4, 5])) == 16  # the reference code's r > 2
+    with pytest.raises(ConfigError, match="between 1 and the 3 candidates"):
+        combinations(["a", "b", "c"], [4])
+
+
+def test_the_search_mixes_each_combinations_coop_logits_by_softmax_weights(tiny_clip, image_batch):
+    from vlprompt.learners.atprompt.search import AttributeSearch
+
+    torch.manual_seed(0)
+    search = AttributeSearch(tiny_clip, CLASSNAMES, ["colour", "shape"], sizes=[1, 2], n_ctx=2, n_att=2)
+    assert search.combinations == [("colour",), ("shape",), ("colour", "shape")]
+    assert [p.plugins[0].words for p in search.prompts] == [["colour"], ["shape"], ["colour", "shape"]]
+    images, _ = image_batch
+    with torch.no_grad():
+        each = torch.stack([prompt(images) for prompt in search.prompts])
+        expected = (torch.softmax(search.alpha, 0)[:, None, None] * each).sum(0)
+        torch.testing.assert_close(search(images), expected)
+    with pytest.raises(ConfigError, match="repeat a word"):
+        AttributeSearch(tiny_clip, CLASSNAMES, ["colour", "colour"])
+
+
+def test_the_search_alternates_prompt_steps_on_training_batches_and_weight_steps_on_validation_batches(tiny_clip,
+                                                                                                       shapes):
+    from vlprompt.data import ImageSplitDataModule
+    from vlprompt.learners.atprompt import search as search_module
+
+    data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=2, subsample="base",
+                                batch_size=8, num_workers=0, augment=False)
+    seen = []
+    original = search_module.AttributeSearch._validation_batch
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(search_module.AttributeSearch, "_validation_batch",
+                        lambda self: seen.append(1) or original(self))
+        ranking = search_module.search_attributes(tiny_clip, data, ["colour", "shape"], epochs=2, sizes=[1, 2],
+                                                  n_ctx=2, n_att=2, accelerator="cpu")
+    assert len(seen) == 2 * len(data.train_dataloader())  # one weight step per prompt step
+    assert sorted(c for c, _ in ranking) == [("colour",), ("colour", "shape"), ("shape",)]
+    assert sum(w for _, w in ranking) == pytest.approx(1.0) and ranking[0][1] >= ranking[-1][1]
+
+
+def test_the_search_tool_refuses_bad_candidates_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "one.txt").write_text("colour\n")
+    for candidates, message in (
+            (tmp_path / "missing.txt", "does not exist; --candidates is a text file with one attribute word per line"),
+            (tmp_path / "one.txt", "must list at least two attribute words, one per line (got ['colour'])")):
+        result = subprocess.run([sys.executable, str(REPO / "tools" / "search_attributes.py"), "--data",
+                                 str(REPO / "configs" / "data" / "DTD.yaml"), "--candidates", str(candidates)],
+                                capture_output=True, text=True)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [f"search_attributes: error: {candidates} {message}"]

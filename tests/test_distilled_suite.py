@@ -107,3 +107,16 @@ def test_a_promptkd_suite_fits_its_teacher_then_a_transductive_student(tmp_path,
     checkpoint = torch.load(tmp_path / "runs" / "base2novel" / "promptkd" / "ToyShapes" / "shots16_seed1"
                             / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(checkpoint["state_dict"]["class_text._extra_state"]["classnames"]) == 25
+
+
+@pytest.mark.parametrize("extra", [
+    ["--", "--config", str(CONFIGS / "plugins" / "atprompt.yaml")],
+    ["--", "--model.init_args.plugins+={name: atprompt}"],
+    ["--", "--model.init_args.plugins", "[{name: atprompt}]"],
+])
+def test_plugins_name_the_runs_so_they_never_share_the_learners_folder(tmp_path, capsys, extra):
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"), "--data",
+          str(CONFIGS / "data" / "DTD.yaml"), "--seeds", "1", "--runs", str(tmp_path), "--dry-run", *extra])
+    out = capsys.readouterr().out
+    assert "base2novel coop+atprompt DTD shots=16 seed=1" in out
+    assert str(tmp_path / "base2novel" / "coop+atprompt" / "DTD" / "shots16_seed1") in out

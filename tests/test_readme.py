@@ -131,7 +131,9 @@ def test_reproducing_commands_resolve_their_files_and_learners(tmp_path, monkeyp
     assert len(commands) >= 10
     monkeypatch.chdir(REPO)
     for command in commands:
-        main(shlex.split(command)[1:] + ["--dry-run", "--runs", str(tmp_path)])
+        args = shlex.split(command)[1:]
+        cut = args.index("--") if "--" in args else len(args)  # the suite's own options go before the separator
+        main(args[:cut] + ["--dry-run", "--runs", str(tmp_path)] + args[cut:])
         out = capsys.readouterr().out
         assert "[suite] run 1 of" in out and "vlprompt fit --config" in out, command
     for path in set(re.findall(r"configs/[\w/.-]+\.yaml", text)):

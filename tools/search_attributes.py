@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 class SearchError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
+    """A user-facing failure: printed as one line, exit status 1."""
 
 
 def read_candidates(path: Path) -> list[str]:

@@ -244,15 +244,38 @@ SUITE_OWNED_PLUGIN = "caspl"
 PLUGINS_KEY = "model.init_args.plugins"
 
 
-def _names_owned_plugin(value) -> bool:
-    """Whether a ``plugins`` value (a YAML string after ``--`` or a list read from a file) holds the caspl plug-in."""
+def _plugin_names_in(value) -> list[str]:
+    """The plug-in names a ``plugins`` value holds (a YAML string after ``--``, or a list read from a file)."""
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
-            return False
+            return []
     items = value if isinstance(value, list) else [value]
-    return any(isinstance(item, dict) and item.get("name") == SUITE_OWNED_PLUGIN for item in items)
+    return [item["name"] for item in items if isinstance(item, dict) and isinstance(item.get("name"), str)]
+
+
+def _names_owned_plugin(value) -> bool:
+    """Whether a ``plugins`` value holds the caspl plug-in."""
+    return SUITE_OWNED_PLUGIN in _plugin_names_in(value)
+
+
+def _override_plugin_names(overrides: Sequence[str]) -> list[str]:
+    """The plug-ins the overrides after ``--`` give the learner: in ``--config`` files and ``plugins`` options, in
+    order (a later ``plugins=`` list replaces the earlier ones, ``plugins+=`` adds one)."""
+    overrides, names = [str(arg) for arg in overrides], []
+    for index, arg in enumerate(overrides):
+        key, _, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-"):
+            continue
+        value = value if "=" in arg else overrides[index + 1] if index + 1 < len(overrides) else ""
+        if key in ("config", "c") and Path(value).is_file():
+            names = _plugin_names(Path(value)) or names
+        elif key == PLUGINS_KEY:
+            names = _plugin_names_in(value)
+        elif key == PLUGINS_KEY + "+":
+            names += _plugin_names_in(value)
+    return names
 
 
 def _owned_option(key: str) -> Optional[str]:
@@ -515,7 +538,8 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
         ensure_writable(runs, "the suite's runs directory (--runs)")
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     cls = _learner_class(learner_config)
-    learner = cls.registry_name
+    # Plug-ins name the runs (coop+atprompt), so they never share a run folder with the learner alone.
+    learner = "+".join([cls.registry_name, *_plugin_names(learner_config), *_override_plugin_names(overrides)])
     stage = None
     if boost:
         # What the class alone tells; the learner's text context is checked when its first run builds it.
@@ -600,12 +624,12 @@ def teacher_option(checkpoint: Path) -> list[str]:
     return ["--model.init_args.teacher_checkpoint", str(checkpoint)]
 
 
-def _plugin_names(configs: Sequence[Path]) -> list[str]:
-    """The plug-ins the YAMLs give a learner (``model.init_args.plugins``), in order."""
+def _plugin_names(configs: Union[Path, Sequence[Path]]) -> list[str]:
+    """The plug-ins the YAMLs give a learner (``model.init_args.plugins``; a later file's list replaces an earlier)."""
     names = []
-    for path in configs:
-        plugins = ((_read_yaml(path).get("model") or {}).get("init_args") or {}).get("plugins") or []
-        names += [item["name"] for item in plugins if isinstance(item, dict) and isinstance(item.get("name"), str)]
+    for path in _paths(configs):
+        plugins = ((_read_yaml(path).get("model") or {}).get("init_args") or {}).get("plugins")
+        names = _plugin_names_in(plugins) if plugins else names
     return names
 
 

@@ -21,6 +21,7 @@ parameter of its own optimiser (the reference's is a plain tensor, the same in e
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
@@ -89,13 +90,14 @@ class AttributeSearch(pl.LightningModule):
 
     def _validation_batch(self):
         # Cycles through the validation split (the reference re-reads its first batch at every step).
-        if self._validation_batches is None:
-            self._validation_batches = iter(self.trainer.datamodule.val_dataloader())
-        try:
-            return next(self._validation_batches)
-        except StopIteration:
-            self._validation_batches = None
-            return self._validation_batch()
+        for _ in range(2):
+            if self._validation_batches is None:
+                self._validation_batches = iter(self.trainer.datamodule.val_dataloader())
+            try:
+                return next(self._validation_batches)
+            except StopIteration:
+                self._validation_batches = None
+        raise ConfigError("the attribute search needs a validation split with images; this data set's is empty")
 
     def training_step(self, batch, batch_idx):
         prompts, alpha = self.optimizers()
@@ -125,6 +127,8 @@ def search_attributes(clip: FrozenCLIP, datamodule, candidates: Sequence[str], e
                       sizes: Sequence[int] = (1, 2, 3), n_ctx: int = 4, n_att: int = 4, seed: int = 1,
                       accelerator: str = "auto", root_dir: Optional[str] = None) -> list[tuple[tuple[str, ...], float]]:
     """Run the search on ``datamodule`` (its training and validation splits) and return the ranking."""
+    # The validation split feeds the weight steps, not a validation loop (Lightning would say it skips one).
+    warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
     pl.seed_everything(seed, verbose=False)
     datamodule.setup("fit")
     search = AttributeSearch(clip, datamodule.classnames, candidates, sizes, n_ctx, n_att)
