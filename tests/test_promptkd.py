@@ -22,7 +22,7 @@ import vlprompt.learners.checkpoint as checkpoint_module
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 from vlprompt.learners.losses import logit_distillation
 
-from conftest import CLASSNAMES, learner_arguments, save_fitted, teacher_checkpoint
+from conftest import CLASSNAMES, REPO, learner_arguments, save_fitted, teacher_checkpoint
 
 REFERENCE = {
     "parameters": 1_013_760,
@@ -201,3 +201,41 @@ def test_the_teacher_shares_the_students_clip_when_it_was_learned_on_it(tiny_cli
     learner.text_features()
     assert learner.teacher.shares_student_clip and learner.teacher_is_student()
     assert teacher_checkpoint(tiny_clip) == learner.teacher.path
+
+
+def test_a_fit_without_augmentation_computes_the_teachers_image_features_once(tiny_clip, shapes, tmp_path):
+    import pytorch_lightning as pl
+
+    from vlprompt.data import ImageSplitDataModule
+
+    data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", shots=1, batch_size=8,
+                                num_workers=0, augment=False)
+    learner = build(tiny_clip, classnames=data.classnames)
+    computed = []
+    original = type(learner).compute_teacher_image_features
+    learner.compute_teacher_image_features = lambda images: computed.append(len(images)) or original(learner, images)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(learner, datamodule=data)
+    assert sum(computed) == len(data.split["train"]) == len(learner._teacher_cache)  # once per image, two epochs
+    assert learner.class_text.missing(data.classnames) == []  # every training class's text, computed at fit start
+
+
+def test_the_suite_fits_promptkd_transductively_unless_the_images_come_from_a_folder(tmp_path, monkeypatch):
+    from vlprompt.eval import base2novel, suite
+
+    seen = []
+    monkeypatch.setattr(base2novel, "base_to_novel", lambda args, trains, resume, transductive: seen.append(
+        transductive) or {"base_acc": 50.0, "novel_acc": 50.0, "hm": 50.0, "data": {}})
+    learner = REPO / "configs" / "learners" / "promptkd.yaml"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("data:\n  root: x\n")
+    folder = tmp_path / "folder.yaml"
+    folder.write_text("data:\n  root: x\n  unlabeled_dir: images\n")
+    for data, overrides in ((plain, []), (folder, []), (plain, ["--data.unlabeled_dir", "images"])):
+        metrics = suite.run_one("base2novel", learner, None, data, 1, 16, tmp_path / f"run{len(seen)}", overrides)
+        assert metrics.get("transductive", False) is (seen[-1] is True)
+    assert seen == [True, False, False]
+    coop = suite.run_one("base2novel", REPO / "configs" / "learners" / "coop.yaml", None, plain, 1, 16,
+                         tmp_path / "coop")
+    assert seen[-1] is False and "transductive" not in coop

@@ -207,7 +207,9 @@ def run_transfer(protocol: str, learner_config: Path, clip_config: Optional[Path
     args = _run_args(learner_config, clip_config, source, seed, shots, run_dir, overrides, max_epochs) + tracking
     checkpoint = []
     if cls.needs_training:
-        checkpoint = ["--ckpt_path", fit_checkpoint(args, "all", resume)]
+        # A learner that reads no labels (PromptKD) trains on every image of the source's classes, as its code does.
+        every_image = ["--data.shots", "-1"] if cls.transductive else []
+        checkpoint = ["--ckpt_path", fit_checkpoint([*args, *every_image], "all", resume)]
     results, trained_on = [], None
     for data_config in [source, *targets]:
         test_args = _run_args(learner_config, clip_config, data_config, seed, shots, run_dir, overrides,
