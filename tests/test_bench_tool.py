@@ -71,3 +71,18 @@ def test_the_shared_prefix_measurement_runs_with_its_tuning_passed_to_the_clip(t
     flop_ratio = float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x"))
     assert flop_ratio < 0.9, row  # the prefix was encoded once: the tuning reached the CLIP
     assert "The learners share from 16 prompts on" in table
+
+
+@pytest.mark.slow
+def test_the_promptkd_memory_comparison_offloads_its_teacher_and_keeps_the_step_working(tmp_path):
+    """PromptKD's student step with the teacher cached and moved off (to the meta device on a CPU) runs without
+    reading the teacher, and holds less than the step that recomputes it."""
+    out = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--promptkd-memory", "--model", "ViT-B-32",
+                             "--teacher", "ViT-B-16", "--promptkd-batch", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = out.read_text()
+    assert "## PromptKD student: cached teacher, batch 2" in table
+    row = next(line for line in table.splitlines() if line.startswith("| peak of live tensors in all"))
+    assert float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x")) < 0.7, row

@@ -5,6 +5,7 @@
     python tools/bench.py --device cuda --precision bf16-mixed --classes 100 1000   # on a GPU
     python tools/bench.py --startup            # start-up times of the vlprompt command against `import torch`
     python tools/bench.py --caspl-memory       # CasPL stage 1: cached teacher vs recomputed, ViT-B/16 vs ViT-L/14
+    python tools/bench.py --promptkd-memory    # PromptKD's student, batch 8 and 32: the same, with a promptsrc teacher
     python tools/bench.py --gpu-speed          # GPU step targets: today's way vs weights held in bf16 vs compiled
     python tools/bench.py --data-loading       # does `vlprompt fit` keep the device fed on generated JPEGs?
     python tools/bench.py --shared-prefix --classes 4 100 1000   # CoOp's text step, context encoded once or not
@@ -17,8 +18,8 @@ text features recomputed for every batch, CoCoOp's prompts for every image encod
 (activations), which is what grows with batch x classes, and ``--caspl-memory`` models the whole peak as well
 (``LiveTensorBytes``: weights included, which is where a cached teacher differs). Writes the tables to ``runs/benchmarks.md``
 (``--out docs/benchmarks.md`` for the tracked copy; the GPU report is docs/benchmarks-gpu.md). ``--startup``,
-``--caspl-memory``, ``--gpu-speed``, ``--data-loading`` and ``--shared-prefix`` replace only their own section
-there.
+``--caspl-memory``, ``--promptkd-memory``, ``--gpu-speed``, ``--data-loading`` and ``--shared-prefix`` replace only
+their own section there.
 
 The measurements live in ``tools/benchmarks/``, one module per family; this file reads the options and runs one.
 """
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/benchmarks, al
 
 import torch  # noqa: E402
 
-from benchmarks import caspl_memory, data_loading, gpu_speed, learners, shared_prefix, startup  # noqa: E402
+from benchmarks import data_loading, distillation_memory, gpu_speed, learners, shared_prefix, startup  # noqa: E402
 from benchmarks.common import REPO  # noqa: E402
 
 
@@ -59,7 +60,13 @@ def main() -> None:
     parser.add_argument("--caspl-memory", action="store_true",
                         help="measure only CasPL stage 1's memory, teacher cached vs recomputed (--model the student, "
                              "--teacher, --caspl-batch), and replace that section of --out")
-    parser.add_argument("--teacher", default="ViT-L-14", help="CasPL teacher architecture (random init)")
+    parser.add_argument("--promptkd-memory", action="store_true",
+                        help="measure only PromptKD's student step, teacher cached and off the device vs recomputed "
+                             "(--model the student, --teacher's CLIP under a promptsrc teacher, --promptkd-batch), and "
+                             "replace those sections of --out")
+    parser.add_argument("--promptkd-batch", type=int, nargs="+", default=[8, 32],
+                        help="batches of the PromptKD comparison (the paper's is 8)")
+    parser.add_argument("--teacher", default="ViT-L-14", help="CasPL's and PromptKD's teacher architecture (random init)")
     parser.add_argument("--caspl-batch", type=int, default=32, help="batch of the CasPL memory comparison")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="the CasPL memory comparison with the student's image-tower blocks recomputed in backward "
@@ -88,7 +95,9 @@ def main() -> None:
         startup.write_startup_section(options.out, options.repeats)
         return
     # Each of these measures only its own section of --out.
-    sections = {"caspl_memory": caspl_memory.write_caspl_section, "gpu_speed": gpu_speed.write_gpu_speed_section,
+    sections = {"caspl_memory": distillation_memory.write_caspl_section,
+                "promptkd_memory": distillation_memory.write_promptkd_section,
+                "gpu_speed": gpu_speed.write_gpu_speed_section,
                 "data_loading": data_loading.write_data_section,
                 "shared_prefix": shared_prefix.write_shared_prefix_section}
     for option, write_section in sections.items():

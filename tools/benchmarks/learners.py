@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import vlprompt
 from vlprompt.learners import get_learner_class, list_learners
 
-from benchmarks.caspl_memory import CASPL_HEADING
+from benchmarks.distillation_memory import CASPL_HEADING, PROMPTKD_HEADING
 from benchmarks.common import (
     Timer, classnames, describe_machine, image_size, mb, naive_text_features, out_of_memory_as_none,
     peak_memory)
@@ -27,7 +27,8 @@ TARGETS = {"coop_text_step": 0.35, "eval_throughput": 0.9, "cocoop_memory": 0.5}
 #: `vlprompt fit --help` may take at most this many times a bare `import torch`.
 #: Sections measured by their own options: the main report keeps them as they were.
 GPU_SUMMARY_HEADING = "## On a GPU"
-OWN_SECTIONS = (STARTUP_HEADING, CASPL_HEADING, GPU_SPEED_HEADING, DATA_HEADING, GPU_SUMMARY_HEADING, PREFIX_HEADING)
+OWN_SECTIONS = (STARTUP_HEADING, CASPL_HEADING, PROMPTKD_HEADING, GPU_SPEED_HEADING, DATA_HEADING, GPU_SUMMARY_HEADING,
+                PREFIX_HEADING)
 
 
 def measure(options) -> None:

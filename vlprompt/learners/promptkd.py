@@ -103,6 +103,8 @@ class PromptKD(CachesTeacherImages, PromptLearner):
                                        nn.ReLU(), nn.Linear(teacher_dim, teacher_dim))
         self.class_text = ClassTextFeatures()
         self._init_teacher_cache()
+        #: The teacher's logit scale, kept on the student's device while the teacher is offloaded.
+        self._teacher_scale: Optional[torch.Tensor] = None
 
     # -- the student ---------------------------------------------------------------------------------------------
     def visual_prompts(self) -> dict:
@@ -137,7 +139,9 @@ class PromptKD(CachesTeacherImages, PromptLearner):
     def teacher_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``z_T = exp(ls_T) v_T t^T`` for the student's input batch (no gradient)."""
         with torch.no_grad():
-            return self.teacher.logit_scale().to(text.device) * self.teacher_image_features(images).float() @ text.t()
+            features = self.teacher_image_features(images).float()
+            scale = self._teacher_scale if self._teacher_scale is not None else self.teacher.logit_scale()
+            return scale.to(text.device) * features @ text.t()
 
     def compute_teacher_image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher.learner(self.clip.device).image_features(self.teacher_inputs(images))
@@ -153,6 +157,12 @@ class PromptKD(CachesTeacherImages, PromptLearner):
 
     def teacher_is_student(self) -> bool:
         return self.teacher.shares_student_clip
+
+    def on_teacher_offloaded(self) -> None:
+        self._teacher_scale = self.teacher.logit_scale().detach().clone()  # what the steps still read of it
+
+    def on_teacher_back(self) -> None:
+        self._teacher_scale = None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
