@@ -90,9 +90,10 @@ class PromptKD(CachesTeacherImages, PromptLearner):
                               f"teacher {teacher_checkpoint!r}; leave teacher_dim unset (it is read from the teacher)")
         if teacher_dim is None:
             if teacher_checkpoint is None:
-                raise ConfigError("promptkd needs a teacher: --model.init_args.teacher_checkpoint RUN/checkpoints/last.ckpt (a "
-                                  "promptsrc fit on the teacher's CLIP, configs/learners/promptkd-teacher.yaml; `vlprompt "
-                                  "suite base2novel --learner configs/learners/promptkd.yaml` fits it first)")
+                raise ConfigError("promptkd needs a teacher: --model.init_args.teacher_checkpoint RUN/checkpoints/"
+                                  "last.ckpt (a fit of configs/learners/promptsrc.yaml with configs/recipes/promptkd/"
+                                  "teacher.yaml; `vlprompt suite base2novel --learner configs/learners/promptkd.yaml` "
+                                  "fits it first)")
             teacher_dim = self.teacher.embed_dim()
         # Recorded, so that the student loads (vlprompt.load_learner) without reading the teacher file.
         self.hparams["teacher_dim"] = teacher_dim
@@ -190,8 +191,8 @@ class PromptKD(CachesTeacherImages, PromptLearner):
 
 
 class Teacher:
-    """The frozen teacher learner of a ``teacher`` checkpoint, read when first needed and kept out of the student's
-    modules (never trained, never saved, shared by deep copies)."""
+    """The frozen teacher learner of a ``teacher_checkpoint`` file, read when first needed and kept out of the
+    student's modules (never trained, never saved, shared by deep copies)."""
 
     def __init__(self, path: Optional[str], student: FrozenCLIP):
         self.path = str(path) if path is not None else None
@@ -272,18 +273,23 @@ class ClassTextFeatures(nn.Module):
         super().__init__()
         self.features: dict[str, torch.Tensor] = {}
         self.origin: Optional[dict] = None
+        #: The last lookup on its device (a training step asks for the same classes every time).
+        self._stacked: Optional[tuple[tuple[str, ...], torch.Tensor]] = None
 
     def missing(self, classnames: Sequence[str]) -> list[str]:
         return [name for name in classnames if name not in self.features]
 
     def lookup(self, classnames: Sequence[str], device) -> torch.Tensor:
-        return torch.stack([self.features[name] for name in classnames]).to(device)
+        names = tuple(classnames)
+        if self._stacked is None or self._stacked[0] != names or self._stacked[1].device != torch.device(device):
+            self._stacked = (names, torch.stack([self.features[name] for name in names]).to(device))
+        return self._stacked[1]
 
     def add(self, classnames: Sequence[str], features: torch.Tensor, origin: dict) -> None:
         if self.origin is not None and self.origin.get("sha256") != origin.get("sha256"):
             raise CheckpointMismatchError(f"class text features from teacher {origin.get('path')!r} cannot join those "
                                           f"of teacher {self.origin.get('path')!r}")
-        self.origin = origin
+        self.origin, self._stacked = origin, None
         for name, feature in zip(classnames, features.detach().cpu()):
             self.features[name] = feature
 
@@ -294,7 +300,7 @@ class ClassTextFeatures(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         self.features = dict(zip(state["classnames"], state["features"].float().cpu()))
-        self.origin = state["origin"]
+        self.origin, self._stacked = state["origin"], None
 
 
 __all__ = ["PromptKD", "ClassTextFeatures"]
