@@ -212,6 +212,7 @@ def test_the_search_mixes_each_combinations_coop_logits_by_softmax_weights(tiny_
         AttributeSearch(tiny_clip, CLASSNAMES, ["colour", "colour"])
 
 
+@pytest.mark.slow
 def test_the_search_alternates_prompt_steps_on_training_batches_and_weight_steps_on_validation_batches(tiny_clip,
                                                                                                        shapes):
     from vlprompt.data import ImageSplitDataModule

@@ -57,8 +57,11 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                 prompt = body["messages"][-1]["content"]
-                name = prompt.split("a ", 1)[1].split(" looks", 1)[0]
-                answer = "\n".join(f"{i}. A {name} has feature {i}." for i in range(1, 8))
+                if "attributes" in prompt:
+                    answer = "1. Colour\n2. shape.\n- Texture\n4. colour\n5. size\n6. material"
+                else:
+                    name = prompt.split("a ", 1)[1].split(" looks", 1)[0]
+                    answer = "\n".join(f"{i}. A {name} has feature {i}." for i in range(1, 8))
                 payload = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
                 data = json.dumps(payload if status == 200 else {"error": {"message": "bad key"}}).encode()
                 self.send_response(status)
@@ -108,6 +111,19 @@ def test_describe_classes_writes_parsed_sentences_and_resumes(chat_server, tmp_p
     assert len(chat_server.requests) == 3
     assert list(json.loads(out.read_text())) == ["red fox", "sea turtle", "tabby cat"]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_describe_classes_proposes_candidate_attributes_for_the_attribute_search(chat_server, tmp_path, capsys):
+    names = tmp_path / "names.txt"
+    names.write_text("red fox\nsea turtle\n")
+    out = tmp_path / "candidates.txt"
+    run_tool("--classnames", names, "--out", out, "--base-url", chat_server.url, "--model", "m", "--attributes", "4")
+    assert out.read_text() == "colour\nshape\ntexture\nsize\n"  # lower case, deduplicated, the first four
+    assert len(chat_server.requests) == 1  # one question for all classes
+    assert "red fox, sea turtle" in chat_server.requests[0]["body"]["messages"][-1]["content"]
+    with pytest.raises(SystemExit) as stopped:  # never overwritten
+        run_tool("--classnames", names, "--out", out, "--base-url", chat_server.url, "--model", "m", "--attributes", "4")
+    assert "exists; choose another --out" in str(stopped.value.code)
 
 
 def test_describe_classes_fails_in_one_line(chat_server, tmp_path, capsys):

@@ -11,6 +11,13 @@ config's root) or from a text file with one name per line. Each class is asked f
 ``--prompt`` (``{classname}`` and ``{sentences}`` are filled in); the answer is split into one sentence per line,
 list markers removed. The file is rewritten after every class, and classes it already describes are kept, so an
 interrupted run goes on where it stopped. Then train with ``--data.descriptions <out>``.
+
+With ``--attributes N`` it asks instead, once for all class names, for N general attributes that tell the classes
+apart (one noun each, as ATPrompt asked GPT-4o for its candidates) and writes them one per line: the candidates
+file of ``tools/search_attributes.py``.
+
+    python tools/describe_classes.py --data configs/data/DTD.yaml --attributes 5 --out dtd-candidates.txt \
+        --base-url https://api.openai.com/v1 --model gpt-4o-mini
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from pathlib import Path
 DEFAULT_PROMPT = ("Describe what a {classname} looks like in a photo, as {sentences} short sentences, one per line. "
                   "Name visual features: shape, colour, parts, texture, typical surroundings.")
 SYSTEM = "You write short, factual visual descriptions of object categories. Answer with sentences only."
+ATTRIBUTES_PROMPT = ("These are the classes of an image classification data set: {classnames}. Name {count} general "
+                     "and independent attributes that tell these classes apart, each one noun, one per line.")
 #: A leading list marker: "1.", "2)", "-", "*", "•".
 LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
 
@@ -84,6 +93,27 @@ def parse_sentences(text: str, count: int) -> list[str]:
 def ask(options, classname: str, key: str | None) -> list[str]:
     """One chat completion for ``classname``; its sentences."""
     prompt = options.prompt.format(classname=classname, sentences=options.sentences)
+    sentences = parse_sentences(chat(options, prompt, key, repr(classname)) or "", options.sentences)
+    if not sentences:
+        raise DescribeError(f"the answer for {classname!r} held no sentence; try another --prompt or --model")
+    return sentences
+
+
+def propose_attributes(options, classnames: list[str], key: str | None) -> list[str]:
+    """One chat completion for every class name at once: ``--attributes`` attribute words (lower case, one each)."""
+    prompt = ATTRIBUTES_PROMPT.format(classnames=", ".join(classnames), count=options.attributes)
+    words = []
+    for line in parse_sentences(chat(options, prompt, key, "the attributes") or "", 10 * options.attributes):
+        word = line.rstrip(".").strip().lower()
+        if word and len(word.split()) <= 2 and word not in words:
+            words.append(word)
+    if len(words) < 2:
+        raise DescribeError("the answer held fewer than two attribute words (one noun per line); try another --model")
+    return words[:options.attributes]
+
+
+def chat(options, prompt: str, key: str | None, what: str) -> str:
+    """The content of one chat completion of ``prompt`` (``what`` names the question in errors)."""
     body = {"model": options.model, "temperature": options.temperature,
             "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]}
     request = urllib.request.Request(options.base_url.rstrip("/") + "/chat/completions", method="POST",
@@ -96,7 +126,7 @@ def ask(options, classname: str, key: str | None) -> list[str]:
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")[:200].replace("\n", " ")
         hint = (f"; set ${options.api_key_env} to a valid key" if err.code in (401, 403) else "")
-        raise DescribeError(f"{options.base_url} answered HTTP {err.code} for {classname!r}: {detail}{hint}") from None
+        raise DescribeError(f"{options.base_url} answered HTTP {err.code} for {what}: {detail}{hint}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
         raise DescribeError(f"cannot reach {options.base_url} ({reason}); check --base-url and that the server is "
@@ -105,14 +135,10 @@ def ask(options, classname: str, key: str | None) -> list[str]:
         raise DescribeError(f"{options.base_url} did not answer with JSON; is it an OpenAI-compatible /v1 "
                             "endpoint?") from None
     try:
-        content = answer["choices"][0]["message"]["content"]
+        return answer["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise DescribeError(f"{options.base_url} answered without choices[0].message.content; is it an "
                             "OpenAI-compatible chat endpoint?") from None
-    sentences = parse_sentences(content or "", options.sentences)
-    if not sentences:
-        raise DescribeError(f"the answer for {classname!r} held no sentence; try another --prompt or --model")
-    return sentences
 
 
 def write_atomically(path: Path, described: dict[str, list[str]]) -> None:
@@ -127,7 +153,11 @@ def main(argv=None) -> None:
     source.add_argument("--data", type=Path, help="data YAML whose class names to describe")
     source.add_argument("--classnames", type=Path, help="text file of class names, one per line")
     parser.add_argument("--root", type=Path, help="data set directory (overrides the data YAML's root)")
-    parser.add_argument("--out", type=Path, required=True, help="descriptions JSON to write (kept and extended)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="descriptions JSON to write (kept and extended); with --attributes, the candidates file")
+    parser.add_argument("--attributes", type=int,
+                        help="instead of descriptions: ask for this many attribute words for all classes at once (the "
+                             "candidates of tools/search_attributes.py)")
     parser.add_argument("--base-url", required=True, help="OpenAI-compatible API root, e.g. https://api.openai.com/v1")
     parser.add_argument("--model", required=True, help="chat model name")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
@@ -145,6 +175,17 @@ def main(argv=None) -> None:
         except (KeyError, IndexError, ValueError) as err:
             raise DescribeError(f"--prompt may use only {{classname}} and {{sentences}} ({err!r})") from None
         names = read_classnames(options)
+        if options.attributes is not None:
+            if options.attributes < 2:
+                raise DescribeError(f"--attributes must be at least 2, got {options.attributes}")
+            if options.out.exists():
+                raise DescribeError(f"{options.out} exists; choose another --out (it is not overwritten)")
+            words = propose_attributes(options, names, os.environ.get(options.api_key_env))
+            options.out.parent.mkdir(parents=True, exist_ok=True)
+            options.out.write_text("\n".join(words) + "\n")
+            print(f"describe_classes: wrote {len(words)} candidate attributes to {options.out} ({', '.join(words)}); "
+                  f"search them with python tools/search_attributes.py --candidates {options.out}")
+            return
         described = read_existing(options.out)
         todo = [name for name in names if not described.get(name)]
         key = os.environ.get(options.api_key_env)
