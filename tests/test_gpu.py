@@ -1,4 +1,5 @@
-"""What only a GPU can show: the CasPL teacher leaving the device once its features are cached, a fit with the
+"""What only a GPU can show: the CasPL and PromptKD teachers leaving the device once their features are cached, a fit
+with the
 frozen weights held in bf16 and the learner compiled with CUDA graphs, and CoCoOp's text chunks chosen from the
 device's free memory. Skipped without CUDA (tools/gpu_checks.sh runs them on a lent GPU)."""
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vlprompt
 
-from conftest import CLASSNAMES, tiny_config
+from conftest import CLASSNAMES, save_fitted, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -55,6 +56,22 @@ def test_caspl_offloads_its_teacher_once_every_image_is_cached(tmp_path):
     trainer(tmp_path, callbacks=[where]).fit(learner, datamodule=UnaugmentedData(images, torch.full((12,), -1)))
     assert where.seen == ("cuda", "cpu", True, 12)
     assert not torch.equal(learner.prompts.ctx.detach().cpu(), before)
+
+
+def test_promptkd_offloads_its_teacher_once_every_image_is_cached(tmp_path):
+    torch.manual_seed(0)
+    student = vlprompt.load_clip(tiny_config())
+    teacher_clip = vlprompt.load_clip(tiny_config(text_cfg={"width": 48, "heads": 3}))
+    teacher = save_fitted(vlprompt.build_learner("promptsrc", clip=teacher_clip, classnames=CLASSNAMES),
+                          tmp_path / "teacher.ckpt")
+    learner = vlprompt.build_learner("promptkd", clip=student, teacher_checkpoint=teacher, classnames=CLASSNAMES,
+                                     lr=0.05, warmup_epochs=0)
+    images = torch.randn(12, 3, 32, 32)
+    before = learner.vision_prompts[0].detach().clone()
+    where = WhereModelsAre()
+    trainer(tmp_path, callbacks=[where]).fit(learner, datamodule=UnaugmentedData(images, torch.full((12,), -1)))
+    assert where.seen == ("cuda", "cpu", True, 12)
+    assert not torch.equal(learner.vision_prompts[0].detach().cpu(), before)
 
 
 def test_a_fit_in_bf16_holds_the_weights_and_runs_compiled_with_cuda_graphs(tmp_path):

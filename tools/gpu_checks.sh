@@ -20,6 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 check 270 --gpu-speed --device cuda
 check 45 --caspl-memory --device cuda --activation-checkpointing
 check 45 --caspl-memory --device cuda --precision bf16-mixed --activation-checkpointing
+check 60 --promptkd-memory --device cuda --promptkd-batch 8 32
+check 60 --promptkd-memory --device cuda --precision bf16-mixed --promptkd-batch 8 32
 echo "== pytest tests/test_gpu.py"
 timeout 100 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
 check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32
