@@ -36,6 +36,10 @@ PLUGIN_CASES = {
 }
 
 
+#: Plug-in cases whose learner is the slowest to build and step (they run with the slow tests).
+SLOW_CASES = {"cocoop+atprompt", "promptsrc+atprompt", "cocoop+caspl", "promptsrc+caspl"}
+
+
 def cases() -> list[str]:
     return [*vlprompt.list_learners(), *PLUGIN_CASES]
 
@@ -117,7 +121,8 @@ def compute(case: str, folder: Path) -> dict[str, torch.Tensor]:
     return {"logits": logits, "loss": loss.total.detach(), **terms, "logits_after_step": stepped}
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
+                                  for case in cases()])
 def test_learner_outputs_are_unchanged(case, tmp_path):
     stored = torch.load(REFERENCE, weights_only=True)
     assert case in stored, f"no stored values for {case}: run python tests/test_learner_invariance.py {case}"

@@ -203,6 +203,7 @@ def test_the_teacher_shares_the_students_clip_when_it_was_learned_on_it(tiny_cli
     assert teacher_checkpoint(tiny_clip) == learner.teacher.path
 
 
+@pytest.mark.slow
 def test_a_fit_without_augmentation_computes_the_teachers_image_features_once(tiny_clip, shapes, tmp_path):
     import pytorch_lightning as pl
 
