@@ -18,7 +18,7 @@ from vlprompt.learners import get_learner_class, list_learners
 from vlprompt.learners.registry import hyperparameter_names
 from vlprompt.toy import write_toy_dataset
 
-from conftest import REPO
+from conftest import REPO, teacher_checkpoint
 
 CONFIGS = REPO / "configs"
 TRAINABLE = [name for name in list_learners() if get_learner_class(name).needs_training]
@@ -76,6 +76,11 @@ def test_two_process_training_completes(learner, toy_data, tmp_path):
     teacher = (["--model.init_args.teacher.init_args.name", "vlprompt-tiny",
                 "--model.init_args.teacher.init_args.pretrained", "toy"]
                if "teacher" in hyperparameter_names(get_learner_class(learner)) else [])
+    if get_learner_class(learner).teacher_recipe is not None:  # PromptKD: a promptsrc teacher on the toy CLIP itself
+        import vlprompt as package
+
+        teacher = ["--model.init_args.teacher_checkpoint",
+                   teacher_checkpoint(package.load_clip("vlprompt-tiny", pretrained="toy"))]
     fit = vlprompt("fit", learner, toy_data, tmp_path / "logs", learner, 2, "--trainer.max_epochs", "1", *teacher)
     assert (fit / "checkpoints" / "last.ckpt").is_file()
 

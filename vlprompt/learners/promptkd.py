@@ -118,14 +118,20 @@ class PromptKD(CachesTeacherImages, PromptLearner):
                                           checkpoint=self.activation_checkpointing and self.training)
         return F.normalize(self.projector(features.float()), dim=-1)
 
-    def text_features(self) -> torch.Tensor:
-        """The teacher's ``C x D_T`` class text features of the current classes (computed once per class)."""
+    def ensure_text_features(self) -> None:
+        """Have the teacher compute the text features of the current classes the student does not hold yet (outside
+        the compiled paths: it may read the teacher file)."""
         missing = self.class_text.missing(self.classnames)
         if missing:
             self._add_teacher_text(missing)
+
+    def text_features(self) -> torch.Tensor:
+        """The teacher's ``C x D_T`` class text features of the current classes (computed once per class)."""
+        self.ensure_text_features()
         return self.class_text.lookup(self.classnames, self.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.ensure_text_features()
         return self.logits(self.image_features(images), self.cached_text_features(self.text_features))
 
     # -- the teacher ---------------------------------------------------------------------------------------------
@@ -175,11 +181,12 @@ class PromptKD(CachesTeacherImages, PromptLearner):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.teacher.learner(self.clip.device)
-        self.text_features()  # every training class's, once, before the teacher may leave the device
+        self.ensure_text_features()  # every training class's, once, before the teacher may leave the device
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         """Student and teacher logits over every training class; ``labels`` pass through unread."""
+        self.ensure_text_features()
         text = self.text_features()
         return StepOutputs(logits=self.logits(self.image_features(images), text), labels=labels,
                            extras={"teacher_logits": self.teacher_logits(images, text)})
