@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from toy_benchmark import recipe_epochs  # noqa: E402
 
 from vlprompt.eval.base2novel import run_base_to_novel  # noqa: E402
+from vlprompt.learners import get_learner_class  # noqa: E402
 from vlprompt.eval.toy import toy_run_args  # noqa: E402
 
 CONFIGS = REPO / "configs"
@@ -74,13 +75,16 @@ def main() -> None:
         parser.error(f"no default variants for {options.learner}; give --variant NAME=OVERRIDES")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     run_dir = options.runs / time.strftime(f"toy-ablation-{options.learner}-%Y%m%d-%H%M%S")
+    # A transductive learner (PromptKD) fits on every class's images, as the benchmark runs it.
+    transductive = get_learner_class(options.learner).transductive
     started = time.time()
     lines = [f"| {options.learner} on {options.dataset} | Base | Novel | HM |", "|---|---:|---:|---:|"]
     for index, (name, overrides) in enumerate(variants.items()):
         runs = [run_base_to_novel([*toy_run_args(CONFIGS, options.learner, options.dataset, options.data, seed),
                                    "--trainer.enable_progress_bar", "false",
                                    "--trainer.max_epochs", str(recipe_epochs(options.learner)), *shlex.split(overrides)],
-                                  run_dir, f"variant{index}-seed{seed}") for seed in options.seeds]
+                                  run_dir, f"variant{index}-seed{seed}", transductive=transductive)
+                for seed in options.seeds]
         lines.append(f"| {name} | " + " | ".join(mean_std([run[key] for run in runs])
                                                for key in ("base_acc", "novel_acc", "hm")) + " |")
         print(lines[-1], flush=True)
