@@ -115,7 +115,7 @@ class ContextPrompts(nn.Module):
                               f"{self.class_token_position!r}")
         self._prefix_sources.append(source)
         ids, learned = [], []
-        for piece in (piece for source in self._prefix_sources for piece in source.text_prefix):
+        for piece in (piece for owner in self._prefix_sources for piece in owner.text_prefix):
             encoded = clip.encode_words(piece) if isinstance(piece, str) else clip.encode_words(
                 " ".join(["X"] * piece.shape[0]))
             if not isinstance(piece, str):
@@ -218,7 +218,7 @@ class ContextPrompts(nn.Module):
         prompt)."""
         if not self._prefix_learned:
             return self.token_embeds
-        learned = torch.cat([piece for source in self._prefix_sources for piece in source.text_prefix
+        learned = torch.cat([piece for owner in self._prefix_sources for piece in owner.text_prefix
                              if not isinstance(piece, str)]).to(self.token_embeds.dtype)
         n_cls = self.token_embeds.shape[0]
         rows = torch.arange(n_cls, device=learned.device)[:, None].expand(-1, learned.shape[0])
