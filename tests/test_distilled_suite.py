@@ -120,3 +120,11 @@ def test_plugins_name_the_runs_so_they_never_share_the_learners_folder(tmp_path,
     out = capsys.readouterr().out
     assert "base2novel coop+atprompt DTD shots=16 seed=1" in out
     assert str(tmp_path / "base2novel" / "coop+atprompt" / "DTD" / "shots16_seed1") in out
+
+
+def test_a_plugins_list_after_the_separator_replaces_the_recipes(tmp_path, capsys):
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"),
+          str(CONFIGS / "recipes" / "atprompt" / "coop.yaml"), "--data", str(CONFIGS / "data" / "DTD.yaml"), "--seeds",
+          "1", "--runs", str(tmp_path), "--dry-run", "--", "--model.init_args.plugins", "[]"])
+    out = capsys.readouterr().out
+    assert "base2novel coop DTD shots=16 seed=1" in out and "coop+atprompt" not in out

@@ -262,10 +262,10 @@ def _names_owned_plugin(value) -> bool:
     return SUITE_OWNED_PLUGIN in _plugin_names_in(value)
 
 
-def _override_plugin_names(overrides: Sequence[str]) -> list[str]:
-    """The plug-ins the overrides after ``--`` give the learner: in ``--config`` files and ``plugins`` options, in
-    order (a later ``plugins=`` list replaces the earlier ones, ``plugins+=`` adds one)."""
-    overrides, names = [str(arg) for arg in overrides], []
+def _override_plugin_names(overrides: Sequence[str], names: Sequence[str] = ()) -> list[str]:
+    """The plug-ins a learner has after the overrides after ``--``, from ``names`` (its YAMLs'): ``--config`` files and
+    ``plugins`` options in order (a ``plugins=`` list or a file's list replaces them, ``plugins+=`` adds one)."""
+    overrides, names = [str(arg) for arg in overrides], list(names)
     for index, arg in enumerate(overrides):
         key, _, value = arg.lstrip("-").partition("=")
         if not arg.startswith("-"):
@@ -541,7 +541,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
     shots = list(shots or (FEW_SHOT_SHOTS if protocol == "few-shot" else (16,)))
     cls = _learner_class(learner_config)
     # Plug-ins name the runs (coop+atprompt), so they never share a run folder with the learner alone.
-    learner = "+".join([cls.registry_name, *_plugin_names(learner_config), *_override_plugin_names(overrides)])
+    learner = "+".join([cls.registry_name, *_override_plugin_names(overrides, _plugin_names(learner_config))])
     stage = None
     if boost:
         # What the class alone tells; the learner's text context is checked when its first run builds it.
