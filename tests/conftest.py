@@ -74,13 +74,9 @@ def learned_tensors(learner) -> dict[str, torch.Tensor]:
 def save_fitted(learner, path) -> str:
     """Write a learner as the ``last.ckpt`` of its fit would hold it (what plug-ins and teachers read), without a
     trainer; returns the path."""
-    from vlprompt.learners.base import CHECKPOINT_FORMAT
-
-    identity = learner.clip.identity
-    meta = {"format": CHECKPOINT_FORMAT, "learner": learner.registry_name, "clip": identity,
-            "frozen": {name: model.identity for name, model in learner.frozen_models.items()},
-            "classnames": list(learner.classnames)}
-    torch.save({"vlprompt": meta, "state_dict": learner.state_dict(), "hyper_parameters": dict(learner.hparams)}, path)
+    checkpoint = {"state_dict": learner.state_dict(), "hyper_parameters": dict(learner.hparams)}
+    learner.on_save_checkpoint(checkpoint)  # the learner's own record (the vlprompt entry), as a fit writes it
+    torch.save(checkpoint, path)
     return str(path)
 
 

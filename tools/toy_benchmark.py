@@ -136,11 +136,16 @@ def teacher_args(dataset: str, data_root: Path, seed: int, quiet: list[str], plu
     return [*args, *quiet, *(plugin_option(name) for name in plugins)]
 
 
+def teacher_key(dataset: str, seed: int, plugins: list[str]) -> str:
+    """Where ``fitted`` remembers PromptKD's teacher of (``dataset``, ``seed``) with ``plugins``."""
+    return f"teacher:{dataset}:{seed}:{'+'.join(plugins)}"
+
+
 def teacher_checkpoint(dataset: str, data_root: Path, seed: int, run_dir: Path, quiet: list[str], fitted: dict,
                        plugins: list[str]) -> str:
     """PromptKD's teacher for (``dataset``, ``seed``): fitted and tested base-to-novel once (its accuracy is a row of
     its own), remembered in ``fitted`` with its seconds and metrics."""
-    key = f"teacher:{dataset}:{seed}:{'+'.join(plugins)}"
+    key = teacher_key(dataset, seed, plugins)
     if key not in fitted:
         name = f"{dataset}-teacher{''.join('+' + p for p in plugins)}-seed{seed}"
         started = time.time()
@@ -338,7 +343,8 @@ def main() -> None:
             if stage1 > stage1_before:
                 rows[STAGE1_ROW] = {"seconds": stage1}
             plugins = "+atprompt" if learner.endswith(ATP_SUFFIX) else ""
-            teachers = [fitted.get(f"teacher:{name}:{seed}:{plugins.lstrip('+')}") for seed in options.seeds]
+            teachers = [fitted.get(teacher_key(name, seed, [plugins.lstrip("+")] if plugins else []))
+                        for seed in options.seeds]
             if all(teachers) and get_learner_class(base_learner(learner)).teacher_recipe is not None:
                 rows[TEACHER_ROW + plugins] = {"seeds": list(options.seeds), "epochs": recipe_epochs("promptsrc"),
                                                "seconds": sum(entry[1] for entry in teachers),

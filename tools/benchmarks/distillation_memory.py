@@ -155,9 +155,9 @@ def write_promptkd_section(options, device: torch.device) -> None:
     names = classnames(10)
     teacher = vlprompt.build_learner("promptsrc", clip=teacher_clip, classnames=names).to(device)
     path = Path(tempfile.mkdtemp(prefix="vlprompt-bench-")) / "teacher.ckpt"
-    meta = {"format": 3, "learner": "promptsrc", "clip": teacher_clip.identity,
-            "frozen": {"clip": teacher_clip.identity}, "classnames": names}
-    torch.save({"vlprompt": meta, "state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, path)
+    checkpoint = {"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}
+    teacher.on_save_checkpoint(checkpoint)  # the learner's own record, as a fit writes it
+    torch.save(checkpoint, path)
     teacher_bytes = sum(t.numel() * t.element_size() for t in _tensors(teacher_clip.model, teacher))
     load = checkpoint_module.load_learner  # the teacher on these weights, not on a second random copy
     checkpoint_module.load_learner = lambda file, **kw: load(file, clip=teacher_clip)

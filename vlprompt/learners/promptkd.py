@@ -186,7 +186,6 @@ class PromptKD(CachesTeacherImages, PromptLearner):
     # -- the loss ------------------------------------------------------------------------------------------------
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         """Student and teacher logits over every training class; ``labels`` pass through unread."""
-        self.ensure_text_features()
         text = self.text_features()
         return StepOutputs(logits=self.logits(self.image_features(images), text), labels=labels,
                            extras={"teacher_logits": self.teacher_logits(images, text)})
@@ -222,7 +221,7 @@ class Teacher:
             if not cls.image_independent_text or not cls.needs_training or meta["learner"] == "promptkd":
                 raise ConfigError(f"teacher {self.path!r} holds a {meta['learner']!r} learner; a PromptKD teacher is a "
                                   "prompt learner whose class text features do not depend on the image (the paper's: "
-                                  "promptsrc, configs/learners/promptkd-teacher.yaml)")
+                                  "promptsrc with configs/recipes/promptkd/teacher.yaml)")
             self._meta = meta
         return self._meta
 
@@ -242,8 +241,8 @@ class Teacher:
             learner = load_learner(self.path, clip=self._student) if same else load_learner(self.path)
             learner.requires_grad_(False)
             self._learner = learner.eval()
-            self._sha256 = content_hash([learner.state_dict()[key] for key in sorted(learner.state_dict())
-                                         if torch.is_tensor(learner.state_dict()[key])])
+            state = learner.state_dict()
+            self._sha256 = content_hash([state[key] for key in sorted(state) if torch.is_tensor(state[key])])
         if origin is not None and origin.get("sha256") != self._sha256:
             raise CheckpointMismatchError(
                 f"teacher {self.path!r} is not the teacher this student was distilled from ({origin.get('path')!r}, "
