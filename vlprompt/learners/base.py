@@ -92,7 +92,10 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
             prompt per group (MoCoOp's experts); others ignore them.
         attributes: the data set's attribute words (``data.attributes``, e.g. ``[color, shape]``), for plug-ins that
             place them in the prompt (ATPrompt); others ignore them.
-        lr, momentum, weight_decay: SGD settings (the Dassl/CoOp family trains with SGD).
+        optimizer: ``sgd`` (the Dassl/CoOp family), ``adam`` (weight decay as an L2 term, as Dassl's) or ``adamw``
+            (decoupled weight decay); Adam's betas are Dassl's (0.9, 0.999).
+        lr, momentum, weight_decay: the optimiser's settings (``momentum`` is SGD's).
+        adam_eps: Adam's and AdamW's epsilon (torch's 1e-8; TCP's recipe patches Dassl to 1e-3).
         warmup_epochs, warmup_lr: a constant learning rate for the first epochs, then cosine annealing
             over ``max_epochs`` (Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR``).
         plugins: plug-ins as specs ``[{name: <plug-in>, <option>: <value>, ...}, ...]``
@@ -141,9 +144,11 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         descriptions: Optional[dict[str, list[str]]] = None,
         template_groups: Optional[Sequence[Sequence[str]]] = None,
         attributes: Optional[Sequence[str]] = None,
+        optimizer: str = "sgd",
         lr: float = 0.002,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        adam_eps: float = 1e-8,
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
         plugins: Optional[list[dict[str, Any]]] = None,
@@ -159,6 +164,8 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
             del self.hparams[name]
             self._hparams_initial.pop(name, None)
         check_hyperparameters(self.hparams)
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.clip = clip
         self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None
@@ -479,8 +486,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def configure_optimizers(self):
         self._require_trainable()  # Lightning asks for optimizers before on_fit_start
         hp = self.hparams
-        optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
-                                    weight_decay=hp.weight_decay)
+        optimizer = build_optimizer(self.parameter_groups(), hp)
         scheduler = dassl_schedule(optimizer, hp.lr, hp.warmup_epochs, hp.warmup_lr, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -511,6 +517,20 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._text_cache = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+#: The optimisers a learner may train with (its ``optimizer`` option).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
+    """The optimiser a learner's hyper-parameters ``hp`` name, over parameter ``groups`` (Dassl's settings: SGD with
+    momentum; Adam with L2 weight decay; AdamW; betas (0.9, 0.999))."""
+    name = hp.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return kind(groups, lr=hp.lr, betas=(0.9, 0.999), eps=hp.get("adam_eps", 1e-8), weight_decay=hp.weight_decay)
 
 
 def dassl_schedule(optimizer, lr: float, warmup_epochs: int, warmup_lr: float, max_epochs: Optional[int]):

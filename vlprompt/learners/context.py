@@ -34,6 +34,8 @@ class ContextPrompts(nn.Module):
             ``front`` (``classname ctx.``).
         class_specific: one context per class (CoOp's CSC) instead of one shared by all classes. Such a
             context cannot move to other classes.
+        class_suffix: the words after the class name (``"."``; TCP's prompts end as the data set's template does,
+            e.g. ``", a type of pet."``). Settable; :meth:`build` reads it.
 
     Plug-ins add frozen tokens after the context and its fixed init words with :meth:`take_tokens` (CasPL's
     boosting prompts: ``[SOT] ctx boost classname.``, or with MaPLe's ``n_ctx`` 2 from "a photo of a"
@@ -51,6 +53,7 @@ class ContextPrompts(nn.Module):
         ctx_init: Optional[str] = "a photo of a",
         class_token_position: str = "end",
         class_specific: bool = False,
+        class_suffix: str = ".",
     ):
         super().__init__()
         #: Plug-ins whose tokens follow the context (a plain list: the learner holds them as its components).
@@ -66,6 +69,9 @@ class ContextPrompts(nn.Module):
             raise ConfigError(f"class_token_position must be one of {', '.join(CLASS_TOKEN_POSITIONS)}, "
                               f"got {class_token_position!r}")
         self.n_ctx, self.class_token_position, self.class_specific = n_ctx, class_token_position, class_specific
+        self.class_suffix = class_suffix
+        #: Set by a learner whose deep prompts differ per class (TCP's class-aware tokens): no prefix is then shared.
+        self.deep_prompts_per_class = False
         width = clip.text_width
         init_ids = clip.encode_words(ctx_init) if ctx_init else []
         if len(init_ids) > n_ctx and class_token_position != "end":
@@ -178,20 +184,20 @@ class ContextPrompts(nn.Module):
     def shared_prefix(self) -> int:
         """Leading positions that are the same in every class's prompt: the start tokens, plug-in words and tokens
         before the context, the shared context, plug-in tokens and fixed init words before the class name (``end``
-        layout); 0 otherwise."""
-        if self.class_token_position != "end" or self.class_specific:
+        layout); 0 otherwise, and where deep prompts differ per class."""
+        if self.class_token_position != "end" or self.class_specific or self.deep_prompts_per_class:
             return 0
         return (self._prefix_length + len(self._prefix_ids) + self.n_ctx + len(self._plugin_ids)
                 + len(self._fixed_ids))
 
     def _pieces(self, name: str) -> tuple[list, list[int]]:
         """Prompt pieces for one class and the indices of the learned ones."""
-        ctx, half = self._ctx_ids, self.n_ctx // 2
+        ctx, half, suffix = self._ctx_ids, self.n_ctx // 2, self.class_suffix
         if self.class_token_position == "end":
-            return [self._prefix_ids, ctx, self._fixed_ids, self._plugin_ids, name, "."], [1]
+            return [self._prefix_ids, ctx, self._fixed_ids, self._plugin_ids, name, suffix], [1]
         if self.class_token_position == "front":
-            return [name, ctx, "."], [1]
-        return [ctx[:half], name, ctx[half:], "."], [0, 2]
+            return [name, ctx, suffix], [1]
+        return [ctx[:half], name, ctx[half:], suffix], [0, 2]
 
     def embeddings(self, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings ``C x L x width`` with the context inserted.

@@ -18,6 +18,7 @@ RANGES: dict[str, tuple[Optional[float], bool, Optional[float], bool]] = {
     "warmup_lr": (0.0, True, None, False),
     "momentum": (0.0, True, 1.0, False),
     "weight_decay": (0.0, True, None, False),
+    "adam_eps": (0.0, False, None, False),
     "temperature": (0.0, False, None, False),
     "tau": (0.0, False, None, False),
     "gpa_std": (0.0, False, None, False),
