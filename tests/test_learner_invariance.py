@@ -33,6 +33,9 @@ PLUGIN_CASES = {
     "cocoop+atprompt": ("cocoop", "atprompt"),
     "maple+atprompt": ("maple", "atprompt"),
     "promptsrc+atprompt": ("promptsrc", "atprompt"),
+    "coop+dept": ("coop", "dept"),
+    "cocoop+dept": ("cocoop", "dept"),
+    "maple+dept": ("maple", "dept"),
 }
 
 
@@ -78,6 +81,8 @@ def plugin_spec(plugin: str, clip, folder: Path, n_ctx: int) -> dict:
         return {"name": "caspl", "boost_from": boosting_checkpoint(clip, folder)}
     if plugin == "atprompt":
         return {"name": "atprompt", "attributes": ["colour", "shape"]}
+    if plugin == "dept":
+        return {"name": "dept"}
     path = gram_file(clip, folder, n_ctx)
     return {"name": "gram", "init_from": path, "gradient_regulator": path}
 

@@ -72,11 +72,12 @@ def test_capabilities_are_derived_from_the_learners_components(tiny_clip):
     def capabilities(name, **hparams):
         return vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, **hparams).capabilities
 
-    assert capabilities("coop") == {"text_context", "shared_image_path"}
+    assert capabilities("coop") == {"text_context", "shared_image_path", "unnormalised_features"}
     assert capabilities("coop", class_token_position="front") == {"shared_image_path"}
     assert capabilities("zeroshot") == {"shared_image_path"}
     maple = vlprompt.build_learner("maple", clip=tiny_clip, classnames=CLASSNAMES)
-    assert maple.capabilities == {"text_context", "shared_image_path"} and not maple.image_features_are_frozen
+    assert maple.capabilities == {"text_context", "shared_image_path", "unnormalised_features"}
+    assert not maple.image_features_are_frozen
     ivlp = vlprompt.build_learner("ivlp", clip=tiny_clip, classnames=CLASSNAMES, vision_depth=0)
     assert ivlp.image_features_are_frozen  # no vision tokens: the frozen tower's features
 

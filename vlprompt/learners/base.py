@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
@@ -25,7 +26,7 @@ from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_
 from vlprompt.learners.context import ContextPrompts
 from vlprompt.learners.hyperparameters import check_hyperparameters
 from vlprompt.learners.losses import Loss, LossTerm, StepOutputs, combine, cross_entropy
-from vlprompt.learners.plugins import plugin_classes, refuse_unless_capable
+from vlprompt.learners.plugins import Plugin, plugin_classes, refuse_unless_capable
 from vlprompt.learners.references import FrozenReferences
 from vlprompt.learners.registry import get_plugin_class, list_plugins
 
@@ -169,6 +170,8 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         self.clip = clip
         self.references = FrozenReferences()
         self._text_cache: Optional[torch.Tensor] = None
+        #: Unnormalised features of the last forward, kept only while a plug-in reads them (DePT's head).
+        self._raw_features: Optional[dict[str, torch.Tensor]] = None
         if self.needs_descriptions and descriptions is None:
             raise ConfigError(f"{self.registry_name} needs per-class descriptions: pass --data.descriptions FILE (a "
                               "JSON file {\"class name\": [\"sentence\", ...]}; tools/describe_classes.py writes one)")
@@ -201,7 +204,9 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> Loss:
         """The loss of a training batch: its total, its weighted terms by name (the learner's, then its plug-ins'),
         and the step's outputs."""
-        terms = [*self.loss_terms(), *(term for plugin in self.plugins for term in plugin.loss_terms(self))]
+        scales = {name: scale for plugin in self.plugins for name, scale in plugin.scaled_terms(self).items()}
+        terms = [term._replace(weight=term.weight * scales.get(term.name, 1.0)) for term in self.loss_terms()]
+        terms += [term for plugin in self.plugins for term in plugin.loss_terms(self)]
         return combine(terms, self.training_outputs(images, labels))
 
     def visual_prompts(self) -> dict[str, Any]:
@@ -213,6 +218,15 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         """Optimiser parameter groups; one group at the learner's ``lr`` unless a learner trains parts at their
         own rates (a group may carry ``lr``)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def optimizer_groups(self) -> list[dict]:
+        """What the optimiser trains: :meth:`parameter_groups`, less the parameters a plug-in trains in groups of its
+        own (:meth:`~vlprompt.learners.plugins.Plugin.parameter_groups`), then those groups."""
+        own = [group for plugin in self.plugins for group in plugin.parameter_groups(self)]
+        taken = {id(p) for group in own for p in group["params"]}
+        groups = [{**group, "params": [p for p in group["params"] if id(p) not in taken]}
+                  for group in self.parameter_groups()]
+        return [group for group in groups if group["params"]] + own
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     @property
@@ -273,9 +287,31 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         """Normalised image features on the shared path: the frozen tower's (:meth:`frozen_image_features`), or with
         the learner's :meth:`visual_prompts` and its plug-ins' vision tokens when there are any."""
         prompts = self.visual_prompts()
-        if not prompts and not self._plugins_change_images:
-            return self.frozen_image_features(images)
-        return self.encode_image(images, **prompts)
+        frozen = not prompts and not self._plugins_change_images
+        if self._raw_features is None:
+            return self.frozen_image_features(images) if frozen else self.encode_image(images, **prompts)
+        if images.ndim == 2:
+            raise ConfigError(f"{self.registry_name}'s plug-ins read unnormalised image features, and the feature cache "
+                              "holds normalised ones; drop data.cache_image_features")
+        raw = self.clip.encode_image(images) if frozen else self.encode_image(images, normalize=False, **prompts)
+        self._raw_features["image"] = raw
+        return F.normalize(raw, dim=-1)
+
+    def normalized_text(self, features: torch.Tensor) -> torch.Tensor:
+        """Class text features normalised, as learners return them; the unnormalised ones are kept while a plug-in
+        reads them (:meth:`take_raw_features`)."""
+        if self._raw_features is not None:
+            self._raw_features["text"] = features
+        return F.normalize(features, dim=-1)
+
+    def take_raw_features(self) -> dict[str, torch.Tensor]:
+        """The unnormalised ``text`` (``C x D``, or ``B x C x D`` per image) and ``image`` (``B x D``) features of the
+        last forward, handed over
+        once (a plug-in that reads them is attached; empty otherwise)."""
+        if self._raw_features is None:
+            return {}
+        taken, self._raw_features = self._raw_features, {}
+        return taken
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised features of the frozen image tower, what the data module's feature cache holds; a ``B x D``
@@ -283,12 +319,12 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         return self.references.image_features(self.clip, images)
 
     def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
-                     deep_prompts: Optional[dict] = None) -> torch.Tensor:
-        """Normalised image features with visual prompts (input ``prompts`` and per-layer ``deep_prompts``),
-        merged with the plug-ins' vision tokens (which go first)."""
+                     deep_prompts: Optional[dict] = None, normalize: bool = True) -> torch.Tensor:
+        """Image features (normalised unless ``normalize`` is False) with visual prompts (input ``prompts`` and
+        per-layer ``deep_prompts``), merged with the plug-ins' vision tokens (which go first)."""
         for plugin in self.plugins:
             prompts, deep_prompts = plugin.vision_prompts(prompts, deep_prompts)
-        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts, normalize=True,
+        return self.clip.encode_image(images, prompts=prompts, deep_prompts=deep_prompts, normalize=normalize,
                                       checkpoint=self.activation_checkpointing and self.training)
 
     # -- what the learner can take, derived from its components ---------------------------------------------------
@@ -306,6 +342,8 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         found = {"text_context"} if self.text_context is not None else set()
         if self.has_shared_image_path():
             found.add("shared_image_path")
+        if found == {"text_context", "shared_image_path"}:
+            found.add("unnormalised_features")
         return frozenset(found)
 
     @classmethod
@@ -319,7 +357,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         """Whether the image features are the frozen tower's unchanged (the data module may then cache them): the
         shared image path, with no visual prompts and no plug-in changing them."""
         return ("shared_image_path" in self.capabilities and not self.visual_prompts()
-                and not self._plugins_change_images)
+                and not self._plugins_change_images and self._raw_features is None)
 
     @property
     def _plugins_change_images(self) -> bool:
@@ -331,8 +369,12 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
             refuse_unless_capable(cls, self.registry_name or type(self).__name__, capabilities)
         for cls, options in self._plugin_classes:
             plugin = cls(**options)
+            if plugin.reads_unnormalised_features:
+                self._raw_features = {}
             plugin.attach(self)
             self.plugins.append(plugin)
+        if any(type(plugin).adjust_logits is not Plugin.adjust_logits for plugin in self.plugins):
+            self.register_forward_hook(_plugins_adjust_logits)
         self._plugin_classes = []
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -486,7 +528,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def configure_optimizers(self):
         self._require_trainable()  # Lightning asks for optimizers before on_fit_start
         hp = self.hparams
-        optimizer = build_optimizer(self.parameter_groups(), hp)
+        optimizer = build_optimizer(self.optimizer_groups(), hp)
         scheduler = dassl_schedule(optimizer, hp.lr, hp.warmup_epochs, hp.warmup_lr, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -534,17 +576,30 @@ def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
 
 
 def dassl_schedule(optimizer, lr: float, warmup_epochs: int, warmup_lr: float, max_epochs: Optional[int]):
-    """Dassl's per-epoch schedule: ``warmup_lr`` for the first ``warmup_epochs`` (its constant warm-up), then cosine
-    annealing from ``lr`` over ``max_epochs``."""
+    """Dassl's per-epoch schedule: every parameter group at ``warmup_lr`` for the first ``warmup_epochs`` (its
+    constant warm-up sets one rate for all groups), then cosine annealing from each group's own rate (``lr`` unless
+    the group has its own) over ``max_epochs``."""
     max_epochs = max(int(max_epochs or 1), 1)
 
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return warmup_lr / lr
-        # Dassl steps the cosine successor from 0 after warm-up, with T_max = max_epochs.
-        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+    def factor_for(group_lr: float):
+        def factor(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return warmup_lr / group_lr
+            # Dassl steps the cosine successor from 0 after warm-up, with T_max = max_epochs.
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+        return factor
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(group.get("lr", lr))
+                                                         for group in optimizer.param_groups])
+
+
+def _plugins_adjust_logits(learner: PromptLearner, args, logits: torch.Tensor) -> torch.Tensor:
+    """The learner's forward hook where plug-ins change its evaluation logits (DePT's fused head)."""
+    if learner.training:
+        return logits
+    for plugin in learner.plugins:
+        logits = plugin.adjust_logits(learner, logits)
+    return logits
 
 
 def _compile_mode(value: Union[bool, str, None]) -> Optional[str]:

@@ -6,7 +6,6 @@ from collections import OrderedDict
 from typing import Literal, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip import FrozenCLIP
@@ -102,7 +101,7 @@ class CoCoOp(PromptLearner):
         for part in ctx.split(chunk):
             encoded = run_block(self._encode_chunk, part, self.activation_checkpointing)
             features.append(encoded.view(part.shape[0], n_cls, -1))
-        return F.normalize(torch.cat(features), dim=-1)
+        return self.normalized_text(torch.cat(features))
 
     def text_chunk_size_for(self, batch: int, device: torch.device) -> int:
         """Images per text-encoder chunk for a batch of ``batch`` images on ``device``."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from vlprompt.clip import FrozenCLIP
 from vlprompt.learners.base import PromptLearner
@@ -55,7 +54,7 @@ class CoOp(PromptLearner):
     def text_features(self) -> torch.Tensor:
         """Normalised class text features from the learned context (``C x D``)."""
         features = self.prompts.encode(self.clip)
-        return F.normalize(features, dim=-1)
+        return self.normalized_text(features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.text_features)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip import FrozenCLIP
@@ -74,7 +73,7 @@ class IVLP(PromptLearner):
         """Normalised class text features with the deep text prompts (``C x D``)."""
         deep = {layer + 1: prompt for layer, prompt in enumerate(self.deep_text_prompts)}
         features = self.prompts.encode(self.clip, deep_prompts=deep)
-        return F.normalize(features, dim=-1)
+        return self.normalized_text(features)
 
     def visual_prompts(self) -> dict:
         """The learned vision tokens: layer 0's are appended to the patch tokens, the others replace them."""

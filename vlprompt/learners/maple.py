@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.clip import FrozenCLIP
@@ -67,7 +66,7 @@ class MaPLe(PromptLearner):
 
     def text_features(self) -> torch.Tensor:
         features = self.prompts.encode(self.clip, deep_prompts=self._deep_text())
-        return F.normalize(features, dim=-1)
+        return self.normalized_text(features)
 
     def visual_prompts(self) -> dict:
         """Vision tokens projected from the text prompts of each layer (coupled prompts)."""

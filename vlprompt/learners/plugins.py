@@ -39,6 +39,8 @@ CAPABILITIES = {
     "text_context": "one learned text context (ContextPrompts) with the class name at the end",
     "shared_image_path": "the shared image path (image features from PromptLearner.image_features with the "
                          "learner's visual_prompts(), not an image_features of its own)",
+    "unnormalised_features": "class text features from one learned context and image features on the shared path "
+                             "(both then readable before they are normalised)",
 }
 
 
@@ -55,6 +57,9 @@ class Plugin(nn.Module):
     needs: ClassVar[tuple[str, ...]] = ()
     #: Whether the plug-in's vision tokens change the image features (the feature cache then refuses the learner).
     changes_image_features: ClassVar[bool] = False
+    #: Whether the plug-in reads the features before normalisation (``learner.take_raw_features()``; needs the
+    #: ``unnormalised_features`` capability; the feature cache, which holds normalised ones, then refuses the learner).
+    reads_unnormalised_features: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         super().__init__()
@@ -92,6 +97,19 @@ class Plugin(nn.Module):
     def loss_terms(self, learner) -> list[LossTerm]:
         """Named, weighted loss terms added to the learner's."""
         return []
+
+    def scaled_terms(self, learner) -> dict[str, float]:
+        """Factors on the learner's own loss terms, by name (DePT: ``{"ce": 1 - w}``)."""
+        return {}
+
+    def parameter_groups(self, learner) -> list[dict]:
+        """Optimiser groups of the plug-in's own (a group may carry ``lr``); its parameters not in one train in the
+        learner's groups."""
+        return []
+
+    def adjust_logits(self, learner, logits: torch.Tensor) -> torch.Tensor:
+        """The learner's logits in evaluation, changed (DePT fuses its head's on the classes it was trained on)."""
+        return logits
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def record(self) -> Optional[dict]:

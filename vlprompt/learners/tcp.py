@@ -6,7 +6,6 @@ from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import nn
 
@@ -108,4 +107,4 @@ class TCP(KgCoOp):
 
     def text_features(self) -> torch.Tensor:
         features = self.prompts.encode(self.clip, deep_prompts={self.tke_layer: self.class_tokens()})
-        return F.normalize(features, dim=-1)
+        return self.normalized_text(features)
