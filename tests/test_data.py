@@ -166,3 +166,20 @@ def test_loader_workers_default_to_what_the_machine_has(tmp_path, monkeypatch):
     assert ImageSplitDataModule(tmp_path, split_file=split, num_workers=2).num_workers == 2
     with pytest.raises(ConfigError, match="data.num_workers must be 0 or more"):
         ImageSplitDataModule(tmp_path, split_file=split, num_workers=-1)
+
+
+def test_the_random_crop_keeps_the_share_of_the_image_data_crop_scale_gives(tmp_path):
+    from torchvision import transforms as T
+
+    from vlprompt.data.datamodule import image_transform
+
+    write_toy_dataset("ToyShapes", tmp_path, train_per_class=1, val_per_class=1, test_per_class=1)
+    module = ImageSplitDataModule(tmp_path, split_file="split_zhou_ToyShapes.json", shots=1, num_workers=0,
+                                  crop_scale=[0.5, 1.0])
+    assert module.crop_scale == (0.5, 1.0)
+    crop = image_transform({"size": 32}, augment=True, crop_scale=module.crop_scale).transforms[0]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.scale == (0.5, 1.0)
+    assert image_transform({"size": 32}, augment=True).transforms[0].scale == (0.08, 1.0)  # Dassl's by default
+    for bad in ([0.0, 1.0], [0.6, 0.5], [0.5]):
+        with pytest.raises(ConfigError, match="data.crop_scale must be"):
+            ImageSplitDataModule(tmp_path, split_file="split_zhou_ToyShapes.json", shots=1, crop_scale=bad)

@@ -71,8 +71,8 @@ def test_readme_table_lists_the_learner_with_its_parameter_count(name):
     cells = [cell.strip() for cell in rows[0].split("|")]
     assert f"{count:,}" in cells, f"README row of {name} lacks its count {count:,}: {rows[0]}"
     # The row's paper is the one the learner's docstring cites: its authors, venue and year.
-    cited = re.match(r"(?P<authors>[A-Z][\w-]+ et al\.), (?P<venue>[A-Za-z]+ \d{4})", cells[2])
-    assert cited, f"README row of {name} names no paper as 'Author et al., VENUE YEAR': {cells[2]}"
+    cited = re.match(r"(?P<authors>[A-Z][\w-]+ (?:et al\.|and [A-Z][\w-]+)), (?P<venue>[A-Za-z]+ \d{4})", cells[2])
+    assert cited, f"README row of {name} names no paper as 'Author et al., VENUE YEAR' (or 'A and B, ...'): {cells[2]}"
     doc = " ".join((get_learner_class(name).__doc__ or "").split())
     assert cited["authors"] in doc and cited["venue"] in doc, f"{name}'s docstring cites another paper than {cells[2]}"
 

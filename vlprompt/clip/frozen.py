@@ -424,6 +424,15 @@ class FrozenCLIP(nn.Module):
                                     deep_prompts or {}, checkpoint)
         return F.normalize(features, dim=-1) if normalize else features
 
+    def encode_image_inserting(self, images: torch.Tensor, deep_prompts: DeepPrompts,
+                               checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features (not normalised) with tokens inserted after the class token at one block's input and replaced
+        at later ones (``{layer: Inserted(tokens) or tokens}``, :class:`~vlprompt.clip.towers.Inserted`), and those
+        tokens' final states after the tower's last norm (``B x n x vision width``): MMRL's representation tokens.
+        Needs an open_clip ViT."""
+        return self.compute(self._require_vit("take inserted tokens").encode_inserting, images, deep_prompts,
+                            checkpoint)
+
     def encode_image_tokens(self, images: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and the final-layer patch tokens ``B x N x embed_dim``, projected into the joint space
         as the pooled feature is (ViT towers; the features equal :meth:`encode_image`'s)."""

@@ -35,10 +35,22 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vlprompt.errors import ConfigError
 
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """Tokens (``n x width`` or ``N x n x width``) inserted at the prompt start at one layer's input rather than
+    replacing: the sequence grows by ``n`` from that layer on (no positional embedding reaches them; a causal tower's
+    mask grows with it, the pooling position moves by ``n``), and deep prompts of later layers replace them (MMRL's
+    representation tokens)."""
+
+    tokens: torch.Tensor
+
+
 #: What replaces the prompt span at one layer's input: one tensor for the whole span, or ``(offset, tensor)``
 #: pieces that replace parts of it and keep the rest as the layer's input (two prompt sets cascaded, each with
-#: its own depth).
-DeepPrompt = Union[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]
+#: its own depth); or tokens :class:`Inserted` there.
+DeepPrompt = Union[torch.Tensor, Sequence[tuple[int, torch.Tensor]], Inserted]
 DeepPrompts = Mapping[int, DeepPrompt]
 #: Sequences that must share a prefix before it is encoded once. On 2 CPU threads it pays from a few sequences on
 #: (ViT-B/16 text step, context of 4: 0.93x the full path's time at 4 classes, 0.72x at 16, 0.50x at 1000), but a
@@ -188,7 +200,10 @@ class OpenCLIPTextTower(TextTower):
                                                                 prefix_groups, pool_index)
             else:
                 for layer, block in enumerate(blocks):
-                    if layer in deep_prompts:
+                    if isinstance(deep_prompts.get(layer), Inserted):
+                        x, pool_index, mask = self._insert(x, prompt_start, deep_prompts[layer].tokens, pool_index,
+                                                           mask)
+                    elif layer in deep_prompts:
                         x = replace_span(x, prompt_start, deep_prompts[layer])
                     x = block(x, attn_mask=mask)
         x = owner.ln_final(x)
@@ -197,6 +212,17 @@ class OpenCLIPTextTower(TextTower):
         if proj is None:
             return pooled
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+    @staticmethod
+    def _insert(x: torch.Tensor, start: int, tokens: torch.Tensor, pool_index: torch.Tensor,
+                mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``x`` with ``tokens`` inserted at ``start``, the pooling positions moved past them and the causal mask
+        grown to the new length (every position sees the ones before it, the inserted tokens included)."""
+        x = insert_span(x, start, tokens)
+        if mask is not None:
+            length = x.shape[1]
+            mask = torch.full((length, length), float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
+        return x, pool_index + tokens.shape[-2], mask
 
     def _can_share(self, x: torch.Tensor, deep_prompts: DeepPrompts, prompt_start: int, shared_prefix: int,
                    groups: int) -> bool:
@@ -207,6 +233,8 @@ class OpenCLIPTextTower(TextTower):
                 and x.shape[0] % groups == 0 and x.shape[0] // groups >= max(self.tuning.min_sequences_to_share, 2)):
             return False
         for prompts in deep_prompts.values():
+            if isinstance(prompts, Inserted):
+                return False
             pieces = [(0, prompts)] if isinstance(prompts, torch.Tensor) else prompts
             if any(piece.dim() != 2 or prompt_start + offset + piece.shape[0] > shared_prefix
                    for offset, piece in pieces):
@@ -305,6 +333,9 @@ class HFTextTower(TextTower):
             raise ValueError("a Hugging Face text tower needs the attention mask of the prompts")
         layers = self._layers()
         deep_prompts = check_deep_prompts(deep_prompts, len(layers))
+        if any(isinstance(prompts, Inserted) for prompts in deep_prompts.values()):
+            raise ConfigError("tokens inserted into a Hugging Face text tower are not supported (its attention mask and "
+                              "pooler are the model's own); use an open_clip text tower")
         handles = []
         for layer, prompts in deep_prompts.items():
             def replace(module, args, kwargs, prompts=prompts):
@@ -352,6 +383,13 @@ class VisionTower:
         projection: the tokens live in the joint embedding space."""
         raise NotImplementedError
 
+    def encode_inserting(self, images: torch.Tensor, deep_prompts: DeepPrompts,
+                         checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features with tokens :class:`Inserted` after the class token at a block's input (and replaced at
+        later ones, ``deep_prompts``), and those tokens' final states after the tower's last norm (``B x n x
+        width``, not projected); the features pool the image's own tokens only."""
+        raise ConfigError(f"{type(self).__name__} cannot take inserted tokens; use an open_clip ViT")
+
 
 class OpenCLIPViT(VisionTower):
     def __init__(self, visual: VisionTransformer):
@@ -378,6 +416,28 @@ class OpenCLIPViT(VisionTower):
         # Prompt tokens are dropped before pooling so average pooling sees only the image's own tokens.
         pooled, _ = visual._pool(x[:, :-n_prompts])
         return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def encode_inserting(self, images, deep_prompts, checkpoint=False):
+        visual = self.visual
+        if visual.attn_pool is not None:
+            raise ConfigError("this image tower pools with attention (CoCa); tokens inserted into it are not supported; "
+                              "use a CLIP ViT")
+        deep_prompts = check_deep_prompts(deep_prompts, len(visual.transformer.resblocks))
+        x, n_tokens = visual._embeds(images), 0
+        for layer, block in enumerate(visual.transformer.resblocks):
+            prompts = deep_prompts.get(layer)
+            if isinstance(prompts, Inserted):
+                x, n_tokens = insert_span(x, 1, prompts.tokens), prompts.tokens.shape[-2]
+            elif prompts is not None:
+                if not n_tokens:
+                    raise ConfigError("deep prompts that replace inserted tokens need them inserted at an earlier block")
+                x = replace_span(x, 1, prompts)
+            x = run_block(block, x, checkpoint)
+        if not n_tokens:
+            raise ConfigError("encode_inserting needs tokens Inserted at one block")
+        inserted = visual.ln_post(x[:, 1:1 + n_tokens])
+        pooled, _ = visual._pool(torch.cat([x[:, :1], x[:, 1 + n_tokens:]], dim=1))
+        return (pooled @ visual.proj if visual.proj is not None else pooled), inserted
 
     def encode_with_tokens(self, images):
         visual = self.visual
@@ -489,6 +549,11 @@ def run_block(block, x: torch.Tensor, checkpoint: bool, **kwargs) -> torch.Tenso
 
 def expand_batch(prompts: torch.Tensor, batch: int) -> torch.Tensor:
     return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def insert_span(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``tokens`` (``n x width`` or per sequence) inserted at position ``start``, differentiably."""
+    return torch.cat([x[:, :start], expand_batch(tokens, x.shape[0]).to(x.dtype), x[:, start:]], dim=1)
 
 
 def replace_span(x: torch.Tensor, start: int, prompts: DeepPrompt) -> torch.Tensor:

@@ -85,19 +85,25 @@ def _distributed_world_size() -> int:
     return torch.distributed.get_world_size() if available else 1
 
 
-def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[int] = None):
+#: Dassl's random-resized-crop area range (``INPUT.RRCROP_SCALE``).
+CROP_SCALE = (0.08, 1.0)
+
+
+def image_transform(preprocess_cfg: dict, augment: bool = False, size: Optional[int] = None,
+                    crop_scale: Sequence[float] = CROP_SCALE):
     """PIL image -> the tensor a learner takes: the Dassl/CoOp pipeline at the frozen model's input size and
     normalisation (``clip.preprocess_cfg`` or ``learner.preprocess_cfg``: ``size``, ``mean``, ``std``).
 
     Evaluation: bicubic resize of the short side and centre crop to ``size``. ``augment``: random-resized crop
-    (8-100% of the area) and horizontal flip instead, as the papers train. ``size`` overrides the model's.
+    (``crop_scale`` of the area: 8-100%, Dassl's) and horizontal flip instead, as the papers train. ``size`` overrides
+    the model's.
     """
     size = size or preprocess_cfg.get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean, std = preprocess_cfg.get("mean", CLIP_MEAN), preprocess_cfg.get("std", CLIP_STD)
     bicubic = T.InterpolationMode.BICUBIC
     if augment:
-        head = [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
+        head = [T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=bicubic), T.RandomHorizontalFlip()]
     else:
         head = [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
     return T.Compose(head + [T.ToTensor(), T.Normalize(mean, std)])
@@ -155,6 +161,8 @@ class ImageSplitDataModule(pl.LightningDataModule):
             process, at most 8). Workers persist across epochs, and batches go to pinned memory when a GPU is
             present.
         augment: random resized crop (scale 0.08-1) and horizontal flip for training, as Dassl does.
+        crop_scale: the random-resized crop's range of the image area kept, ``[low, high]`` (Dassl's ``RRCROP_SCALE``:
+            0.08-1 by default; MMRL's recipe 0.5-1).
         image_size: override the model's input size.
         cache_image_features: encode the training images once with the learner's frozen image tower and train
             on those features (for learners whose image side is frozen: zero-shot, CoOp, KgCoOp, CoCoOp).
@@ -188,6 +196,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         eval_batch_size: int = 100,
         num_workers: Optional[int] = None,
         augment: bool = True,
+        crop_scale: Sequence[float] = CROP_SCALE,
         image_size: Optional[int] = None,
         cache_image_features: bool = False,
         cached_views: int = 1,
@@ -231,6 +240,11 @@ class ImageSplitDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment, self.image_size, self.subsample = augment, image_size, subsample
+        crop_scale = tuple(crop_scale)
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (the share of the image "
+                              f"area a random crop keeps), got {list(crop_scale)}")
+        self.crop_scale = crop_scale
         if cached_views < 1 or (cached_views > 1 and not augment):
             raise ConfigError(f"cached_views must be 1, or more with augment: true (got {cached_views} with augment "
                               f"{augment}); without augmentation every view is the same")
@@ -280,7 +294,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
     def transform(self, train: bool):
         model = self.trainer.lightning_module if self.trainer is not None else None
         return image_transform(getattr(model, "preprocess_cfg", None) or {}, augment=train and self.augment,
-                               size=self.image_size)
+                               size=self.image_size, crop_scale=self.crop_scale)
 
     def setup(self, stage: Optional[str] = None) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
