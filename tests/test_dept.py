@@ -245,3 +245,17 @@ def test_training_on_other_classes_than_the_heads_is_refused(tiny_clip, image_ba
     learner.set_classnames(["horse", "dog", "cat"])
     with pytest.raises(ConfigError, match="dept head was built for 3 classes"):
         learner.training_loss(images, labels % 3)
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_the_recipes_name_their_suite_runs_after_the_host_and_the_plugin(tmp_path, capsys, host):
+    from conftest import REPO
+    from vlprompt.commands import main
+
+    CONFIGS = REPO / "configs"
+    main(["suite", "base2novel", "--learner", str(CONFIGS / "learners" / f"{host}.yaml"),
+          str(CONFIGS / "recipes" / "dept" / f"{host}.yaml"), "--data", str(CONFIGS / "data" / "DTD.yaml"), "--seeds",
+          "1", "--runs", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert f"base2novel {host}+dept DTD shots=16 seed=1" in out
+    assert f"recipes/dept/{host}.yaml" in out  # the fit reads the recipe

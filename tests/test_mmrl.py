@@ -185,3 +185,6 @@ def test_towers_that_cannot_take_inserted_tokens_are_refused_in_one_line():
     resnet = vlprompt.load_clip(TINY_RESNET)
     with pytest.raises(ConfigError, match="needs a ViT|take MMRL's representation tokens"):
         vlprompt.build_learner("mmrl", clip=resnet, classnames=CLASSNAMES)
+    biomedical = vlprompt.load_clip("vlprompt-bert-tiny", pretrained="toy")  # a timm ViT and a Hugging Face BERT
+    with pytest.raises(ConfigError, match="after the class token of an open_clip ViT"):
+        vlprompt.build_learner("mmrl", clip=biomedical, classnames=CLASSNAMES)
