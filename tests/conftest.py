@@ -80,6 +80,31 @@ def save_fitted(learner, path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def reference_vit_b16():
+    """open_clip ViT-B-16-quickgelu with random weights (``torch.manual_seed(0)``): the CLIP the reference-equality
+    tests share with the reference code (QuickGELU, as OpenAI's). Tests must not change it."""
+    torch.manual_seed(0)
+    return vlprompt.load_clip("ViT-B-16-quickgelu")
+
+
+def fill_learned(learner, ones: tuple[str, ...] = ()) -> None:
+    """Every trainable tensor of ``learner`` drawn from N(0, 0.02) by a generator seeded 4, in parameter order (``1 +``
+    that for names ending in one of ``ones``: FiLM scales): the values the reference-equality tests copy into the
+    reference code."""
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, parameter in learner.named_parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02
+                                + (1.0 if name.endswith(ones) and ones else 0.0))
+
+
+def reference_images() -> torch.Tensor:
+    """The three N(0, 1) ViT-B/16 images (seed 0) the reference-equality tests feed both sides."""
+    return torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
 _TEACHERS: dict[str, str] = {}
 
 

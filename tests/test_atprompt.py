@@ -16,6 +16,8 @@ import torch
 import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 
+from conftest import fill_learned, reference_images
+
 
 
 CLASSNAMES = ["dog", "cat", "sea turtle"]
@@ -40,25 +42,15 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def vit_b16():
-    torch.manual_seed(0)
-    return vlprompt.load_clip("ViT-B-16-quickgelu")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("host", sorted(REFERENCE))
-def test_atprompt_equals_the_reference_code(host, vit_b16):
+def test_atprompt_equals_the_reference_code(host, reference_vit_b16):
     expected = REFERENCE[host]
-    learner = vlprompt.build_learner(host, clip=vit_b16, classnames=CLASSNAMES, n_ctx=2,
+    learner = vlprompt.build_learner(host, clip=reference_vit_b16, classnames=CLASSNAMES, n_ctx=2,
                                      plugins=[{"name": "atprompt", "attributes": ["color", "shape"]}])
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for parameter in learner.parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    fill_learned(learner)
     assert learner.num_trainable_parameters() == expected["parameters"]
-    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = reference_images()
     labels = torch.tensor([0, 1, 2])
     learner.eval()
     with torch.no_grad():

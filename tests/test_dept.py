@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 
-from conftest import save_fitted
+from conftest import fill_learned, reference_images, save_fitted
 
 CLASSNAMES = ["dog", "cat", "sea turtle"]
 HOSTS = {
@@ -68,26 +68,15 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def vit_b16():
-    torch.manual_seed(0)
-    return vlprompt.load_clip("ViT-B-16-quickgelu")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("host", sorted(REFERENCE))
-def test_dept_equals_the_reference_code(host, vit_b16):
+def test_dept_equals_the_reference_code(host, reference_vit_b16):
     expected = REFERENCE[host]
-    learner = vlprompt.build_learner(host, clip=vit_b16, classnames=CLASSNAMES, plugins=[{"name": "dept"}],
+    learner = vlprompt.build_learner(host, clip=reference_vit_b16, classnames=CLASSNAMES, plugins=[{"name": "dept"}],
                                      lr=0.0035, **HOSTS[host])
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, parameter in learner.named_parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02
-                                + (1.0 if name.endswith("scale") else 0.0))
+    fill_learned(learner, ones=("scale",))
     assert learner.num_trainable_parameters() == expected["parameters"]
-    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = reference_images()
     labels = torch.tensor([0, 1, 2])
     learner.eval()
     with torch.no_grad():

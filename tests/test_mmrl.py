@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import vlprompt
 from vlprompt.errors import ConfigError
 
-from conftest import TINY_RESNET, save_fitted
+from conftest import TINY_RESNET, fill_learned, reference_images, save_fitted
 
 CLASSNAMES = ["dog", "cat", "sea turtle"]
 PET_TEMPLATE = "a photo of a {}, a type of pet."
@@ -47,13 +47,9 @@ def test_mmrl_equals_the_reference_code():
     with torch.no_grad():
         clip.model.logit_scale.fill_(math.log(100.0))
     learner = vlprompt.build_learner("mmrl", clip=clip, classnames=CLASSNAMES, templates=[PET_TEMPLATE], reg_weight=2.0)
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for parameter in learner.parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    fill_learned(learner)
     assert learner.num_trainable_parameters() == REFERENCE["parameters"] and learner.rep_layers == list(range(6, 13))
-    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = reference_images()
     labels = torch.tensor([0, 1, 2])
     learner.eval()
     with torch.no_grad():

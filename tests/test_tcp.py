@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import vlprompt
 from vlprompt.errors import ConfigError
 
+from conftest import fill_learned, reference_images
+
 CLASSNAMES = ["dog", "cat", "sea turtle"]
 PET_TEMPLATE = "a photo of a {}, a type of pet."
 REFERENCE = {
@@ -33,18 +35,12 @@ REFERENCE = {
 
 
 @pytest.mark.slow
-def test_tcp_equals_the_reference_code():
-    torch.manual_seed(0)
-    clip = vlprompt.load_clip("ViT-B-16-quickgelu")
-    learner = vlprompt.build_learner("tcp", clip=clip, classnames=CLASSNAMES, templates=[PET_TEMPLATE])
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for parameter in learner.parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+def test_tcp_equals_the_reference_code(reference_vit_b16):
+    learner = vlprompt.build_learner("tcp", clip=reference_vit_b16, classnames=CLASSNAMES, templates=[PET_TEMPLATE])
+    fill_learned(learner)
     assert learner.num_trainable_parameters() == REFERENCE["parameters"]
     assert learner.tke_layer == 8
-    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = reference_images()
     labels = torch.tensor([0, 1, 2])
     learner.eval()
     with torch.no_grad():
