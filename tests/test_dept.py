@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt
-from vlprompt.errors import CheckpointMismatchError, ConfigError
+from vlprompt.errors import ConfigError
 
 from conftest import fill_learned, reference_images, save_fitted
 
@@ -203,9 +203,18 @@ def test_a_checkpoint_keeps_the_head_and_its_classes(tiny_clip, image_batch, tmp
         assert torch.allclose(loaded(images), learner(images), atol=1e-6)
     checkpoint = torch.load(path, weights_only=False)
     assert checkpoint["vlprompt"]["plugins"]["dept"]["classes"] == CLASSNAMES
-    other = build(tiny_clip, classnames=["horse", "dog", "cat"])
-    with pytest.raises(CheckpointMismatchError, match="holds a dept head for 3 classes"):
-        other.on_load_checkpoint(checkpoint)
+    # A test on the novel classes builds the learner for them (as `vlprompt test --data.subsample novel` does): the
+    # checkpoint's head replaces the one built, and the novel classes take the similarity logits alone.
+    novel = build(tiny_clip, classnames=["horse", "cow"])
+    novel.on_load_checkpoint(checkpoint)
+    novel.load_state_dict(checkpoint["state_dict"])
+    assert novel.plugins[0].classes == CLASSNAMES and novel.plugins[0].head.out_features == 3
+    novel.eval()
+    with torch.no_grad():
+        assert torch.allclose(novel(images), plain_logits(novel, images), atol=1e-6)
+        novel.set_classnames(["cat", "dog"])  # base classes again: fused with the checkpoint's head, as the original
+        learner.set_classnames(["cat", "dog"])
+        assert torch.allclose(novel(images), learner(images), atol=1e-6)
 
 
 @pytest.mark.parametrize("name, message", [

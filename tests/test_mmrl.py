@@ -184,3 +184,17 @@ def test_towers_that_cannot_take_inserted_tokens_are_refused_in_one_line():
     biomedical = vlprompt.load_clip("vlprompt-bert-tiny", pretrained="toy")  # a timm ViT and a Hugging Face BERT
     with pytest.raises(ConfigError, match="after the class token of an open_clip ViT"):
         vlprompt.build_learner("mmrl", clip=biomedical, classnames=CLASSNAMES)
+
+
+def test_a_checkpoint_keeps_the_classes_it_was_built_with(tiny_clip, image_batch):
+    """A test on the novel classes builds the learner for them and loads the checkpoint: it must still know the base
+    classes, so it does not fuse on the novel ones."""
+    images, _ = image_batch
+    learner = build(tiny_clip)
+    checkpoint = {"state_dict": learner.state_dict()}
+    novel = build(tiny_clip, classnames=["horse", "cow"])
+    novel.load_state_dict(checkpoint["state_dict"])
+    assert novel.fit_classes == CLASSNAMES and not novel.fuses
+    novel.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(novel(images), novel.logits(novel.image_features(images), novel.text_features()))

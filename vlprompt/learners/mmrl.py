@@ -135,6 +135,13 @@ class MMRL(PromptLearner):
         rep = tokens.mean(dim=1) @ self.proj_rep.to(tokens.dtype)
         return F.normalize(features, dim=-1), F.normalize(rep, dim=-1)
 
+    def get_extra_state(self) -> dict:
+        """The classes the learner was built with: a checkpoint keeps them, so a test on other classes knows them."""
+        return {"fit_classes": list(self.fit_classes)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.fit_classes = list(state["fit_classes"])
+
     @property
     def fuses(self) -> bool:
         """Whether evaluation fuses both branches: on the classes the learner was built with, or some of them."""

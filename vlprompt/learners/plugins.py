@@ -117,7 +117,8 @@ class Plugin(nn.Module):
         return None
 
     def check_record(self, record: dict, where: str) -> None:
-        """Refuse a checkpoint whose record of this plug-in differs from the plug-in loaded now."""
+        """Refuse a checkpoint whose record of this plug-in differs from the plug-in loaded now (or take it, where the
+        record decides the plug-in's shape: DePT's head); called before the checkpoint's weights load."""
 
     @classmethod
     def format_2_record(cls, meta: dict) -> Optional[dict]:
