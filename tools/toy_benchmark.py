@@ -70,13 +70,16 @@ GRAM_SUFFIX, GRAM_LEARNERS = "+gram", ("coop", "maple")
 #: ATPrompt on the toy world: these learners with the data set's attributes (``data.attributes``); on promptkd the
 #: plug-in goes on its teacher (the student has no text prompt).
 ATP_SUFFIX, ATP_LEARNERS = "+atprompt", ("coop", "maple", "promptkd")
+#: DePT on the toy world: these learners with its head, each with its own toy recipe (the rows compare with theirs).
+DEPT_SUFFIX, DEPT_LEARNERS = "+dept", ("coop", "maple")
 #: PromptKD's toy teacher: promptsrc with the teacher recipe on the toy world's larger CLIP (vlprompt-small).
 TEACHER_CONFIGS = ("learners/promptsrc.yaml", "recipes/promptkd/teacher.yaml", "clip/toy-small.yaml")
 TEACHER_ROW = "promptkd teacher: promptsrc on vlprompt-small"
 
 
 def base_learner(learner: str) -> str:
-    return learner.removesuffix(CASPL_SUFFIX).removesuffix(GRAM_SUFFIX).removesuffix(ATP_SUFFIX)
+    return (learner.removesuffix(CASPL_SUFFIX).removesuffix(GRAM_SUFFIX).removesuffix(ATP_SUFFIX)
+            .removesuffix(DEPT_SUFFIX))
 
 
 def mean_std(values: list[float]) -> str:
@@ -119,6 +122,8 @@ def learner_run_args(learner: str, dataset: str, data_root: Path, seed: int, run
                  teacher_checkpoint(dataset, data_root, seed, run_dir, quiet, fitted, plugins)]
     elif learner.endswith(ATP_SUFFIX):
         args.append(plugin_option("atprompt"))
+    if learner.endswith(DEPT_SUFFIX):
+        args.append(plugin_option("dept"))
     if learner.endswith(CASPL_SUFFIX):
         args.append(plugin_option("caspl", boost_from=boosting_checkpoint(dataset, data_root, run_dir, quiet, fitted)))
     if learner.endswith(GRAM_SUFFIX):
@@ -281,6 +286,7 @@ def main() -> None:
     trainable += [f"{name}{CASPL_SUFFIX}" for name in CASPL_LEARNERS]
     trainable += [f"{name}{GRAM_SUFFIX}" for name in GRAM_LEARNERS]
     trainable += [f"{name}{ATP_SUFFIX}" for name in ATP_LEARNERS]
+    trainable += [f"{name}{DEPT_SUFFIX}" for name in DEPT_LEARNERS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "toy", help="where toy data sets live")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where the run directory is created")
@@ -393,7 +399,9 @@ def main() -> None:
         "from GRAM's meta-learned context and fine-tune with its gradient regulator (our reading; `vlprompt "
         f"meta-init` with default options on {GRAM_CORPUS_SIZE} captioned toy images, once per learner). "
         "`+atprompt` rows add ATPrompt's attribute tokens, anchored on the data set's two varying properties "
-        "(`data.attributes` of its YAML). `promptkd` rows are transductive, as the paper: the student reads every "
+        "(`data.attributes` of its YAML). `+dept` rows add DePT's FiLM and linear head (`configs/plugins/dept.yaml`) "
+        "to the learner's own toy recipe, so each compares with the learner's row. "
+        "`promptkd` rows are transductive, as the paper: the student reads every "
         "class's training images, novel included, without labels, distilled from a teacher fitted first per data set "
         f"and seed (`{TEACHER_ROW}`: `configs/recipes/promptkd/teacher.yaml` on `configs/clip/toy-small.yaml`, 16 shots "
         "of the base classes with labels; its own base-to-novel accuracy is its row, its time not in the student's); "
