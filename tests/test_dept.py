@@ -257,3 +257,30 @@ def test_the_recipes_name_their_suite_runs_after_the_host_and_the_plugin(tmp_pat
     out = capsys.readouterr().out
     assert f"base2novel {host}+dept DTD shots=16 seed=1" in out
     assert f"recipes/dept/{host}.yaml" in out  # the fit reads the recipe
+
+
+@pytest.mark.parametrize("name", vlprompt.list_learners())
+def test_every_learner_with_the_capability_trains_and_evaluates_with_the_head_and_the_others_refuse_it(
+        name, tiny_clip, image_batch):
+    """The capability is derived from what a learner is built of; each learner that has it must hand the head its
+    unnormalised features in training and evaluation."""
+    from conftest import learner_arguments
+
+    images, labels = image_batch
+    arguments = learner_arguments(name, tiny_clip, CLASSNAMES)
+    plain = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, **arguments)
+    if "unnormalised_features" not in plain.capabilities or not plain.uses_labels:
+        with pytest.raises(ConfigError, match="plug-in 'dept' needs|trains a head on labels"):
+            vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=[{"name": "dept"}], **arguments)
+        return
+    torch.manual_seed(0)
+    learner = vlprompt.build_learner(name, clip=tiny_clip, classnames=CLASSNAMES, plugins=[{"name": "dept"}],
+                                     **arguments)
+    loss = learner.training_loss(images, labels % 3)
+    assert {"ce", "dept_head"} <= set(loss.terms) and torch.isfinite(loss.total)
+    loss.total.backward()
+    assert learner.plugins[0].head.weight.grad is not None
+    learner.eval()
+    with torch.no_grad():
+        assert learner(images).shape == (images.shape[0], 3)
+    assert learner.take_raw_features() == {}  # the evaluation hook took what the forward kept

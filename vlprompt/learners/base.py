@@ -306,8 +306,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
 
     def take_raw_features(self) -> dict[str, torch.Tensor]:
         """The unnormalised ``text`` (``C x D``, or ``B x C x D`` per image) and ``image`` (``B x D``) features of the
-        last forward, handed over
-        once (a plug-in that reads them is attached; empty otherwise)."""
+        last forward, handed over once (a plug-in that reads them is attached; empty otherwise)."""
         if self._raw_features is None:
             return {}
         taken, self._raw_features = self._raw_features, {}
