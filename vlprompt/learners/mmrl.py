@@ -105,9 +105,10 @@ class MMRL(PromptLearner):
         self._on_classnames_changed()
 
     def _on_classnames_changed(self) -> None:
-        rows = [self.clip.prompt_tokens([template.format(name)]) for name, template in
-                zip(self.classnames, [self.templates[0]] * len(self.classnames))]
-        ids, pool_index, attention_mask = self.clip.prompt_batch(rows)
+        """The hand template's prompts of the classes (the data set's first template, as the reference's)."""
+        template = self.templates[0]
+        ids, pool_index, _ = self.clip.prompt_batch([self.clip.prompt_tokens([template.format(name)])
+                                                     for name in self.classnames])
         with torch.no_grad():
             self.register_buffer("token_embeds", self.clip.embed_tokens(ids), persistent=False)
         self.register_buffer("pool_index", pool_index, persistent=False)
