@@ -179,7 +179,7 @@ def test_the_head_and_film_train_at_their_own_rate_and_warm_up_as_dassl(tiny_cli
     from vlprompt.learners.base import build_optimizer, dassl_schedule
 
     optimizer = build_optimizer(groups, learner.hparams)
-    schedule = dassl_schedule(optimizer, learner.hparams.lr, 1, 1e-5, 10)
+    schedule = dassl_schedule(optimizer, 1, 1e-5, 10)
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-5, 1e-5])  # one warm-up rate
     optimizer.step()  # no gradients: nothing moves; the schedule then steps as in a fit
     schedule.step()

@@ -36,7 +36,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from vlprompt.errors import ConfigError
 
 
-
 @dataclass(frozen=True)
 class Inserted:
     """Tokens (``n x width`` or ``N x n x width``) inserted at the prompt start at one layer's input rather than

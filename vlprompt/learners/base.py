@@ -528,7 +528,7 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
         self._require_trainable()  # Lightning asks for optimizers before on_fit_start
         hp = self.hparams
         optimizer = build_optimizer(self.optimizer_groups(), hp)
-        scheduler = dassl_schedule(optimizer, hp.lr, hp.warmup_epochs, hp.warmup_lr, self.trainer.max_epochs)
+        scheduler = dassl_schedule(optimizer, hp.warmup_epochs, hp.warmup_lr, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -567,17 +567,16 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 def build_optimizer(groups: list[dict], hp) -> torch.optim.Optimizer:
     """The optimiser a learner's hyper-parameters ``hp`` name, over parameter ``groups`` (Dassl's settings: SGD with
     momentum; Adam with L2 weight decay; AdamW; betas (0.9, 0.999))."""
-    name = hp.get("optimizer", "sgd")
-    if name == "sgd":
+    if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return kind(groups, lr=hp.lr, betas=(0.9, 0.999), eps=hp.get("adam_eps", 1e-8), weight_decay=hp.weight_decay)
+    kind = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+    return kind(groups, lr=hp.lr, betas=(0.9, 0.999), eps=hp.adam_eps, weight_decay=hp.weight_decay)
 
 
-def dassl_schedule(optimizer, lr: float, warmup_epochs: int, warmup_lr: float, max_epochs: Optional[int]):
+def dassl_schedule(optimizer, warmup_epochs: int, warmup_lr: float, max_epochs: Optional[int]):
     """Dassl's per-epoch schedule: every parameter group at ``warmup_lr`` for the first ``warmup_epochs`` (its
-    constant warm-up sets one rate for all groups), then cosine annealing from each group's own rate (``lr`` unless
-    the group has its own) over ``max_epochs``."""
+    constant warm-up sets one rate for all groups), then cosine annealing from each group's own rate (the
+    optimiser's, or the group's where it has one) over ``max_epochs``."""
     max_epochs = max(int(max_epochs or 1), 1)
 
     def factor_for(group_lr: float):
@@ -588,8 +587,7 @@ def dassl_schedule(optimizer, lr: float, warmup_epochs: int, warmup_lr: float, m
             return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
         return factor
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(group.get("lr", lr))
-                                                         for group in optimizer.param_groups])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(group["lr"]) for group in optimizer.param_groups])
 
 
 def _plugins_adjust_logits(learner: PromptLearner, args, logits: torch.Tensor) -> torch.Tensor:

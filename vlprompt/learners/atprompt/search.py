@@ -85,7 +85,7 @@ class AttributeSearch(pl.LightningModule):
         prompts = torch.optim.SGD(self.prompts.parameters(), lr=hp.lr, momentum=hp.momentum,
                                   weight_decay=hp.weight_decay)
         alpha = torch.optim.Adam([self.alpha], lr=hp.alpha_lr, betas=(0.5, 0.999), weight_decay=0)
-        return [prompts, alpha], [dassl_schedule(prompts, hp.lr, hp.warmup_epochs, hp.warmup_lr,
+        return [prompts, alpha], [dassl_schedule(prompts, hp.warmup_epochs, hp.warmup_lr,
                                                  self.trainer.max_epochs)]
 
     def _validation_batch(self):
