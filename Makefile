@@ -10,7 +10,7 @@ $(BIN)/vlprompt: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH) -e ".[dev]"
 	# Build and keep the Lightning subcommands' help texts once (vlprompt/help_cache.py): later `--help` is instant.
-	for command in fit validate test predict; do $(BIN)/vlprompt $$command --help > /dev/null; done
+	for command in fit validate test; do $(BIN)/vlprompt $$command --help > /dev/null; done
 	touch $@
 
 install: $(BIN)/vlprompt

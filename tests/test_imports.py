@@ -62,7 +62,7 @@ def test_no_import_circles_between_modules():
 #: the protocols' toy helpers (``eval/toy.py``); nothing below it imports it.
 LAYERS = ["vlprompt.errors", "vlprompt.interrupts", "vlprompt.command_line", "vlprompt.recipes",
           "vlprompt.meta_config", "vlprompt.files", "vlprompt.clip", "vlprompt.data", "vlprompt.toy",
-          "vlprompt.callbacks", "vlprompt.learners", "vlprompt.cli_errors", "vlprompt.cli", "vlprompt.eval",
+          "vlprompt.callbacks", "vlprompt.learners", "vlprompt.inference", "vlprompt.cli_errors", "vlprompt.cli", "vlprompt.eval",
           "vlprompt.meta_init", "vlprompt.help_cache", "vlprompt.commands"]
 
 

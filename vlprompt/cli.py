@@ -74,6 +74,10 @@ class VlpromptCLI(LightningCLI):
         quiet_known_noise()
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
+
     def _set_seed(self) -> None:
         # Unless --seed_everything is given, runs are seeded with data.seed (the seed the few-shot sample is drawn
         # with), not Lightning's 0 with a "No seed found" warning.
@@ -249,7 +253,8 @@ class VlpromptCLI(LightningCLI):
                              "trained ones\n")
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: Lightning's subcommands that vlprompt offers (its own ``vlprompt predict`` classifies a user's images).
+SUBCOMMANDS = ("fit", "validate", "test")
 #: The evaluating subcommands, and the folder of a fit's run that each writes into (``RUN/tests/version_N``).
 EVALUATIONS = {"test": "tests", "validate": "validation"}
 
@@ -427,7 +432,7 @@ def create_cli(args: Optional[Sequence[str]] = None, run: bool = True, record_ev
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
-    """``vlprompt fit|validate|test|predict``; user mistakes end with one ``vlprompt: error:`` line and exit 2."""
+    """``vlprompt fit|validate|test``; user mistakes end with one ``vlprompt: error:`` line and exit 2."""
     with stop_cleanly(), report_user_errors():
         create_cli(sys.argv[1:] if args is None else args)
 

@@ -1,9 +1,12 @@
 """Reading a command line before any parser does (cheap checks, picking the configured learner): the values given
-to an option, and whether a ``--ckpt_path`` names a file. Nothing heavy is imported here."""
+to an option, and whether a ``--ckpt_path`` names a file; and the parser of the commands that are not Lightning's
+(``suite``, ``report``, ``predict``, ``export``, ``data check``). Nothing heavy is imported here."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 from typing import Sequence
 
@@ -33,3 +36,11 @@ def plugin_option(name: str, **options) -> str:
     """The ``vlprompt fit`` option that adds plug-in ``name`` with ``options`` to the learner's plug-ins (after any
     plug-ins its YAML gives): ``--model.init_args.plugins+={"name": ..., ...}``."""
     return "--model.init_args.plugins+=" + json.dumps({"name": name, **{k: str(v) for k, v in options.items()}})
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Usage mistakes end with one ``<prog>: error: ...`` line and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        sys.exit(2)

@@ -1,5 +1,6 @@
-"""The ``vlprompt`` program: the LightningCLI subcommands (``fit``, ``validate``, ``test``, ``predict``;
-:mod:`vlprompt.cli`) and the protocols above them (``suite``, ``report``; :mod:`vlprompt.eval`).
+"""The ``vlprompt`` program: the LightningCLI subcommands (``fit``, ``validate``, ``test``; :mod:`vlprompt.cli`), the
+protocols above them (``suite``, ``report``; :mod:`vlprompt.eval`), using what was learned (``predict``, ``export``;
+:mod:`vlprompt.inference`) and checking data sets (``data check``; :mod:`vlprompt.data.check`).
 
     vlprompt fit --config configs/learners/coop.yaml --config configs/data/toy/ToyShapes.yaml
     vlprompt suite base2novel --learner configs/learners/coop.yaml --data ...
@@ -16,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-PROTOCOL_COMMANDS = ("suite", "report", "meta-init")
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+PROTOCOL_COMMANDS = ("suite", "report", "meta-init", "data", "predict", "export")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
-USAGE = """usage: vlprompt {fit,validate,test,predict,suite,report,meta-init} ...
+USAGE = """usage: vlprompt {fit,validate,test,predict,export,suite,report,meta-init,data} ...
 
 Prompt learning for a frozen CLIP.
 
@@ -27,11 +28,15 @@ commands:
   fit        train a learner (LightningCLI: --config FILE ..., --model.init_args.X, --trainer.X, --data.X)
   validate   accuracy on the validation split
   test       accuracy on the test split (--ckpt_path RUN/checkpoints/last.ckpt for trained prompts)
-  predict    class scores for the test split
+  predict    classify images with learned prompts (--ckpt_path, --images DIR_OR_CSV, --classes): a CSV of top-k
+             classes and probabilities
+  export     the learned classifier as one safetensors file that plain open_clip can use
   suite      run an evaluation protocol over data sets and seeds: base2novel, few-shot, cross-dataset,
              domain-generalization (resumable)
   report     mean ± std over seeds of a suite's results: Markdown, CSV and LaTeX tables, plots
   meta-init  GRAM: meta-learn a prompt initialisation and gradient regulator on image-caption pairs
+  data       data check: a data set's folder, split file and every image checked before training
+             (--build-split builds a missing split from class folders)
 
 `vlprompt COMMAND --help` lists a command's options.
 """
@@ -57,6 +62,13 @@ def _dispatch(args: Optional[Sequence[str]]) -> None:
                 from vlprompt.eval import suite as command
             elif argv[0] == "report":
                 from vlprompt.eval import report as command
+            elif argv[0] == "data":
+                from vlprompt.data import check as command
+            elif argv[0] in ("predict", "export"):
+                from vlprompt import inference
+
+                getattr(inference, f"{argv[0]}_main")(argv[1:])
+                return
             else:
                 from vlprompt import meta_init as command
             command.main(argv[1:])

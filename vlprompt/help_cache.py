@@ -1,4 +1,4 @@
-"""The help text of ``vlprompt fit|validate|test|predict --help``, kept on disk after the first time.
+"""The help text of ``vlprompt fit|validate|test --help``, kept on disk after the first time.
 
 Building that text means importing Lightning (its Trainer's signature is read), and Lightning imports
 torchmetrics, which imports transformers, torchvision's detection ops and scipy.signal: about 3.5x a bare

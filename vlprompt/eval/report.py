@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from vlprompt.errors import ConfigError
 from vlprompt.eval.accuracy import harmonic_mean
-from vlprompt.eval.arguments import OneLineArgumentParser
+from vlprompt.command_line import OneLineArgumentParser
 
 AVERAGE = "Average"
 #: Marks on a data set whose numbers are not comparable with published ones, and what each means.

@@ -15,6 +15,7 @@ has no readable checkpoint yet.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import shlex
 import shutil
@@ -28,10 +29,11 @@ import yaml
 
 from vlprompt.command_line import plugin_option
 from vlprompt.errors import ConfigError
-from vlprompt.eval.arguments import OneLineArgumentParser
+from vlprompt.command_line import OneLineArgumentParser
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
 from vlprompt.eval.report import aggregate, load_metrics, metric_keys, tables, write_report
 from vlprompt.eval.runlock import RunLock
+from vlprompt.eval.sweep import add_sweep_options, is_sweep, sweep, worker_arguments
 from vlprompt.files import ensure_writable, write_json_atomically
 from vlprompt.interrupts import set_resume_hint, signal_of
 from vlprompt.recipes import configs_root, resolve_config, resolve_config_args
@@ -501,6 +503,26 @@ def _run_all(runs: Sequence[_Run]) -> list[dict]:
     return [metrics for index in range(len(runs)) for metrics in outcomes[index]]
 
 
+def _run_as_worker(runs: Sequence[_Run], worker: int) -> list[dict]:
+    """A sweep worker's share: every configuration no other process holds, starting at the ``worker``-th (so workers
+    start on different runs), passing over those another process runs instead of waiting for them; another pass
+    follows while one ran something (a run whose owner stopped meanwhile is taken over then)."""
+    set_resume_hint("finished runs are kept; run the same suite command again to go on")
+    progress = _Progress(len(runs))
+    order = [runs[(worker + offset) % len(runs)] for offset in range(len(runs))] if runs else []
+    results, ran_any = [], True
+    while ran_any:
+        ran_any = False
+        for run in order:
+            if _finished(run) is not None:
+                continue
+            done, how = _run_if_free(run, progress, lambda: sum(not all(p.is_file() for p in r.expected) for r in runs) - 1)
+            if how == "ran":
+                results += done
+                ran_any = True
+    return results
+
+
 def _epochs_for(shots: int, schedule: Optional[dict[int, int]]) -> Optional[int]:
     if not schedule:
         return None
@@ -514,8 +536,28 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
               overrides: Sequence[str] = (), source: Optional[Path] = None,
               wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None,
               dry_run: bool = False, boost: Optional[Sequence[Path]] = None,
-              teacher: Optional[Sequence[Path]] = None) -> list[dict]:
+              teacher: Optional[Sequence[Path]] = None, worker: Optional[int] = None) -> list[dict]:
     """Every (data set, shots, seed) run of ``protocol``, skipping finished ones; returns all metrics.
+
+    ``worker``: run as worker ``worker`` of a sweep (:mod:`vlprompt.eval.sweep`): runs other processes hold are left
+    to them instead of waited for, and the first run tried is the ``worker``-th, so workers start on different runs;
+    returns the metrics of the runs this process finished.
+    """
+    planned, stage = plan_suite(protocol, learner_config, data_configs, seeds, runs, clip_config, shots, overrides,
+                                source, wandb, epochs_by_shots, dry_run, boost, teacher)
+    if dry_run:
+        return _show(planned, stage)
+    return _run_all(planned) if worker is None else _run_as_worker(planned, worker)
+
+
+def plan_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path], seeds: Sequence[int],
+               runs: Path, clip_config: Optional[Path] = None, shots: Optional[Sequence[int]] = None,
+               overrides: Sequence[str] = (), source: Optional[Path] = None,
+               wandb: Optional[WandbOptions] = None, epochs_by_shots: Optional[dict[int, int]] = None,
+               dry_run: bool = False, boost: Optional[Sequence[Path]] = None,
+               teacher: Optional[Sequence[Path]] = None) -> tuple[list[_Run], Optional[FirstStage]]:
+    """The configurations of a suite (:func:`run_suite`), checked and in order, and the first stage they build on;
+    runs nothing.
 
     The transfer protocols train once per (shots, seed) on ``source`` and test on ``data_configs``. Empty
     ``data_configs`` and a missing ``source`` mean the papers' data sets (:func:`standard_data`). Several suite
@@ -577,7 +619,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                                       k, run_dir, overrides, wandb, epochs[k], stage=stage, label=learner),
                     _run_args(learner_config, clip_config, source, seed, k, run_dir, overrides, epochs[k]), source,
                     seed, k))
-        return _show(planned, stage) if dry_run else _run_all(planned)
+        return planned, stage
     for data_config in data_configs:
         dataset = _dataset_name(data_config)
         if protocol == "base2novel" and not _has_base_to_novel(dataset):
@@ -594,7 +636,7 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                                                       label=learner),
                                     _run_args(learner_config, clip_config, data_config, seed, k, run_dir, overrides,
                                               epochs[k]), data_config, seed, k))
-    return _show(planned, stage) if dry_run else _run_all(planned)
+    return planned, stage
 
 
 def _show(runs: Sequence[_Run], stage: Optional["FirstStage"] = None) -> list[dict]:
@@ -759,6 +801,18 @@ def _read_stage_record(path: Path) -> dict:
         raise ConfigError(f"{str(path)!r} is damaged; delete its folder to fit that stage again") from None
 
 
+def _data_read_by(protocol: str, data_configs: Sequence[Path], source: Optional[Path]) -> list[Path]:
+    """The data configs a suite reads: the source of a transfer protocol, then every evaluated data set (the papers'
+    by default; base-to-novel leaves out those without that setting, as the suite does)."""
+    default_source, default_data = standard_data(protocol)
+    configs = list(data_configs) or [_standard_config(name) for name in default_data]
+    if protocol in TRANSFER_PROTOCOLS:
+        return [source or _standard_config(default_source), *configs]
+    if protocol == "base2novel":
+        configs = [config for config in configs if _has_base_to_novel(_dataset_name(config))]
+    return configs
+
+
 def _epochs_schedule(values: Sequence[str]) -> dict[int, int]:
     schedule = {}
     for value in values:
@@ -791,6 +845,9 @@ def main(argv: Sequence[str]) -> None:
                              "YAML's trainer.max_epochs for every shot count)")
     parser.add_argument("--runs", type=Path, default=Path("runs/suite"))
     parser.add_argument("--dry-run", action="store_true", help="print each run's training command; run nothing")
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="start without checking the data sets first (by default every data set's folder, split "
+                             "file and listed images are checked before the first run: vlprompt data check)")
     parser.add_argument("--boost", type=Path, nargs="+",
                         help="CasPL: the boosting stage's YAMLs (configs/learners/caspl_boost.yaml, and the teacher's); "
                              "fitted once per data set and seed, then cascaded under the learner (<learner>+caspl)")
@@ -803,9 +860,13 @@ def main(argv: Sequence[str]) -> None:
                              "end; WANDB_MODE=offline logs locally for `wandb sync` later")
     parser.add_argument("--wandb-project", default="vlprompt", help="wandb project (default: vlprompt)")
     parser.add_argument("--wandb-entity", help="wandb entity (default: your default entity)")
-    argv = list(argv)
+    add_sweep_options(parser)
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by a sweep for each worker
+    argv = [str(arg) for arg in argv]
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    options = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    suite_args = argv[: argv.index("--")] if "--" in argv else argv
+    given_overrides = list(overrides)
+    options = parser.parse_args(suite_args)
     # configs/... as the README writes them: the shipped files when they are not where the command runs.
     overrides = resolve_config_args(overrides)
     options.learner = [resolve_config(path) for path in options.learner]
@@ -819,10 +880,25 @@ def main(argv: Sequence[str]) -> None:
         warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
     # A resumed run's checkpoint folder is not empty (the command line's own noise is silenced where it is built).
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    results = run_suite(options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip,
-                        options.shots, overrides, options.source, tracker, schedule, options.dry_run, options.boost,
-                        options.teacher)
+    suite = (options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip, options.shots,
+             overrides, options.source, tracker, schedule, options.dry_run, options.boost, options.teacher)
+    if not (options.dry_run or options.skip_data_check or options.worker_index is not None):
+        from vlprompt.data.check import check_before_runs
+
+        plan_suite(*suite)  # the suite's own mistakes first
+        check_before_runs(_data_read_by(options.protocol, options.data, options.source), overrides)
+    if is_sweep(options):
+        planned, _ = plan_suite(*suite)
+        results = sweep(planned, options.runs, worker_arguments(suite_args), given_overrides, options)
+        if results is None:  # submitted, not waited for
+            return
+    else:
+        results = run_suite(*suite, worker=options.worker_index)
     if options.dry_run:
+        return
+    if options.worker_index is not None:
+        print(f"[suite] worker {options.worker_index}: {len(results)} results from the runs it finished; nothing "
+              "else is left to it", flush=True)
         return
     rows = aggregate(results)
     print("\n" + tables(rows)["md"])

@@ -372,9 +372,19 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
                 self._raw_features = {}
             plugin.attach(self)
             self.plugins.append(plugin)
-        if any(type(plugin).adjust_logits is not Plugin.adjust_logits for plugin in self.plugins):
+        if self._adjusts_logits:
             self.register_forward_hook(_plugins_adjust_logits)
         self._plugin_classes = []
+
+    def class_features(self) -> Optional[torch.Tensor]:
+        """The normalised class features (``C x D``) when the learner's logits are ``logit_scale * image @ them.T`` on
+        the frozen CLIP's normalised image features, a fixed linear classifier (``vlprompt export``); None when its
+        scores depend on the image otherwise. Learners that can be such a classifier override this."""
+        return None
+
+    @property
+    def _adjusts_logits(self) -> bool:
+        return any(type(plugin).adjust_logits is not Plugin.adjust_logits for plugin in self.plugins)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities; ``text_features`` is ``C x D`` or per image ``B x C x D``."""

@@ -56,6 +56,11 @@ class CoOp(PromptLearner):
         features = self.prompts.encode(self.clip)
         return self.normalized_text(features)
 
+    def class_features(self) -> Optional[torch.Tensor]:
+        if not self.image_features_are_frozen or self._adjusts_logits:
+            return None
+        return self.cached_text_features(self.text_features)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         text = self.cached_text_features(self.text_features)
         return self.logits(self.image_features(images), text)
