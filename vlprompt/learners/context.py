@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.clip.towers import run_block
 from vlprompt.errors import ConfigError, warn
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
@@ -166,19 +167,40 @@ class ContextPrompts(nn.Module):
         self.register_buffer("prefix_positions", torch.tensor(prefix, dtype=torch.long, device=clip.device),
                              persistent=False)
 
-    def encode(self, clip: FrozenCLIP, embeddings: Optional[torch.Tensor] = None, deep_prompts=None) -> torch.Tensor:
+    def encode(self, clip: FrozenCLIP, embeddings: Optional[torch.Tensor] = None, deep_prompts=None,
+               class_chunk: Optional[int] = None) -> torch.Tensor:
         """Text features (not normalised) of the class prompts: ``embeddings`` defaults to :meth:`embeddings`;
-        a ``(B*C) x L x width`` batch of per-image prompts repeats the pooling positions and mask per image."""
-        embeddings = self.embeddings() if embeddings is None else embeddings
-        repeat = embeddings.shape[0] // self.pool_index.shape[0]
-        mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
+        a ``(B*C) x L x width`` batch of per-image prompts repeats the pooling positions and mask per image.
+
+        ``class_chunk``: encode the learned prompts this many classes at a time, each chunk's activations recomputed
+        in the backward pass instead of kept (exact: the frozen tower has no dropout), so activation memory stays
+        that of one chunk however many classes there are. Taken when the deep prompts are shared or per class (not
+        for per-image prompts or inserted tokens)."""
         for source in self._token_sources:  # plug-in tokens sit after the context and its fixed words
             deep_prompts = source.text_deep_prompts(deep_prompts, self.n_ctx + len(self._fixed_ids))
+        n_cls = self.pool_index.shape[0]
+        if class_chunk and embeddings is None and class_chunk < n_cls and _per_class_or_shared(deep_prompts, n_cls):
+            return torch.cat([run_block(self._encode_classes, self.ctx, True, clip=clip, rows=slice(start, start + class_chunk),
+                                        deep_prompts=deep_prompts) for start in range(0, n_cls, class_chunk)])
+        embeddings = self.embeddings() if embeddings is None else embeddings
+        repeat = embeddings.shape[0] // n_cls
+        mask = self.attention_mask.repeat(repeat, 1) if self.attention_mask is not None else None
         start = self.prompt_start if deep_prompts else self._prefix_length + len(self._prefix_ids)
         # Per-image prompts (repeat > 1, image-major) share their prefix within each image's classes.
         return clip.encode_text_embeddings(embeddings, self.pool_index.repeat(repeat), deep_prompts=deep_prompts,
                                            prompt_start=start, attention_mask=mask, shared_prefix=self.shared_prefix,
                                            prefix_groups=repeat)
+
+    def _encode_classes(self, ctx: torch.Tensor, clip: FrozenCLIP, rows: slice, deep_prompts) -> torch.Tensor:
+        """Text features of the classes ``rows`` (one chunk of :meth:`encode`)."""
+        if deep_prompts:
+            deep_prompts = {layer: prompts[rows] if prompts.dim() == 3 else prompts
+                            for layer, prompts in deep_prompts.items()}
+        mask = self.attention_mask[rows] if self.attention_mask is not None else None
+        start = self.prompt_start if deep_prompts else self._prefix_length + len(self._prefix_ids)
+        return clip.encode_text_embeddings(self.embeddings(ctx, rows=rows), self.pool_index[rows],
+                                           deep_prompts=deep_prompts, prompt_start=start, attention_mask=mask,
+                                           shared_prefix=self.shared_prefix)
 
     @property
     def shared_prefix(self) -> int:
@@ -199,34 +221,42 @@ class ContextPrompts(nn.Module):
             return [name, ctx, suffix], [1]
         return [ctx[:half], name, ctx[half:], suffix], [0, 2]
 
-    def embeddings(self, ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Token embeddings ``C x L x width`` with the context inserted.
+    def embeddings(self, ctx: Optional[torch.Tensor] = None, rows: slice = slice(None)) -> torch.Tensor:
+        """Token embeddings ``C x L x width`` with the context inserted (of the classes ``rows``: all by default).
 
         ``ctx`` defaults to the learned context; a ``B x n x width`` tensor gives per-image prompts
         ``B x C x L x width`` (CoCoOp).
         """
         ctx = self.ctx if ctx is None else ctx
-        token_embeds = self._token_embeds()
+        token_embeds = self._token_embeds(rows)
+        positions = self.ctx_positions[rows]
         n_cls = token_embeds.shape[0]
-        rows = torch.arange(n_cls, device=ctx.device)[:, None].expand(-1, self.n_ctx)
+        classes = torch.arange(n_cls, device=ctx.device)[:, None].expand(-1, self.n_ctx)
         if ctx.dim() == 3 and not self.class_specific:
             batch = ctx.shape[0]
             base = token_embeds.unsqueeze(0).expand(batch, -1, -1, -1)
             images = torch.arange(batch, device=ctx.device)[:, None, None].expand(-1, n_cls, self.n_ctx)
             values = ctx[:, None].expand(-1, n_cls, -1, -1).to(base.dtype)
-            return base.index_put((images, rows.expand(batch, -1, -1), self.ctx_positions.expand(batch, -1, -1)),
-                                  values)
-        values = (ctx if ctx.dim() == 3 else ctx.expand(n_cls, -1, -1)).to(token_embeds.dtype)
-        return token_embeds.index_put((rows, self.ctx_positions), values)
+            return base.index_put((images, classes.expand(batch, -1, -1), positions.expand(batch, -1, -1)), values)
+        values = (ctx[rows] if ctx.dim() == 3 else ctx.expand(n_cls, -1, -1)).to(token_embeds.dtype)
+        return token_embeds.index_put((classes, positions), values)
 
-    def _token_embeds(self) -> torch.Tensor:
-        """The frozen token embeddings with the plug-ins' learned prefix tokens in place (the same in every class's
-        prompt)."""
+    def _token_embeds(self, rows: slice = slice(None)) -> torch.Tensor:
+        """The frozen token embeddings (of the classes ``rows``) with the plug-ins' learned prefix tokens in place
+        (the same in every class's prompt)."""
+        token_embeds = self.token_embeds[rows]
         if not self._prefix_learned:
-            return self.token_embeds
+            return token_embeds
         learned = torch.cat([piece for owner in self._prefix_sources for piece in owner.text_prefix
-                             if not isinstance(piece, str)]).to(self.token_embeds.dtype)
-        n_cls = self.token_embeds.shape[0]
-        rows = torch.arange(n_cls, device=learned.device)[:, None].expand(-1, learned.shape[0])
-        return self.token_embeds.index_put((rows, self.prefix_positions.expand(n_cls, -1)),
-                                           learned.expand(n_cls, -1, -1))
+                             if not isinstance(piece, str)]).to(token_embeds.dtype)
+        n_cls = token_embeds.shape[0]
+        classes = torch.arange(n_cls, device=learned.device)[:, None].expand(-1, learned.shape[0])
+        return token_embeds.index_put((classes, self.prefix_positions.expand(n_cls, -1)),
+                                      learned.expand(n_cls, -1, -1))
+
+
+def _per_class_or_shared(deep_prompts, n_cls: int) -> bool:
+    """Whether every deep prompt is one tensor shared by all classes (``n x width``) or one per class
+    (``C x n x width``): what a chunk of classes can slice."""
+    return all(isinstance(prompts, torch.Tensor) and (prompts.dim() == 2 or prompts.shape[0] == n_cls)
+               for prompts in (deep_prompts or {}).values())

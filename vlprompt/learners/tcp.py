@@ -106,5 +106,6 @@ class TCP(KgCoOp):
         return self.tke(prior.to(self.tke[0].weight.dtype)).unflatten(-1, (self.prompts.n_ctx, -1))
 
     def text_features(self) -> torch.Tensor:
-        features = self.prompts.encode(self.clip, deep_prompts={self.tke_layer: self.class_tokens()})
+        features = self.prompts.encode(self.clip, deep_prompts={self.tke_layer: self.class_tokens()},
+                                       class_chunk=self.class_chunk_size)
         return self.normalized_text(features)
