@@ -86,3 +86,40 @@ def test_the_promptkd_memory_comparison_offloads_its_teacher_and_keeps_the_step_
     assert "## PromptKD student: cached teacher, batch 2" in table
     row = next(line for line in table.splitlines() if line.startswith("| peak of live tensors in all"))
     assert float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x")) < 0.7, row
+
+
+@pytest.mark.slow
+def test_the_label_space_measurement_holds_chunked_memory_flat_as_classes_grow(tmp_path):
+    """CoOp's step at 200 and 800 classes on the toy CLIP: in chunks of 100 the peak barely grows (only the per-class
+    buffers and features do); all at once it grows with the classes."""
+    out = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--label-space", "--model", "vlprompt-tiny",
+                             "--pretrained", "toy", "--classes", "200", "800", "--class-chunk", "100", "--batch", "8",
+                             "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| 200 |", "| 800 |"))]
+    peaks = [[float(cell.replace(",", "")) for cell in row.strip("| ").split(" | ")[2::2]] for row in rows]
+    (chunked_200, whole_200), (chunked_800, whole_800) = peaks
+    assert whole_800 / whole_200 > 2.5 and chunked_800 / chunked_200 < 1.5, rows
+
+
+@pytest.mark.slow
+def test_the_sweep_projection_times_steps_and_sums_the_tables_hours(tmp_path):
+    out = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--sweep-projection", "--model", "vlprompt-tiny",
+                             "--pretrained", "toy", "--repeats", "1", "--gpu-eval-batch", "8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = out.read_text()
+    assert "| ImageNet | 500 |" in table and "| all 11 x 3 seeds |" in table
+    assert "coop: batch 32, 200 epochs" in table and "promptsrc: batch 4, 20 epochs" in table
+
+
+def test_projected_hours_count_steps_epochs_and_test_images():
+    from benchmarks import sweep_throughput as sweep
+
+    steps = {name: 0.01 for name in sweep.BENCHMARK_SHAPES}
+    evaluation = {name: 0.001 for name in sweep.BENCHMARK_SHAPES}
+    hours = sweep.projected_hours(steps, evaluation, batch=32, epochs=10)
+    # DTD: 24 base classes x 16 shots = 384 images, 12 steps per epoch; 1,692 test images; 3 seeds.
+    assert hours["DTD"] == pytest.approx(3 * (12 * 10 * 0.01 + 1692 * 0.001) / 3600)

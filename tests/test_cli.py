@@ -113,12 +113,12 @@ def test_null_pretrained_on_the_command_line_means_random_weights(shapes, capsys
 
 def test_help_lists_every_command_and_a_missing_or_unknown_one_is_named(capsys):
     code, out, _ = run_in_process(["--help"], capsys)
-    assert code == 0 and all(name in out for name in ("fit", "validate", "test", "predict", "suite", "report"))
+    assert code == 0 and all(name in out for name in ("fit", "validate", "test", "predict", "export", "suite", "report", "data"))
     code, _, err = run_in_process([], capsys)
     assert code == 2 and "suite" in err and "report" in err
     code, _, err = run_in_process(["suit"], capsys)
     assert code == 2 and err.strip() == ("vlprompt: error: unknown command 'suit'; choose from fit, validate, test, "
-                                         "predict, suite, report, meta-init (vlprompt --help)")
+                                         "predict, export, suite, report, meta-init, data (vlprompt --help)")
 
 
 def test_help_of_protocol_commands_does_not_load_lightning():

@@ -33,7 +33,7 @@ import os, sys
 from vlprompt.commands import main
 args, dry = sys.argv[1:], os.environ.get("README_TEST_MODE") == "dry-run"
 budget = {SMALL_BUDGET!r}
-if args and args[0] in ("fit", "validate", "test", "predict"):
+if args and args[0] in ("fit", "validate", "test"):
     args += ["--print_config"] if dry else budget
 elif args and args[0] == "suite":
     args = args[:1] + (["--dry-run"] if dry else []) + args[1:] + ([] if "--" in args else ["--"]) + budget

@@ -9,6 +9,9 @@
     python tools/bench.py --gpu-speed          # GPU step targets: today's way vs weights held in bf16 vs compiled
     python tools/bench.py --data-loading       # does `vlprompt fit` keep the device fed on generated JPEGs?
     python tools/bench.py --shared-prefix --classes 4 100 1000   # CoOp's text step, context encoded once or not
+    python tools/bench.py --label-space --classes 1000 5000 21000  # CoOp over 21k classes: class chunks vs all at once
+    python tools/bench.py --sweep-throughput   # toy suite runs per hour: 1 worker, N workers, K runs per device
+    python tools/bench.py --sweep-projection   # CoOp/PromptSRC steps timed on benchmark-shaped data -> table GPU-hours
     bash tools/gpu_checks.sh docs              # every GPU check in one go (about 9 minutes on an H100 or H200)
 
 Everything runs in one process on the same model, data and settings, so the ratios compare like with like on
@@ -18,8 +21,8 @@ text features recomputed for every batch, CoCoOp's prompts for every image encod
 (activations), which is what grows with batch x classes, and ``--caspl-memory`` models the whole peak as well
 (``LiveTensorBytes``: weights included, which is where a cached teacher differs). Writes the tables to ``runs/benchmarks.md``
 (``--out docs/benchmarks.md`` for the tracked copy; the GPU report is docs/benchmarks-gpu.md). ``--startup``,
-``--caspl-memory``, ``--promptkd-memory``, ``--gpu-speed``, ``--data-loading`` and ``--shared-prefix`` replace only
-their own section there.
+``--caspl-memory``, ``--promptkd-memory``, ``--gpu-speed``, ``--data-loading``, ``--shared-prefix``, ``--label-space``,
+``--sweep-throughput`` and ``--sweep-projection`` replace only their own section there.
 
 The measurements live in ``tools/benchmarks/``, one module per family; this file reads the options and runs one.
 """
@@ -35,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/benchmarks, al
 
 import torch  # noqa: E402
 
-from benchmarks import data_loading, distillation_memory, gpu_speed, learners, shared_prefix, startup  # noqa: E402
+from benchmarks import (  # noqa: E402
+    data_loading, distillation_memory, gpu_speed, label_space, learners, shared_prefix, startup, sweep_throughput)
 from benchmarks.common import REPO  # noqa: E402
 
 
@@ -90,6 +94,21 @@ def main() -> None:
     parser.add_argument("--gpu-eval-batch", type=int, default=256, help="batch of the --gpu-speed evaluation rows")
     parser.add_argument("--gpu-parts", nargs="+", choices=gpu_speed.GPU_PARTS, default=list(gpu_speed.GPU_PARTS),
                         help="what --gpu-speed measures (default: all)")
+    parser.add_argument("--pretrained", help="pretrained tag or file of --model (default: random init)")
+    parser.add_argument("--label-space", action="store_true",
+                        help="CoOp's step over large label spaces (--classes 1000 5000 21000): class chunks vs all at once")
+    parser.add_argument("--class-chunk", type=int, default=1000, help="class_chunk_size of the --label-space rows")
+    parser.add_argument("--unchunked-up-to", type=int, default=21000,
+                        help="--label-space measures all-at-once only up to this many classes")
+    parser.add_argument("--sweep-throughput", action="store_true",
+                        help="runs per hour of a toy suite with 1 worker, N workers and K runs per device")
+    parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2],
+                        help="worker counts of --sweep-throughput (default 1 2)")
+    parser.add_argument("--sweep-runs", type=int, default=8, help="configurations of the --sweep-throughput suite")
+    parser.add_argument("--sweep-epochs", type=int, default=4, help="epochs of each --sweep-throughput run")
+    parser.add_argument("--sweep-projection", action="store_true",
+                        help="CoOp and PromptSRC steps on benchmark-shaped synthetic data, projected to the GPU-hours "
+                             "of the full base-to-novel tables (11 data sets x 3 seeds)")
     options = parser.parse_args()
     if options.startup:
         startup.write_startup_section(options.out, options.repeats)
@@ -99,7 +118,10 @@ def main() -> None:
                 "promptkd_memory": distillation_memory.write_promptkd_section,
                 "gpu_speed": gpu_speed.write_gpu_speed_section,
                 "data_loading": data_loading.write_data_section,
-                "shared_prefix": shared_prefix.write_shared_prefix_section}
+                "shared_prefix": shared_prefix.write_shared_prefix_section,
+                "label_space": label_space.write_label_space_section,
+                "sweep_throughput": sweep_throughput.write_throughput_section,
+                "sweep_projection": sweep_throughput.write_projection_section}
     for option, write_section in sections.items():
         if getattr(options, option):
             write_section(options, torch.device(options.device))

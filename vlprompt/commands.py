@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 PROTOCOL_COMMANDS = ("suite", "report", "meta-init", "data", "predict", "export")
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+#: Every command, in the order the usage lists them.
+COMMANDS = ("fit", "validate", "test", "predict", "export", "suite", "report", "meta-init", "data")
 
 USAGE = """usage: vlprompt {fit,validate,test,predict,export,suite,report,meta-init,data} ...
 
@@ -74,7 +76,7 @@ def _dispatch(args: Optional[Sequence[str]]) -> None:
             command.main(argv[1:])
         return
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
-        choices = ", ".join(LIGHTNING_COMMANDS + PROTOCOL_COMMANDS)
+        choices = ", ".join(COMMANDS)
         sys.stderr.write(f"vlprompt: error: unknown command {argv[0]!r}; choose from {choices} (vlprompt --help)\n")
         sys.exit(2)
     from vlprompt import help_cache

@@ -31,9 +31,9 @@ from vlprompt.command_line import plugin_option
 from vlprompt.errors import ConfigError
 from vlprompt.command_line import OneLineArgumentParser
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
-from vlprompt.eval.report import aggregate, load_metrics, metric_keys, tables, write_report
+from vlprompt.eval.report import aggregate, metric_keys, tables, write_report
 from vlprompt.eval.runlock import RunLock
-from vlprompt.eval.sweep import add_sweep_options, is_sweep, sweep, worker_arguments
+from vlprompt.eval.sweep import add_sweep_options, duration_text, finished_metrics, is_sweep, sweep, worker_arguments
 from vlprompt.files import ensure_writable, write_json_atomically
 from vlprompt.interrupts import set_resume_hint, signal_of
 from vlprompt.recipes import configs_root, resolve_config, resolve_config_args
@@ -375,12 +375,6 @@ class _Run:
 WAIT_POLL_SECONDS = 2.0
 
 
-def _finished(run: _Run) -> Optional[list[dict]]:
-    if all(path.is_file() for path in run.expected):
-        return [load_metrics(path) for path in run.expected]
-    return None
-
-
 def _resumable_checkpoint(run_dir: Path) -> Optional[Path]:
     """The ``last.ckpt`` an interrupted run can go on from; None when it has none or it cannot be read (a fit
     killed while writing it)."""
@@ -416,25 +410,19 @@ class _Progress:
     def finish(self, started: float, remaining: int) -> None:
         self.durations.append(time.time() - started)
         mean = sum(self.durations) / len(self.durations)
-        left = f"; about {_duration(mean * remaining)} left for {remaining} more" if remaining else ""
-        print(f"[suite] finished in {_duration(self.durations[-1])}{left}", flush=True)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+        left = f"; about {duration_text(mean * remaining)} left for {remaining} more" if remaining else ""
+        print(f"[suite] finished in {duration_text(self.durations[-1])}{left}", flush=True)
 
 
 def _run_if_free(run: _Run, progress: _Progress, remaining: Callable[[], int]) -> tuple[Optional[list[dict]], str]:
     """``(metrics, how)``: finished already, run here now, or ``(None, "busy")`` while another process owns it."""
-    done = _finished(run)
+    done = finished_metrics(run)
     if done is not None:
         return done, "done already"
     with RunLock(run.run_dir) as lock:
         if not lock.acquired:
             return None, "busy"
-        done = _finished(run)  # finished by its owner between our first look and the lock
+        done = finished_metrics(run)  # finished by its owner between our first look and the lock
         if done is not None:
             return done, "done already"
         if lock.previous_owner:
@@ -498,7 +486,7 @@ def _run_all(runs: Sequence[_Run]) -> list[dict]:
             waiting.remove(index)
         if waiting:
             time.sleep(WAIT_POLL_SECONDS)
-    print(f"[suite] {len(runs)} configurations finished in {_duration(time.time() - started)}: {counts['ran']} here, "
+    print(f"[suite] {len(runs)} configurations finished in {duration_text(time.time() - started)}: {counts['ran']} here, "
           f"{counts['by another process']} by another suite process, {counts['done already']} earlier")
     return [metrics for index in range(len(runs)) for metrics in outcomes[index]]
 
@@ -514,7 +502,7 @@ def _run_as_worker(runs: Sequence[_Run], worker: int) -> list[dict]:
     while ran_any:
         ran_any = False
         for run in order:
-            if _finished(run) is not None:
+            if finished_metrics(run) is not None:
                 continue
             done, how = _run_if_free(run, progress, lambda: sum(not all(p.is_file() for p in r.expected) for r in runs) - 1)
             if how == "ran":
@@ -889,7 +877,7 @@ def main(argv: Sequence[str]) -> None:
         check_before_runs(_data_read_by(options.protocol, options.data, options.source), overrides)
     if is_sweep(options):
         planned, _ = plan_suite(*suite)
-        results = sweep(planned, options.runs, worker_arguments(suite_args), given_overrides, options)
+        results = sweep(planned, options.runs, worker_arguments(suite_args), given_overrides, options, run_worker)
         if results is None:  # submitted, not waited for
             return
     else:
@@ -911,3 +899,15 @@ def main(argv: Sequence[str]) -> None:
         print(f"[suite] wandb summary run logged; tables and plots also in {report_dir}")
     print(f"[suite] mean ± std over seeds above; tables (Markdown, CSV, LaTeX) and plots of everything in "
           f"{options.runs}: vlprompt report {options.runs}")
+
+
+def run_worker(command: Sequence[str], index: int) -> None:
+    """What each SLURM array task runs: the suite ``command`` (its arguments, ``--`` and overrides) as worker
+    ``index``, in the task's own process (SLURM pins its GPUs)."""
+    from vlprompt.errors import report_user_errors
+    from vlprompt.interrupts import stop_cleanly
+
+    command = list(command)
+    at = command.index("--") if "--" in command else len(command)
+    with stop_cleanly(), report_user_errors():
+        main([*command[:at], "--worker-index", str(index), *command[at:]])

@@ -153,10 +153,20 @@ def plan_workers(workers: Optional[int], devices: Optional[str], runs_per_device
     return [(groups[i % len(groups)], max(1, cpus // total)) for i in range(total)]
 
 
-def _duration(seconds: float) -> str:
-    from vlprompt.eval.suite import _duration as duration
+def duration_text(seconds: float) -> str:
+    """``1 h 05 min``, ``3 min 07 s`` or ``12 s``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
-    return duration(seconds)
+
+def finished_metrics(run) -> Optional[list[dict]]:
+    """The metrics of a configuration whose metrics files are all written, else None."""
+    from vlprompt.eval.report import load_metrics
+
+    if all(path.is_file() for path in run.expected):
+        return [load_metrics(path) for path in run.expected]
+    return None
 
 
 class SweepProgress:
@@ -192,7 +202,7 @@ class SweepProgress:
             left = ""
             if finished_here and done < len(self.runs):
                 rate = finished_here / (time.time() - self.started)
-                left = f"; about {_duration((len(self.runs) - done) / rate)} left"
+                left = f"; about {duration_text((len(self.runs) - done) / rate)} left"
             self.printer(f"[sweep] {done} of {len(self.runs)} done, {running} running, {waiting} waiting{left}")
         return counts
 
@@ -217,7 +227,6 @@ def _worker_environment(worker: Worker, port_base: int) -> dict:
 def sweep_locally(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], overrides: Sequence[str],
                   options) -> list[dict]:
     """Start the workers, show the sweep's progress until they end, and return every configuration's metrics."""
-    from vlprompt.eval.suite import _finished
     from vlprompt.interrupts import set_resume_hint
 
     slots = plan_workers(options.workers, options.devices, options.runs_per_device, options.devices_per_worker,
@@ -260,12 +269,12 @@ def sweep_locally(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], ove
                           "kept: fix the cause and run the same command again to finish the rest")
     results = []
     for run in runs:
-        metrics = _finished(run)
+        metrics = finished_metrics(run)
         if metrics is None:  # every worker passed over it: another process outside this sweep holds it
             raise SweepFailed(f"{run.run_dir} is not finished and no worker of this sweep ran it (another process "
                               "holds it); run the same command again once that process has ended")
         results += metrics
-    print(f"[sweep] {len(runs)} configurations finished in {_duration(time.time() - progress.started)} with "
+    print(f"[sweep] {len(runs)} configurations finished in {duration_text(time.time() - progress.started)} with "
           f"{len(workers)} workers", flush=True)
     return results
 
@@ -290,21 +299,6 @@ def _stop(workers: Sequence[Worker], grace_seconds: float = 60.0) -> None:
 
 
 # -- SLURM ------------------------------------------------------------------------------------------------------------
-
-def run_worker(command: Sequence[str], index: int) -> None:
-    """What each array task runs: the suite as worker ``index`` (in the task's own process; SLURM pins its GPUs)."""
-    from vlprompt.errors import report_user_errors
-    from vlprompt.eval.suite import main
-    from vlprompt.interrupts import stop_cleanly
-
-    at = _separator(command)
-    with stop_cleanly(), report_user_errors():
-        main([*command[:at], "--worker-index", str(index), *command[at:]])
-
-
-def _separator(command: Sequence[str]) -> int:
-    return list(command).index("--") if "--" in command else len(command)
-
 
 def slurm_parameters(options) -> dict:
     """submitit's parameters (its AutoExecutor's names) from the suite's options and ``--slurm-config``, whose keys
@@ -333,19 +327,18 @@ def slurm_parameters(options) -> dict:
 
 
 def sweep_on_slurm(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], overrides: Sequence[str],
-                   options) -> Optional[list[dict]]:
+                   options, task: Callable[[Sequence[str], int], None]) -> Optional[list[dict]]:
     """Submit one job array (one task per worker; by default one per configuration not finished yet). With
     ``--slurm-wait`` (and always for ``submitit-local``) wait for it, showing progress, and return the metrics."""
     try:
         import submitit
     except ImportError:
         raise ConfigError("--launcher slurm needs submitit: pip install submitit") from None
-    from vlprompt.eval.suite import _finished
 
-    unfinished = [run for run in runs if _finished(run) is None]
+    unfinished = [run for run in runs if finished_metrics(run) is None]
     if not unfinished:
         print(f"[sweep] all {len(runs)} configurations are finished already; nothing to submit", flush=True)
-        return [metrics for run in runs for metrics in _finished(run)]
+        return [metrics for run in runs for metrics in finished_metrics(run)]
     tasks = options.workers or len(unfinished)
     command = [*suite_args, *(["--", *overrides] if overrides else [])]
     cluster = "local" if options.launcher == "submitit-local" else "slurm"
@@ -363,7 +356,7 @@ def sweep_on_slurm(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], ov
         raise ConfigError(f"submitit refused a SLURM parameter ({' '.join(str(err).split())[:200]}); check "
                           "--slurm-config") from None
     try:
-        jobs = executor.map_array(run_worker, [command] * tasks, list(range(tasks)))
+        jobs = executor.map_array(task, [command] * tasks, list(range(tasks)))
     except FileNotFoundError as err:
         raise ConfigError(f"cannot submit to SLURM ({err.filename or 'sbatch'} not found): run this on a SLURM login "
                           "node, or use --launcher local") from None
@@ -400,16 +393,16 @@ def sweep_on_slurm(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], ov
     if failed:
         raise SweepFailed(f"{len(failed)} of {tasks} array tasks failed (above); finished runs are kept: fix the "
                           "cause and submit the same command again")
-    return [metrics for run in runs for metrics in (_finished(run) or [])]
+    return [metrics for run in runs for metrics in (finished_metrics(run) or [])]
 
 
 def sweep(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], overrides: Sequence[str],
-          options) -> Optional[list[dict]]:
+          options, task: Callable[[Sequence[str], int], None]) -> Optional[list[dict]]:
     """Run a suite's configurations as a sweep; the metrics of all, or None when they were submitted and not
-    waited for."""
+    waited for. ``task(command, index)`` is what each SLURM array task runs (the suite as worker ``index``)."""
     if options.dry_run:
         raise ConfigError("--dry-run prints the runs of one suite; leave the sweep options out to see them")
     if options.launcher == "local":
         return sweep_locally(runs, runs_dir, suite_args, overrides, options)
-    return sweep_on_slurm(runs, runs_dir, suite_args, overrides, options)
+    return sweep_on_slurm(runs, runs_dir, suite_args, overrides, options, task)
 
