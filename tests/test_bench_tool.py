@@ -111,7 +111,10 @@ def test_the_sweep_projection_times_steps_and_sums_the_tables_hours(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     table = out.read_text()
-    assert "| ImageNet | 500 |" in table and "| all 11 x 3 seeds |" in table
+    assert "| ImageNet | 500 |" in table
+    total = next(line for line in table.splitlines() if line.startswith("| all 11 x 3 seeds |"))
+    assert total.count("|") == table.splitlines()[[i for i, line in enumerate(table.splitlines())
+                                                   if line.startswith("| data set |")][0]].count("|")
     assert "coop: batch 32, 200 epochs" in table and "promptsrc: batch 4, 20 epochs" in table
 
 

@@ -1,7 +1,7 @@
 """What only a GPU can show: the CasPL and PromptKD teachers leaving the device once their features are cached, a fit
-with the
-frozen weights held in bf16 and the learner compiled with CUDA graphs, and CoCoOp's text chunks chosen from the
-device's free memory. Skipped without CUDA (tools/gpu_checks.sh runs them on a lent GPU)."""
+with the frozen weights held in bf16 and the learner compiled with CUDA graphs, CoCoOp's text chunks chosen from the
+device's free memory, and a sweep's workers pinned to a GPU. Skipped without CUDA (tools/gpu_checks.sh runs them on a
+lent GPU)."""
 
 from __future__ import annotations
 
@@ -100,3 +100,25 @@ def test_cocoop_auto_chunks_come_from_the_free_memory_of_a_real_gpu(tmp_path):
         learner(images.cuda())
     assert learner._auto_chunks[(16, len(CLASSNAMES), False)] == 16
     assert not torch.equal(learner.meta_net.linear2.weight.detach().cpu(), before)
+
+
+def test_a_sweep_puts_two_runs_on_one_gpu_and_each_worker_sees_only_it(tmp_path, capsys):
+    """`--devices 0 --runs-per-device 2`: two workers pinned to GPU 0 (CUDA_VISIBLE_DEVICES), each training its runs
+    there."""
+    from vlprompt.commands import main
+    from vlprompt.toy import write_toy_dataset
+
+    from conftest import REPO
+
+    write_toy_dataset("ToyShapes", tmp_path / "ToyShapes", train_per_class=4, val_per_class=2, test_per_class=2)
+    config = tmp_path / "ToyShapes.yaml"
+    config.write_text(f"data:\n  root: {tmp_path / 'ToyShapes'}\n  split_file: split_zhou_ToyShapes.json\n"
+                      "  num_workers: 0\n  batch_size: 8\n")
+    runs = tmp_path / "runs"
+    main(["suite", "base2novel", "--learner", str(REPO / "configs" / "learners" / "coop.yaml"), "--clip",
+          str(REPO / "configs" / "clip" / "toy.yaml"), "--data", str(config), "--seeds", "1", "2", "--shots", "4",
+          "--runs", str(runs), "--devices", "0", "--runs-per-device", "2", "--", "--trainer.max_epochs", "1"])
+    assert "[sweep] 2 workers (cuda:0, cuda:0;" in capsys.readouterr().out
+    logs = sorted((runs / "sweeps").rglob("worker-*.log"))
+    assert len(logs) == 2
+    assert any("GPU available: True (cuda), used: True" in log.read_text() for log in logs)

@@ -126,6 +126,10 @@ def compute(case: str, folder: Path) -> dict[str, torch.Tensor]:
     return {"logits": logits, "loss": loss.total.detach(), **terms, "logits_after_step": stepped}
 
 
+#: How far a stored value may move, relative to its scale (see the test).
+INVARIANCE_TOLERANCE = 1e-4
+
+
 @pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
                                   for case in cases()])
 def test_learner_outputs_are_unchanged(case, tmp_path):
@@ -134,7 +138,11 @@ def test_learner_outputs_are_unchanged(case, tmp_path):
     got = compute(case, tmp_path)
     assert sorted(got) == sorted(stored[case]), f"{case}: other loss terms than stored"
     for key, value in stored[case].items():
-        assert (got[key] - value).abs().max() <= 1e-6, f"{case} {key} changed"
+        # Within 1e-4 of the value's scale: CPUs with other vector units (the stored values came from one machine)
+        # round their matrix products differently, by up to 1e-5 of the scale after an SGD step (measured between
+        # two x86 machines); a change of behaviour moves the values by far more.
+        scale = max(1.0, value.abs().max().item())
+        assert (got[key] - value).abs().max() <= INVARIANCE_TOLERANCE * scale, f"{case} {key} changed"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ BENCHMARK_SHAPES = {"ImageNet": (1000, 50000), "Caltech101": (100, 2465), "Oxfor
 SHOTS, SEEDS = 16, 3
 #: The learners of the projection and their recipe files (batch and epochs are read from them).
 PROJECTED = {"coop": "configs/learners/coop.yaml", "promptsrc": "configs/learners/promptsrc.yaml"}
+#: The projected rows: (label, learner, trains on cached image features: ``--data.cache_image_features true``).
+VARIANTS = (("coop", "coop", False), ("coop, cached image features", "coop", True), ("promptsrc", "promptsrc", False))
 
 
 def _suite_command(data_config: Path, runs: Path, seeds: int, epochs: int, sweep: list[str]) -> list[str]:
@@ -116,13 +118,15 @@ def write_projection_section(options, device: torch.device) -> None:
         clip.hold_in(bf16)
     size, timer, started = image_size(clip), Timer(device, options.repeats), time.time()
     tables = {}
-    for learner, recipe in PROJECTED.items():
-        batch, epochs = _recipe(recipe)
+    for label, learner, cached in VARIANTS:
+        batch, epochs = _recipe(PROJECTED[learner])
         step_seconds, eval_seconds = {}, {}
         for name, (n_classes, _) in BENCHMARK_SHAPES.items():
             base = math.ceil(n_classes / 2)
             model = vlprompt.build_learner(learner, clip, classnames(base)).to(device).train()
-            images = torch.randn(batch, 3, size, size, device=device)
+            # Cached: the data module hands the step the frozen tower's normalised features instead of images.
+            images = (torch.nn.functional.normalize(torch.randn(batch, clip.embed_dim, device=device), dim=-1)
+                      if cached else torch.randn(batch, 3, size, size, device=device))
             labels = torch.arange(batch, device=device) % base
             step_seconds[name] = timer(training_step_of(model, images, labels, bf16, device))
             model.eval()
@@ -132,9 +136,9 @@ def write_projection_section(options, device: torch.device) -> None:
                 with torch.no_grad(), torch.autocast(device.type, dtype=bf16, enabled=bf16 is not None):
                     model(eval_images)
             eval_seconds[name] = timer(evaluate) / options.gpu_eval_batch
-            print(learner, name, step_seconds[name], eval_seconds[name], flush=True)
-        tables[learner] = (batch, epochs, step_seconds, eval_seconds, projected_hours(step_seconds, eval_seconds,
-                                                                                       batch, epochs))
+            print(label, name, step_seconds[name], eval_seconds[name], flush=True)
+        tables[label] = (batch, epochs, step_seconds, eval_seconds, projected_hours(step_seconds, eval_seconds,
+                                                                                     batch, epochs))
     machine = describe_machine(device)
     lines = [PROJECTION_HEADING, "",
              f"`python tools/bench.py --sweep-projection --model {options.model} --precision {options.precision} "
@@ -149,8 +153,9 @@ def write_projection_section(options, device: torch.device) -> None:
     for name, (n_classes, _) in BENCHMARK_SHAPES.items():
         cells = " | ".join(f"{t[2][name]:.4f} | {t[4][name]:.2f}" for t in tables.values())
         lines.append(f"| {name} | {math.ceil(n_classes / 2)} | {cells} |")
-    totals = " | ".join(f"| **{sum(t[4].values()):.2f}**" for t in tables.values())
-    lines.append(f"| all 11 x {SEEDS} seeds | {totals} |")
-    recipes = "; ".join(f"{name}: batch {t[0]}, {t[1]} epochs ({PROJECTED[name]})" for name, t in tables.items())
+    cells = [f"all 11 x {SEEDS} seeds", ""] + [cell for t in tables.values() for cell in ("", f"**{sum(t[4].values()):.2f}**")]
+    lines.append("| " + " | ".join(cells) + " |")
+    recipes = "; ".join(f"{name}: batch {_recipe(path)[0]}, {_recipe(path)[1]} epochs ({path})"
+                        for name, path in PROJECTED.items())
     lines += ["", f"Recipes: {recipes}.", ""]
     replace_section(options.out, PROJECTION_HEADING, lines)

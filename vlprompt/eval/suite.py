@@ -875,7 +875,7 @@ def main(argv: Sequence[str]) -> None:
 
         plan_suite(*suite)  # the suite's own mistakes first
         check_before_runs(_data_read_by(options.protocol, options.data, options.source), overrides)
-    if is_sweep(options):
+    if is_sweep(options) and not options.dry_run:  # a dry run shows the runs, however they would be spread
         planned, _ = plan_suite(*suite)
         results = sweep(planned, options.runs, worker_arguments(suite_args), given_overrides, options, run_worker)
         if results is None:  # submitted, not waited for

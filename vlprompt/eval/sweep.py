@@ -400,8 +400,6 @@ def sweep(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], overrides: 
           options, task: Callable[[Sequence[str], int], None]) -> Optional[list[dict]]:
     """Run a suite's configurations as a sweep; the metrics of all, or None when they were submitted and not
     waited for. ``task(command, index)`` is what each SLURM array task runs (the suite as worker ``index``)."""
-    if options.dry_run:
-        raise ConfigError("--dry-run prints the runs of one suite; leave the sweep options out to see them")
     if options.launcher == "local":
         return sweep_locally(runs, runs_dir, suite_args, overrides, options)
     return sweep_on_slurm(runs, runs_dir, suite_args, overrides, options, task)
