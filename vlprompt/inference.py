@@ -175,12 +175,11 @@ def predict(ckpt_path: Path, images: Path, out: Path, classes: Optional[Path] = 
         num_workers=default_num_workers() if num_workers is None else num_workers, collate_fn=_collate)
     rows: dict[int, list] = {}
     unreadable = []
-    device_ = next((b.device for b in learner.buffers()), torch.device("cpu"))
     with torch.no_grad(), tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr,
                                disable=not (progress and sys.stderr.isatty())) as bar:
         for indices, batch, bad in loader:
             if batch is not None:
-                probabilities = learner(batch.to(device_)).float().softmax(dim=-1)
+                probabilities = learner(batch.to(learner.clip.device)).float().softmax(dim=-1)
                 top = probabilities.topk(k, dim=-1)
                 for row, index in enumerate(indices):
                     pairs = zip(top.indices[row].tolist(), top.values[row].tolist())

@@ -277,13 +277,14 @@ def main(argv: Sequence[str]) -> None:
 
 
 def check_before_runs(data_configs: Sequence[Path], overrides: Sequence[str] = ()) -> None:
-    """What the suite does before its first run: every data set checked (images included); the first problem is
+    """What the suite does before its first run: every data set checked (images included), a split file the first run
+    would build from the data set's own files built now (as that run would, and saying so); the first problem is
     refused in one line that names the command showing all of them."""
     from vlprompt.command_line import option_values
 
     given = {key: (option_values(overrides, f"--data.{key}") or [None])[-1] for key in ("split_file", "image_dir")}
     for config in dict.fromkeys(Path(path) for path in data_configs):
-        report = check_dataset(data_options([config], given))
+        report = check_dataset(data_options([config], given), build=True)
         print(f"[suite] data set {report.name}: " + ("ok" if report.ok else "not ready"), flush=True)
         if not report.ok:
             raise ConfigError(f"data set {report.name} ({config}) is not ready: {report.problems[0]}"
