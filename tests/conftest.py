@@ -200,3 +200,17 @@ def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     write_toy_dataset("ToyShapes", root, train_per_class=4, val_per_class=2, test_per_class=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def toy_data_config(tmp_path_factory) -> Path:
+    """A data YAML for a small ToyShapes set (4 train, 2 val, 2 test images per class), read as the suite's tests run
+    it: no loader workers, batch 8, no augmentation."""
+    from vlprompt.toy import write_toy_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    write_toy_dataset("ToyShapes", root / "ToyShapes", train_per_class=4, val_per_class=2, test_per_class=2)
+    config = root / "ToyShapes.yaml"
+    config.write_text(f"data:\n  root: {root / 'ToyShapes'}\n  split_file: split_zhou_ToyShapes.json\n"
+                      "  num_workers: 0\n  batch_size: 8\n  augment: false\n")
+    return config

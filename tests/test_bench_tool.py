@@ -88,16 +88,22 @@ def test_the_promptkd_memory_comparison_offloads_its_teacher_and_keeps_the_step_
     assert float(row.rstrip(" |").rsplit("|", 1)[1].strip().rstrip("x")) < 0.7, row
 
 
+def run_bench(tmp_path: Path, *args: str) -> str:
+    """``tools/bench.py ARGS`` into a report of its own; the report's text."""
+    out = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), *args, "--out", str(out)], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out.read_text()
+
+
 @pytest.mark.slow
 def test_the_label_space_measurement_holds_chunked_memory_flat_as_classes_grow(tmp_path):
     """CoOp's step at 200 and 800 classes on the toy CLIP: in chunks of 100 the peak barely grows (only the per-class
     buffers and features do); all at once it grows with the classes."""
-    out = tmp_path / "bench.md"
-    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--label-space", "--model", "vlprompt-tiny",
-                             "--pretrained", "toy", "--classes", "200", "800", "--class-chunk", "100", "--batch", "8",
-                             "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line for line in out.read_text().splitlines() if line.startswith(("| 200 |", "| 800 |"))]
+    table = run_bench(tmp_path, "--label-space", "--model", "vlprompt-tiny", "--pretrained", "toy", "--classes", "200",
+                      "800", "--class-chunk", "100", "--batch", "8", "--repeats", "1")
+    rows = [line for line in table.splitlines() if line.startswith(("| 200 |", "| 800 |"))]
     peaks = [[float(cell.replace(",", "")) for cell in row.strip("| ").split(" | ")[2::2]] for row in rows]
     (chunked_200, whole_200), (chunked_800, whole_800) = peaks
     assert whole_800 / whole_200 > 2.5 and chunked_800 / chunked_200 < 1.5, rows
@@ -105,12 +111,8 @@ def test_the_label_space_measurement_holds_chunked_memory_flat_as_classes_grow(t
 
 @pytest.mark.slow
 def test_the_sweep_projection_times_steps_and_sums_the_tables_hours(tmp_path):
-    out = tmp_path / "bench.md"
-    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--sweep-projection", "--model", "vlprompt-tiny",
-                             "--pretrained", "toy", "--repeats", "1", "--gpu-eval-batch", "8", "--out", str(out)],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    table = out.read_text()
+    table = run_bench(tmp_path, "--sweep-projection", "--model", "vlprompt-tiny", "--pretrained", "toy", "--repeats", "1",
+                      "--gpu-eval-batch", "8")
     assert "| ImageNet | 500 |" in table
     total = next(line for line in table.splitlines() if line.startswith("| all 11 x 3 seeds |"))
     assert total.count("|") == table.splitlines()[[i for i, line in enumerate(table.splitlines())

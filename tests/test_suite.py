@@ -26,16 +26,6 @@ from conftest import REPO
 CONFIGS = REPO / "configs"
 
 
-@pytest.fixture(scope="module")
-def toy_data_config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_toy_dataset("ToyShapes", root / "ToyShapes", train_per_class=4, val_per_class=2, test_per_class=2)
-    config = root / "ToyShapes.yaml"
-    config.write_text(f"data:\n  root: {root / 'ToyShapes'}\n  split_file: split_zhou_ToyShapes.json\n"
-                      "  num_workers: 0\n  batch_size: 8\n  augment: false\n")
-    return config
-
-
 def suite(runs: Path, data: Path, capsys, *extra) -> str:
     main(["suite", "base2novel", "--learner", CONFIGS / "learners" / "coop.yaml", "--clip",
           CONFIGS / "clip" / "tiny-random.yaml", "--data", data, "--seeds", "1", "2", "--shots", "4", "--runs", runs,

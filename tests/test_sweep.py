@@ -19,21 +19,10 @@ from vlprompt.errors import ConfigError
 from vlprompt.eval.suite import METRICS_FILE
 from vlprompt.eval.sweep import (
     SweepProgress, Worker, _worker_environment, plan_workers, slurm_parameters, worker_arguments)
-from vlprompt.toy import write_toy_dataset
 
 from conftest import REPO
 
 CONFIGS = REPO / "configs"
-
-
-@pytest.fixture(scope="module")
-def toy_data_config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_toy_dataset("ToyShapes", root / "ToyShapes", train_per_class=4, val_per_class=2, test_per_class=2)
-    config = root / "ToyShapes.yaml"
-    config.write_text(f"data:\n  root: {root / 'ToyShapes'}\n  split_file: split_zhou_ToyShapes.json\n"
-                      "  num_workers: 0\n  batch_size: 8\n  augment: false\n")
-    return config
 
 
 def suite_args(data: Path, runs: Path, seeds=("1", "2", "3"), *sweep) -> list:
