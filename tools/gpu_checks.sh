@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU speed and memory check of tools/bench.py in one go, about 14 minutes on one H100 or H200:
+# Every GPU speed and memory check of tools/bench.py in one go, about 18 minutes on one H100 or H200:
 #   bash tools/gpu_checks.sh [OUT_DIR]      (default runs/gpu; the report is OUT_DIR/benchmarks-gpu.md)
 # Each check has its own time limit, so one that hangs or fails leaves the others' numbers in the report.
 set -u
@@ -19,6 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # more (the rest still adds rows to the report when time is left).
 check 200 --sweep-projection --device cuda --precision bf16-mixed
 check 120 --label-space --device cuda --precision bf16-mixed --classes 1000 5000 21000 --class-chunk 1000
+check 240 --sweep-throughput --device cuda --sweep-runs 12 --sweep-epochs 10
 check 270 --gpu-speed --device cuda
 check 45 --caspl-memory --device cuda --activation-checkpointing
 check 45 --caspl-memory --device cuda --precision bf16-mixed --activation-checkpointing
