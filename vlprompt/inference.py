@@ -82,14 +82,14 @@ def read_classes(source: Optional[Path]) -> tuple[Optional[list[str]], Optional[
 
 
 def _classes_of_data_config(path: Path) -> tuple[list[str], list[str]]:
-    from vlprompt.data.benchmarks import get_benchmark
-    from vlprompt.data.check import _split_path, data_options
+    from vlprompt.data.benchmarks import get_benchmark, split_file_path
+    from vlprompt.data.check import data_options
     from vlprompt.data.splits import classnames_of, read_split_file
 
     data = data_options([path])
     benchmark = get_benchmark(data["dataset"]) if data.get("dataset") else None
     root = Path(str(data["root"])).expanduser()
-    split_path = _split_path(root, benchmark, data.get("split_file"))
+    split_path = split_file_path(root, benchmark, data.get("split_file"))
     if not split_path.is_file():
         raise ConfigError(f"--classes {str(path)!r}: its split file {str(split_path)!r} does not exist (the classes are "
                           f"read from it); vlprompt data check --config {path} says how to fix that")
@@ -166,7 +166,7 @@ def predict(ckpt_path: Path, images: Path, out: Path, classes: Optional[Path] = 
     if top_k < 1:
         raise ConfigError(f"--top-k must be 1 or more, got {top_k}")
     paths = read_image_list(images)
-    ensure_writable(out.parent if str(out.parent) else Path("."), "the predictions file's folder (--out)")
+    ensure_writable(out.parent, "the predictions file's folder (--out)")
     learner = load_for_inference(ckpt_path, classes, device)
     names = list(learner.classnames)
     k = min(top_k, len(names))
@@ -267,7 +267,7 @@ def export(ckpt_path: Path, out: Path, classes: Optional[Path] = None) -> dict:
         raise ConfigError(f"--out {str(out)!r} exists and is kept; pass another path or delete it")
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {str(out)!r} should end in .safetensors (the file is safetensors)")
-    ensure_writable(out.parent if str(out.parent) else Path("."), "the export's folder (--out)")
+    ensure_writable(out.parent, "the export's folder (--out)")
     learner = load_for_inference(ckpt_path, classes, "cpu")
     features, scale = exported_classifier(learner)
     preprocess = dict(learner.preprocess_cfg or {})

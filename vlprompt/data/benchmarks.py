@@ -23,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from vlprompt.data.splits import PREPARATION_NOTES, Item, group_by_label, write_split_file
 from vlprompt.errors import ConfigError
@@ -62,6 +62,10 @@ class Benchmark:
         if not self.published_split:
             return self.split_file
         return "split_vlprompt_built_" + self.split_file.removeprefix("split_").removeprefix("zhou_")
+
+    def built_here(self, split_name: str) -> bool:
+        """Whether the split file called ``split_name`` is one built here in place of the published one."""
+        return self.published_split and split_name == self.built_split_file
 
 
 # -- reading the data sets' own files --------------------------------------------------------------------------
@@ -353,6 +357,15 @@ def get_benchmark(name: str) -> Benchmark:
         raise ConfigError(f"unknown data set {name!r}; choose from {', '.join(BENCHMARKS)}, or leave data.dataset "
                           f"unset to read any folder with its own split file")
     return BENCHMARKS[name]
+
+
+def split_file_path(root: Path, benchmark: Optional[Benchmark], split_file: Optional[str]) -> Path:
+    """The split file a data set is read from: ``split_file`` when given (``split.json`` for a folder of one's own);
+    for a benchmark its published file when it is there, else the one built here under a name of its own."""
+    if split_file or benchmark is None:
+        return root / (split_file or "split.json")
+    published = root / benchmark.split_file
+    return published if published.exists() else root / benchmark.built_split_file
 
 
 def build_split_file(benchmark: Benchmark, dataset_dir: Path, image_dir: Path, path: Path) -> bool:

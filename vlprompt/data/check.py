@@ -21,9 +21,10 @@ from typing import Optional, Sequence
 
 import yaml
 
-from vlprompt.data.benchmarks import BENCHMARKS, Benchmark, class_folders, get_benchmark
+from vlprompt.data.benchmarks import BENCHMARKS, Benchmark, class_folders, get_benchmark, split_file_path
 from vlprompt.data.images import CHECK_CHUNK, check_many
-from vlprompt.data.splits import PREPARATION_NOTES, SPLITS, Item, read_split_file, write_split_file
+from vlprompt.data.splits import (
+    PREPARATION_NOTES, SPLITS, Item, images_per_class, read_split_file, write_split_file)
 from vlprompt.errors import ConfigError
 
 #: The data options the check reads (from the config files and ``--data.X``).
@@ -76,14 +77,6 @@ def _layout(benchmark: Optional[Benchmark], image_dir: str, split_file: str) -> 
             f"{benchmark.split_file} (table in {PREPARATION_NOTES})")
 
 
-def _split_path(root: Path, benchmark: Optional[Benchmark], split_file: Optional[str]) -> Path:
-    """The split file a run reads (as the data module chooses it)."""
-    if split_file or benchmark is None:
-        return root / (split_file or "split.json")
-    published = root / benchmark.split_file
-    return published if published.exists() else root / benchmark.built_split_file
-
-
 def _other_data_set(split_name: str, benchmark: Optional[Benchmark]) -> Optional[Benchmark]:
     """The benchmark whose split file is called ``split_name``, when it is not ``benchmark``."""
     for other in BENCHMARKS.values():
@@ -125,7 +118,7 @@ def check_dataset(data: dict, build: bool = False, progress: bool = True, images
     if not image_dir.is_dir():
         report.problems.append(f"image folder {str(image_dir)!r} is missing; {_layout(benchmark, image_folder, split_name)}"
                                "; move the images there, or set data.image_dir to the folder that holds them")
-    path = _split_path(root, benchmark, data.get("split_file"))
+    path = split_file_path(root, benchmark, data.get("split_file"))
     other = _other_data_set(path.name, benchmark)
     if other is not None:
         wanted = benchmark.split_file if benchmark else "your data set's own split file"
@@ -135,11 +128,10 @@ def check_dataset(data: dict, build: bool = False, progress: bool = True, images
     if not path.is_file():
         if build and image_dir.is_dir():
             try:
-                report.lines.append(build_split(root, image_dir, benchmark, _build_target(root, benchmark, data)))
+                report.lines.append(build_split(root, image_dir, benchmark, path))
             except ConfigError as err:
                 report.problems.append(f"cannot build a split: {err}")
                 return report
-            path = _split_path(root, benchmark, data.get("split_file"))
         else:
             report.problems.append(_missing_split(path, benchmark, image_dir))
             return report
@@ -152,19 +144,13 @@ def check_dataset(data: dict, build: bool = False, progress: bool = True, images
         report.problems.append(str(err))
         return report
     published = benchmark is not None and benchmark.published_split and path.name == benchmark.split_file
-    built = benchmark is not None and benchmark.published_split and path.name == benchmark.built_split_file
+    built = benchmark is not None and benchmark.built_here(path.name)
     report.lines.append(f"split file {path.name}" + (" (the published one)" if published else
                                                      " (built here: not the published one)" if built else ""))
     _count(report, split, benchmark)
     if image_dir.is_dir() and images:
         _check_listed_images(report, image_dir, split, path.name, progress)
     return report
-
-
-def _build_target(root: Path, benchmark: Optional[Benchmark], data: dict) -> Path:
-    if data.get("split_file"):
-        return root / data["split_file"]
-    return root / (benchmark.built_split_file if benchmark else "split.json")
 
 
 def _missing_split(path: Path, benchmark: Optional[Benchmark], image_dir: Path) -> str:
@@ -182,10 +168,7 @@ def _missing_split(path: Path, benchmark: Optional[Benchmark], image_dir: Path) 
 
 def _count(report: DataCheck, split: dict[str, list[Item]], benchmark: Optional[Benchmark]) -> None:
     for name in SPLITS:
-        per_class: dict[str, int] = {}
-        for item in split[name]:
-            per_class[item.classname] = per_class.get(item.classname, 0) + 1
-        report.counts[name] = per_class
+        report.counts[name] = per_class = images_per_class(split[name])
         if per_class:
             low = min(per_class.items(), key=lambda pair: pair[1])
             report.lines.append(f"{name}: {len(split[name])} images, {len(per_class)} classes, "
@@ -223,7 +206,8 @@ def _check_listed_images(report: DataCheck, image_dir: Path, split: dict[str, li
         report.problems.append(f"{len(missing)} of {len(relpaths)} images listed in {listed_in} are missing under "
                                f"{str(image_dir)!r} ({', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}"
                                f"); complete the download or remove them from {listed_in}")
-    present = [p for p in relpaths if p not in set(missing)]
+    absent_files = set(missing)
+    present = [p for p in relpaths if p not in absent_files]
     problems = []
     from tqdm import tqdm
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
-from vlprompt.data.benchmarks import build_split_file, get_benchmark
+from vlprompt.data.benchmarks import build_split_file, get_benchmark, split_file_path
 from vlprompt.data.descriptions import check_attributes, read_descriptions
 from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
 from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, images_per_class,
@@ -267,16 +267,10 @@ class ImageSplitDataModule(pl.LightningDataModule):
     def _split_path(self, benchmark, split_file: Optional[str]) -> Path:
         """The split file to read: ``split_file`` when given; for a benchmark its published file, else one built
         here under a name of its own (said at every run that uses it, recorded in :meth:`provenance`)."""
-        if split_file or benchmark is None:
-            path = self.root / (split_file or "split.json")
-            self.split_built_here = bool(benchmark and benchmark.published_split
-                                         and path.name == benchmark.built_split_file)
-        else:
-            published = self.root / benchmark.split_file
-            path = published if published.exists() else self.root / benchmark.built_split_file
-            if not path.exists():
-                build_split_file(benchmark, self.root, self.image_dir, path)
-            self.split_built_here = path != published
+        path = split_file_path(self.root, benchmark, split_file)
+        if benchmark is not None and not split_file and not path.exists():
+            build_split_file(benchmark, self.root, self.image_dir, path)
+        self.split_built_here = bool(benchmark and benchmark.built_here(path.name))
         if self.split_built_here:
             _warn_once(("split", str(path), self.seed),
                        f"{self.dataset_name}: no published split file {benchmark.split_file} in {str(self.root)!r}; "

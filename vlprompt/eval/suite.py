@@ -27,13 +27,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import yaml
 
-from vlprompt.command_line import plugin_option
+from vlprompt.command_line import OneLineArgumentParser, plugin_option
 from vlprompt.errors import ConfigError
-from vlprompt.command_line import OneLineArgumentParser
 from vlprompt.eval.dashboards import WandbOptions, finish_wandb_run, log_suite_summary, wandb_logger_args
 from vlprompt.eval.report import aggregate, metric_keys, tables, write_report
 from vlprompt.eval.runlock import RunLock
-from vlprompt.eval.sweep import add_sweep_options, duration_text, finished_metrics, is_sweep, sweep, worker_arguments
+from vlprompt.eval.sweep import (
+    add_sweep_options, duration_text, finished_metrics, is_finished, is_sweep, sweep, worker_arguments)
 from vlprompt.files import ensure_writable, write_json_atomically
 from vlprompt.interrupts import set_resume_hint, signal_of
 from vlprompt.recipes import configs_root, resolve_config, resolve_config_args
@@ -502,9 +502,9 @@ def _run_as_worker(runs: Sequence[_Run], worker: int) -> list[dict]:
     while ran_any:
         ran_any = False
         for run in order:
-            if finished_metrics(run) is not None:
+            if is_finished(run):
                 continue
-            done, how = _run_if_free(run, progress, lambda: sum(not all(p.is_file() for p in r.expected) for r in runs) - 1)
+            done, how = _run_if_free(run, progress, lambda: sum(not is_finished(r) for r in runs) - 1)
             if how == "ran":
                 results += done
                 ran_any = True
@@ -535,6 +535,11 @@ def run_suite(protocol: str, learner_config: Path, data_configs: Sequence[Path],
                                 source, wandb, epochs_by_shots, dry_run, boost, teacher)
     if dry_run:
         return _show(planned, stage)
+    return _run_planned(planned, worker)
+
+
+def _run_planned(planned: Sequence[_Run], worker: Optional[int]) -> list[dict]:
+    """Run planned configurations in this process: all of them (waiting for those others hold), or as a worker."""
     return _run_all(planned) if worker is None else _run_as_worker(planned, worker)
 
 
@@ -870,20 +875,20 @@ def main(argv: Sequence[str]) -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     suite = (options.protocol, options.learner, options.data, options.seeds, options.runs, options.clip, options.shots,
              overrides, options.source, tracker, schedule, options.dry_run, options.boost, options.teacher)
-    if not (options.dry_run or options.skip_data_check or options.worker_index is not None):
+    planned, stage = plan_suite(*suite)  # the suite's own mistakes first
+    if options.dry_run:  # shows the runs, however a sweep would spread them
+        _show(planned, stage)
+        return
+    if not (options.skip_data_check or options.worker_index is not None):
         from vlprompt.data.check import check_before_runs
 
-        plan_suite(*suite)  # the suite's own mistakes first
         check_before_runs(_data_read_by(options.protocol, options.data, options.source), overrides)
-    if is_sweep(options) and not options.dry_run:  # a dry run shows the runs, however they would be spread
-        planned, _ = plan_suite(*suite)
+    if is_sweep(options):
         results = sweep(planned, options.runs, worker_arguments(suite_args), given_overrides, options, run_worker)
         if results is None:  # submitted, not waited for
             return
     else:
-        results = run_suite(*suite, worker=options.worker_index)
-    if options.dry_run:
-        return
+        results = _run_planned(planned, options.worker_index)
     if options.worker_index is not None:
         print(f"[suite] worker {options.worker_index}: {len(results)} results from the runs it finished; nothing "
               "else is left to it", flush=True)

@@ -160,13 +160,16 @@ def duration_text(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def is_finished(run) -> bool:
+    """Whether a configuration's metrics files are all written (what marks it finished)."""
+    return all(path.is_file() for path in run.expected)
+
+
 def finished_metrics(run) -> Optional[list[dict]]:
-    """The metrics of a configuration whose metrics files are all written, else None."""
+    """The metrics of a finished configuration (:func:`is_finished`), else None."""
     from vlprompt.eval.report import load_metrics
 
-    if all(path.is_file() for path in run.expected):
-        return [load_metrics(path) for path in run.expected]
-    return None
+    return [load_metrics(path) for path in run.expected] if is_finished(run) else None
 
 
 class SweepProgress:
@@ -176,12 +179,8 @@ class SweepProgress:
     def __init__(self, runs: Sequence, printer: Callable[[str], None] = print):
         self.runs, self.printer = list(runs), printer
         self.started = time.time()
-        self.done_before = sum(self._done(run) for run in self.runs)
+        self.done_before = sum(is_finished(run) for run in self.runs)
         self.last: Optional[tuple] = None
-
-    @staticmethod
-    def _done(run) -> bool:
-        return all(path.is_file() for path in run.expected)
 
     @staticmethod
     def _running(run) -> bool:
@@ -190,8 +189,8 @@ class SweepProgress:
         return RunLock(run.run_dir).path.is_file()  # a held lock's file exists; released ones are removed
 
     def counts(self) -> tuple[int, int, int]:
-        done = sum(self._done(run) for run in self.runs)
-        running = sum(not self._done(run) and self._running(run) for run in self.runs)
+        done = sum(is_finished(run) for run in self.runs)
+        running = sum(not is_finished(run) and self._running(run) for run in self.runs)
         return done, running, len(self.runs) - done - running
 
     def update(self, force: bool = False) -> tuple[int, int, int]:
@@ -335,7 +334,7 @@ def sweep_on_slurm(runs: Sequence, runs_dir: Path, suite_args: Sequence[str], ov
     except ImportError:
         raise ConfigError("--launcher slurm needs submitit: pip install submitit") from None
 
-    unfinished = [run for run in runs if finished_metrics(run) is None]
+    unfinished = [run for run in runs if not is_finished(run)]
     if not unfinished:
         print(f"[sweep] all {len(runs)} configurations are finished already; nothing to submit", flush=True)
         return [metrics for run in runs for metrics in finished_metrics(run)]

@@ -379,7 +379,15 @@ class PromptLearner(pl.LightningModule, metaclass=_AttachesPlugins):
     def class_features(self) -> Optional[torch.Tensor]:
         """The normalised class features (``C x D``) when the learner's logits are ``logit_scale * image @ them.T`` on
         the frozen CLIP's normalised image features, a fixed linear classifier (``vlprompt export``); None when its
-        scores depend on the image otherwise. Learners that can be such a classifier override this."""
+        scores depend on the image otherwise (visual prompts, a plug-in changing images or logits, or no
+        :meth:`fixed_text_features`)."""
+        if not self.image_features_are_frozen or self._adjusts_logits:
+            return None
+        return self.fixed_text_features()
+
+    def fixed_text_features(self) -> Optional[torch.Tensor]:
+        """The class text features the learner scores every image against, when they do not depend on the image
+        (cached in evaluation); None (the default) for learners whose text side depends on it."""
         return None
 
     @property

@@ -68,14 +68,11 @@ class CoOp(PromptLearner):
         features = self.prompts.encode(self.clip, class_chunk=self.class_chunk_size)
         return self.normalized_text(features)
 
-    def class_features(self) -> Optional[torch.Tensor]:
-        if not self.image_features_are_frozen or self._adjusts_logits:
-            return None
+    def fixed_text_features(self) -> torch.Tensor:
         return self.cached_text_features(self.text_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        text = self.cached_text_features(self.text_features)
-        return self.logits(self.image_features(images), text)
+        return self.logits(self.image_features(images), self.fixed_text_features())
 
     def training_outputs(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
         """Logits, and the class text and image features they came from (the terms of CoOp's descendants read

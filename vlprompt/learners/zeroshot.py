@@ -31,11 +31,8 @@ class ZeroShotCLIP(PromptLearner):
                  plugins: Optional[list[dict[str, Any]]] = None):
         super().__init__(clip, classnames, templates, descriptions, template_groups, attributes, plugins=plugins)
 
-    def class_features(self) -> Optional[torch.Tensor]:
-        if not self.image_features_are_frozen or self._adjusts_logits:
-            return None
+    def fixed_text_features(self) -> torch.Tensor:
         return self.cached_text_features(self.hand_text_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        text = self.cached_text_features(self.hand_text_features)
-        return self.logits(self.image_features(images), text)
+        return self.logits(self.image_features(images), self.fixed_text_features())
