@@ -14,8 +14,9 @@ import torch
 
 import vlprompt
 from vlprompt.commands import main
-from vlprompt.data.datamodule import image_transform
+from vlprompt.data.datamodule import ImageSplitDataModule, image_transform
 from vlprompt.data.images import read_rgb
+from vlprompt.inference import read_classes
 
 from conftest import REPO, fill_learned, save_fitted, tiny_config
 
@@ -116,6 +117,19 @@ def test_predict_takes_a_data_configs_classes(coop_checkpoint, images, shapes, t
                               "--out", out, "--num-workers", "0"], capsys)
     assert code == 0, err
     assert "into 25 classes" in printed
+
+
+def test_a_data_configs_classes_are_the_data_modules(shapes, tmp_path):
+    """A data config's classes and templates are those a run on it sees: its ``subsample`` half, named as prompts
+    name them, and its own templates."""
+    config = tmp_path / "novel.yaml"
+    config.write_text(f"data:\n  root: {shapes}\n  split_file: split_zhou_ToyShapes.json\n  subsample: novel\n"
+                      "  templates: ['a drawing of a {}.']\n")
+    names, templates = read_classes(config)
+    data = ImageSplitDataModule(str(shapes), split_file="split_zhou_ToyShapes.json", subsample="novel",
+                                templates=["a drawing of a {}."])
+    assert (names, templates) == (data.classnames, data.templates) == (names, ["a drawing of a {}."])
+    assert len(names) == 12 and all("_" not in name for name in names)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -62,8 +62,8 @@ def read_image_list(source: Path) -> list[Path]:
 
 def read_classes(source: Optional[Path]) -> tuple[Optional[list[str]], Optional[list[str]]]:
     """``(class names, templates)`` from ``--classes``: a text file (one name per line; templates None), or a data
-    config (the classes of its split file, in label order, and its hand templates). ``(None, None)``: the
-    checkpoint's own classes."""
+    config (the classes a run on it sees: its split file's, or the ``subsample`` half, in label order, and its hand
+    templates). ``(None, None)``: the checkpoint's own classes."""
     if source is None:
         return None, None
     source = Path(source).expanduser()
@@ -82,23 +82,21 @@ def read_classes(source: Optional[Path]) -> tuple[Optional[list[str]], Optional[
 
 
 def _classes_of_data_config(path: Path) -> tuple[list[str], list[str]]:
-    from vlprompt.data.benchmarks import get_benchmark, split_file_path
-    from vlprompt.data.check import data_options
-    from vlprompt.data.splits import classnames_of, read_split_file
+    """The classes a run on this data config trains or tests on (its ``subsample`` half, if any) and its templates,
+    named and templated as the data module does."""
+    from vlprompt.data.benchmarks import get_benchmark, prompt_templates, split_file_path
+    from vlprompt.data.check import DATA_KEYS, data_options
+    from vlprompt.data.splits import prompt_classnames, read_split_file, subsample_classes
 
-    data = data_options([path])
+    data = data_options([path], keys=DATA_KEYS + ("subsample", "templates"))
     benchmark = get_benchmark(data["dataset"]) if data.get("dataset") else None
     root = Path(str(data["root"])).expanduser()
     split_path = split_file_path(root, benchmark, data.get("split_file"))
     if not split_path.is_file():
         raise ConfigError(f"--classes {str(path)!r}: its split file {str(split_path)!r} does not exist (the classes are "
                           f"read from it); vlprompt data check --config {path} says how to fix that")
-    split = read_split_file(split_path)
-    names = [name.replace("_", " ") for name in classnames_of(item for items in split.values() for item in items)]
-    import yaml
-
-    templates = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("templates")
-    return names, list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
+    split = subsample_classes(read_split_file(split_path), data.get("subsample") or "all")
+    return prompt_classnames(split), prompt_templates(benchmark, data.get("templates"))
 
 
 def load_for_inference(ckpt_path: Path, classes: Optional[Path], device: str):

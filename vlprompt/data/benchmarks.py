@@ -29,6 +29,8 @@ from vlprompt.data.splits import PREPARATION_NOTES, Item, group_by_label, write_
 from vlprompt.errors import ConfigError
 
 SPLIT_SEED = 1
+#: The template of a data set without one of its own.
+PLAIN_TEMPLATE = "a photo of a {}."
 Split = dict  # {"train" | "val" | "test": list[Item]}
 
 
@@ -357,6 +359,12 @@ def get_benchmark(name: str) -> Benchmark:
         raise ConfigError(f"unknown data set {name!r}; choose from {', '.join(BENCHMARKS)}, or leave data.dataset "
                           f"unset to read any folder with its own split file")
     return BENCHMARKS[name]
+
+
+def prompt_templates(benchmark: Optional[Benchmark], templates: Optional[Sequence[str]] = None) -> list[str]:
+    """The hand templates a data set's class prompts use: ``templates`` when given, else the benchmark's own,
+    else CLIP's plain ``a photo of a {}.``"""
+    return list(templates or ([benchmark.template] if benchmark else [PLAIN_TEMPLATE]))
 
 
 def split_file_path(root: Path, benchmark: Optional[Benchmark], split_file: Optional[str]) -> Path:

@@ -48,8 +48,9 @@ class DataCheck:
         return not self.problems
 
 
-def data_options(config_files: Sequence[Path], overrides: Optional[dict] = None) -> dict:
-    """The data section of ``config_files`` (later files win), with ``overrides`` over it."""
+def data_options(config_files: Sequence[Path], overrides: Optional[dict] = None,
+                 keys: Sequence[str] = DATA_KEYS) -> dict:
+    """The ``keys`` of the data section of ``config_files`` (later files win), with ``overrides`` over it."""
     data: dict = {}
     for path in config_files:
         path = Path(path)
@@ -63,7 +64,7 @@ def data_options(config_files: Sequence[Path], overrides: Optional[dict] = None)
         if not isinstance(content, dict):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of keys (data:, ...)")
         section = content.get("data") or {}
-        data.update({key: section[key] for key in DATA_KEYS if key in section})
+        data.update({key: section[key] for key in keys if key in section})
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     if not data.get("root"):
         raise ConfigError("no data.root: give a data config (--config configs/data/<Name>.yaml) or --data.root")

@@ -12,11 +12,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 
-from vlprompt.data.benchmarks import build_split_file, get_benchmark, split_file_path
+from vlprompt.data.benchmarks import build_split_file, get_benchmark, prompt_templates, split_file_path
 from vlprompt.data.descriptions import check_attributes, read_descriptions
 from vlprompt.data.images import IMAGE_SUFFIXES, check_images, read_rgb
-from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, classnames_of, images_per_class,
-                                  read_split_file, subsample_classes)
+from vlprompt.data.splits import (PREPARATION_NOTES, Item, cached_few_shot_split, images_per_class, prompt_classnames,
+                                  prompt_name, read_split_file, subsample_classes)
 from vlprompt.errors import ConfigError, warn
 
 # open_clip's OPENAI_DATASET_MEAN/STD, used when no model tells otherwise.
@@ -125,7 +125,7 @@ def short_classes(train: Sequence[Item], shots: int) -> dict[str, int]:
     """``{class name: training images}`` for the classes with fewer than ``shots`` (all when ``shots`` is -1)."""
     if shots < 1:
         return {}
-    return {name.replace("_", " "): count for name, count in images_per_class(train).items() if count < shots}
+    return {prompt_name(name): count for name, count in images_per_class(train).items() if count < shots}
 
 
 class ImageSplitDataModule(pl.LightningDataModule):
@@ -220,8 +220,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
         split_path = self._split_path(benchmark, split_file)
         split = read_split_file(split_path)
         self.split = subsample_classes(cached_few_shot_split(split, shots, seed, split_path), subsample)
-        self.classnames = [name.replace("_", " ") for name in
-                           classnames_of(item for items in self.split.values() for item in items)]
+        self.classnames = prompt_classnames(self.split)
         self.shots = shots
         #: Classes that have fewer training images than ``shots`` asks for, with the number they train on.
         self.short_classes = {} if unlabeled_dir else short_classes(self.split["train"], shots)
@@ -231,7 +230,7 @@ class ImageSplitDataModule(pl.LightningDataModule):
                        f"{self.dataset_name}: data.shots {shots}, but {len(self.short_classes)} of {len(self.classnames)} "
                        f"classes have fewer training images (fewest: {fewest[1]}, {fewest[0]!r}) and train on all they "
                        "have; the counts are recorded in the run's metrics")
-        self.templates = list(templates or ([benchmark.template] if benchmark else ["a photo of a {}."]))
+        self.templates = prompt_templates(benchmark, templates)
         self.class_descriptions = read_descriptions(self.root, descriptions, self.classnames) if descriptions else None
         self.template_groups = [list(group) for group in template_groups] if template_groups else None
         self.attributes = check_attributes(attributes, "data.attributes")

@@ -89,6 +89,16 @@ def classnames_of(items: Iterable[Item]) -> list[str]:
     return [names[label] for label in range(len(names))]
 
 
+def prompt_name(classname: str) -> str:
+    """A class's name as its prompts write it: folder names' underscores become spaces (as in Dassl's readers)."""
+    return classname.replace("_", " ")
+
+
+def prompt_classnames(split: dict[str, list[Item]]) -> list[str]:
+    """The class names of a split (all its lists), in label order, as prompts write them."""
+    return [prompt_name(name) for name in classnames_of(item for items in split.values() for item in items)]
+
+
 def group_by_label(items: Iterable[Item]) -> dict[int, list[Item]]:
     """Items per label, labels in order of first appearance (Dassl's ``split_dataset_by_label`` order)."""
     groups: dict[int, list[Item]] = {}

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlprompt.clip import FrozenCLIP
+from vlprompt.data.benchmarks import PLAIN_TEMPLATE
 from vlprompt.data.descriptions import check_attributes
 from vlprompt.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError, warn
 from vlprompt.learners.checkpoint_io import architecture_difference, non_finite_tensors
@@ -33,7 +34,6 @@ from vlprompt.learners.registry import get_plugin_class, list_plugins
 #: Bumped when the layout of ``checkpoint["vlprompt"]`` changes (2: every frozen model under ``frozen``; 3: plug-in
 #: records under ``plugins``, which format 2 kept in places of their own: ``Plugin.format_2_record``).
 CHECKPOINT_FORMAT = 3
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 #: Trainer precisions whose steps compute in a low dtype: the frozen weights are held in it (FrozenCLIP.hold_in).
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 #: The methods ``compile`` replaces, where a learner has them.
@@ -653,7 +653,7 @@ def _class_texts(classnames: Sequence[str], templates: Optional[Sequence[str]],
     classnames = list(classnames or [])
     if not classnames:
         raise ConfigError("a learner needs at least one class name (classnames=[...])")
-    templates = list(templates or DEFAULT_TEMPLATES)
+    templates = list(templates or [PLAIN_TEMPLATE])
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
         raise ConfigError(f"templates need exactly one '{{}}' for the class name: {bad}")
