@@ -4,7 +4,7 @@ classifier for plain open_clip.
     vlprompt predict --ckpt_path RUN/checkpoints/last.ckpt --images photos/ --classes classes.txt --out preds.csv
     vlprompt export --ckpt_path RUN/checkpoints/last.ckpt --classes configs/data/DTD.yaml --out dtd.safetensors
 
-``--classes`` is a text file (one class name per line) or a data config (its split file's classes and its hand
+``--classes`` is a text file (one class name per line) or a data config (the classes a run on it sees, and its hand
 templates); by default the classes the checkpoint was trained on. ``predict`` writes one CSV row per image (its
 path, the top-k classes and their probabilities); images that cannot be read get a row saying why, and the rest
 are classified. ``export`` is for learners whose class scores are a fixed linear classifier on the frozen CLIP's
