@@ -83,8 +83,7 @@ def test_readme_lists_every_registered_learner():
     assert listed == vlprompt.list_learners()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> tuple[Path, dict]:
+def make_workdir(tmp_path_factory) -> tuple[Path, dict]:
     """A fresh directory holding what a checkout holds (configs, tools) and a PATH whose vlprompt is the shim."""
     work = tmp_path_factory.mktemp("readme")
     for name in ("configs", "tools"):
@@ -110,15 +109,27 @@ def run_block(block: dict, workdir: tuple[Path, dict]) -> None:
     assert "Traceback" not in result.stderr, f"{block['id']}:\n{result.stderr[-4000:]}"
 
 
-@pytest.mark.slow
-def test_every_readme_block_runs_in_order(workdir):
+@pytest.mark.slow(minutes=6)
+def test_every_readme_block_runs_in_order(tmp_path_factory):
     """In README order, in one directory, as a reader would: later blocks use what earlier ones wrote."""
+    workdir = make_workdir(tmp_path_factory)
     for block in README_BLOCKS:
-        if block["mode"] != "skip":
+        if block["mode"] == "run":
             run_block(block, workdir)
     work, _ = workdir
     assert (work / "runs" / "readme" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert (work / "runs" / "suite" / "report" / "paper.md").is_file()
+
+
+@pytest.mark.slow
+def test_every_readme_command_for_real_weights_parses(tmp_path_factory):
+    """The dry-run blocks (real weights, data sets or GPUs) are parsed in a directory of their own: they read
+    nothing the other blocks write, so they run beside the walk-through instead of after it."""
+    workdir = make_workdir(tmp_path_factory)
+    dry_runs = [block for block in README_BLOCKS if block["mode"] == "dry-run"]
+    assert dry_runs
+    for block in dry_runs:
+        run_block(block, workdir)
 
 
 def test_reproducing_commands_resolve_their_files_and_learners(tmp_path, monkeypatch, capsys):
