@@ -26,7 +26,8 @@ check 45 --caspl-memory --device cuda --precision bf16-mixed --activation-checkp
 check 60 --promptkd-memory --device cuda --promptkd-batch 8 32
 check 60 --promptkd-memory --device cuda --precision bf16-mixed --promptkd-batch 8 32
 echo "== pytest tests/test_gpu.py"
-timeout 100 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+# In one process (the GPU tests share one card), and without pytest-xdist, which the device machine may lack.
+timeout 100 "$python" -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_gpu.py 2>&1 | tail -15
 check 90 --shared-prefix --device cuda --precision bf16-mixed --classes 16 100 1000 --batch 32
 check 45 --caspl-memory --device cuda
 check 45 --caspl-memory --device cuda --precision bf16-mixed
