@@ -164,7 +164,7 @@ def expected_parameters(name: str, clip=None) -> Optional[int]:
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``make test`` runs ``-n``) every worker computes on one CPU thread, and so do the programs
+    """Under pytest-xdist (setup.cfg's addopts: ``-n auto``) every worker computes on one CPU thread, and so do the programs
     its tests start: N workers on N cores, not N x cores threads fighting over them (a slowdown of up to 10x)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
