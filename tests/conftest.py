@@ -164,8 +164,8 @@ def expected_parameters(name: str, clip=None) -> Optional[int]:
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (setup.cfg's addopts: ``-n auto``) every worker computes on one CPU thread, and so do the programs
-    its tests start: N workers on N cores, not N x cores threads fighting over them (a slowdown of up to 10x)."""
+    """Under pytest-xdist (setup.cfg's addopts: ``-n auto``) every worker computes on one CPU thread, and so do the
+    programs its tests start: N workers on N cores, not N x cores threads fighting over them (up to 10x slower)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
