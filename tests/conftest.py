@@ -1,17 +1,23 @@
-"""Shared fixtures: tiny CLIPs built from config dicts, fixed image batches, generated image folders."""
+"""Shared fixtures: tiny CLIPs built from config dicts, fixed image batches, generated image folders.
+
+torch is imported inside the functions that use it: pytest-xdist's controller loads this file before it starts the
+workers, and never runs a test, so a torch import here would hold every run back by its 3 s.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pytest
-import torch
 import yaml
 
 import vlprompt
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RANDOM_YAML = REPO / "configs" / "clip" / "tiny-random.yaml"
@@ -69,12 +75,16 @@ def learner_arguments(name: str, clip, classnames) -> dict:
 def learned_tensors(learner) -> dict[str, torch.Tensor]:
     """A copy of every tensor in the learner's state dict; a module's extra state (PromptKD's teacher text features
     by class name) is not a learned tensor and is left out."""
+    import torch
+
     return {k: v.detach().clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
 
 
 def save_fitted(learner, path) -> str:
     """Write a learner as the ``last.ckpt`` of its fit would hold it (what plug-ins and teachers read), without a
     trainer; returns the path."""
+    import torch
+
     checkpoint = {"state_dict": learner.state_dict(), "hyper_parameters": dict(learner.hparams)}
     learner.on_save_checkpoint(checkpoint)  # the learner's own record (the vlprompt entry), as a fit writes it
     torch.save(checkpoint, path)
@@ -85,6 +95,8 @@ def save_fitted(learner, path) -> str:
 def reference_vit_b16():
     """open_clip ViT-B-16-quickgelu with random weights (``torch.manual_seed(0)``): the CLIP the reference-equality
     tests share with the reference code (QuickGELU, as OpenAI's). Tests must not change it."""
+    import torch
+
     torch.manual_seed(0)
     return vlprompt.load_clip("ViT-B-16-quickgelu")
 
@@ -100,6 +112,8 @@ def fill_learned(learner, ones: tuple[str, ...] = ()) -> None:
     """Every trainable tensor of ``learner`` drawn from N(0, 0.02) by a generator seeded 4, in parameter order (``1 +``
     that for names ending in one of ``ones``: FiLM scales): the values the reference-equality tests copy into the
     reference code."""
+    import torch
+
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for name, parameter in learner.named_parameters():
@@ -110,6 +124,8 @@ def fill_learned(learner, ones: tuple[str, ...] = ()) -> None:
 
 def reference_images() -> torch.Tensor:
     """The three N(0, 1) ViT-B/16 images (seed 0) the reference-equality tests feed both sides."""
+    import torch
+
     return torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
@@ -121,6 +137,8 @@ def teacher_checkpoint(clip) -> str:
     per CLIP architecture (the global random state is left as it was)."""
     import json
     import tempfile
+
+    import torch
 
     key = json.dumps(clip.identity, sort_keys=True, default=str)
     if key not in _TEACHERS:
@@ -167,6 +185,8 @@ def pytest_configure(config):
     """Under pytest-xdist (setup.cfg's addopts: ``-n auto``) every worker computes on one CPU thread, and so do the
     programs its tests start: N workers on N cores, not N x cores threads fighting over them (up to 10x slower)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 
@@ -195,12 +215,16 @@ def private_cache_directory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_clip():
+    import torch
+
     torch.manual_seed(0)
     return vlprompt.load_clip(tiny_config())
 
 
 @pytest.fixture(scope="session")
 def image_batch():
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(6, 3, 32, 32, generator=generator)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])

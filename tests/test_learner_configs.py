@@ -183,7 +183,7 @@ def test_a_new_learner_file_is_registered_contract_tested_and_config_checked(tmp
                  "test_training_keeps_clip_bit_identical_and_checkpoint_round_trips",
                  "test_the_feature_cache_is_refused_in_one_line_or_exact",
                  "test_learner_config_names_the_learner_and_restates_none_of_its_defaults",
-                 "test_parameter_count_is_the_papers_and_forward_runs",
+                 "test_parameter_count_is_the_papers", "test_forward_runs_on_vit_b16",
                  "test_second_stage_cascades_frozen_boosting_prompts"):
         assert any(test in line for line in passed), f"{test} did not run on the made-up learner"
     # Its own image path: the cache refuses it (the contract test above) and so does CasPL's plug-in, which needs
