@@ -205,6 +205,16 @@ def pytest_collection_modifyitems(config, items):
 CLASSNAMES = ["red circle", "green square", "blue triangle", "yellow star", "purple heart"]
 
 
+def build(name: str, clip, classnames=CLASSNAMES, **hparams):
+    """A registered learner on ``clip`` (seeded 0) with the arguments it requires (:func:`learner_arguments`);
+    ``hparams`` override them."""
+    import torch
+
+    torch.manual_seed(0)
+    return vlprompt.build_learner(name, clip=clip, classnames=classnames,
+                                  **{**learner_arguments(name, clip, classnames), **hparams})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_directory(tmp_path_factory):
     """Tests (and the programs they start) keep vlprompt's cached help texts in their own folder."""

@@ -7,7 +7,7 @@ import torch
 
 import vlprompt
 
-from conftest import learner_arguments
+from conftest import build
 
 
 # ViT-L-14 (428 M random weights, about 20 s on two cores) with the slow tests; ViT-B-32 in every run.
@@ -19,8 +19,7 @@ def backbone(request):
 
 @pytest.mark.parametrize("name", vlprompt.list_learners())
 def test_learner_runs_on_other_backbones(name, backbone):
-    learner = vlprompt.build_learner(name, clip=backbone, classnames=["cat", "dog"],
-                                     **learner_arguments(name, backbone, ["cat", "dog"])).eval()
+    learner = build(name, backbone, ["cat", "dog"]).eval()
     size = backbone.preprocess_cfg["size"]
     size = size[0] if isinstance(size, (tuple, list)) else size
     with torch.no_grad():

@@ -14,18 +14,12 @@ import vlprompt
 from vlprompt.errors import CheckpointMismatchError, ConfigError
 from vlprompt.learners import get_learner_class, registry
 
-from conftest import CLASSNAMES, TINY_RESNET, class_texts, learned_tensors, learner_arguments, model_weights, tiny_config
+from conftest import CLASSNAMES, TINY_RESNET, build, class_texts, learned_tensors, model_weights, tiny_config
 
 LEARNERS = vlprompt.list_learners()
 # Contract tests pick learners by what they declare, never by name.
 TRAINABLE = [name for name in LEARNERS if get_learner_class(name).needs_training]
 NOVEL = ["orange moon", "black cross", "white ring"]
-
-
-def build(name, clip, classnames=CLASSNAMES, **hparams):
-    torch.manual_seed(0)
-    return vlprompt.build_learner(name, clip=clip, classnames=classnames,
-                                  **{**learner_arguments(name, clip, classnames), **hparams})
 
 
 def brief_fit(learner, images, labels, root: Path, steps: int = 2) -> pl.Trainer:

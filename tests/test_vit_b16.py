@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import vlprompt
 from vlprompt.learners import get_learner_class
 
-from conftest import expected_parameters, learner_arguments
+from conftest import build, expected_parameters
 
 LEARNERS = vlprompt.list_learners()
 CLASSNAMES = ["dog", "cat", "sea turtle"]
@@ -20,11 +20,6 @@ CLASSNAMES = ["dog", "cat", "sea turtle"]
 def vit_b16():
     torch.manual_seed(0)
     return vlprompt.load_clip("ViT-B-16")
-
-
-def build(name: str, clip):
-    return vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES,
-                                  **learner_arguments(name, clip, CLASSNAMES)).eval()
 
 
 @pytest.mark.parametrize("name", LEARNERS)
@@ -41,7 +36,7 @@ def test_parameter_count_is_the_papers(name, vit_b16):
     expected = expected_parameters(name) if cls.paper_backbone == "ViT-B/16" else expected_parameters(name, vit_b16)
     if expected is None:
         pytest.skip(f"{name}'s paper counts on {cls.paper_backbone}: counted on that architecture below")
-    assert build(name, vit_b16).num_trainable_parameters() == expected
+    assert build(name, vit_b16, CLASSNAMES).num_trainable_parameters() == expected
 
 
 # Slow: a ViT-B/16 forward is about 2.5 s on one core. Every learner's forward on ViT-B widths (ViT-B-32: the same
@@ -50,7 +45,7 @@ def test_parameter_count_is_the_papers(name, vit_b16):
 @pytest.mark.parametrize("name", LEARNERS)
 def test_forward_runs_on_vit_b16(name, vit_b16):
     with torch.no_grad():
-        logits = build(name, vit_b16)(torch.randn(2, 3, 224, 224))
+        logits = build(name, vit_b16, CLASSNAMES).eval()(torch.randn(2, 3, 224, 224))
     assert logits.shape == (2, len(CLASSNAMES)) and torch.isfinite(logits).all()
 
 
@@ -89,8 +84,7 @@ def test_parameter_counts_on_the_biomedclip_architecture(tmp_path):
     clip = vlprompt.load_clip(biomedclip_architecture(tmp_path / "pubmedbert"))
     assert clip.text_width == 768 and clip.embed_dim == 512 and clip.context_length == 256
     for name in [n for n in LEARNERS if get_learner_class(n).paper_backbone == "BiomedCLIP"]:
-        learner = vlprompt.build_learner(name, clip=clip, classnames=CLASSNAMES,
-                                         **learner_arguments(name, clip, CLASSNAMES)).eval()
+        learner = build(name, clip, CLASSNAMES).eval()
         assert learner.num_trainable_parameters() == expected_parameters(name)
         with torch.no_grad():
             assert learner(torch.randn(1, 3, 224, 224)).shape == (1, len(CLASSNAMES))
