@@ -4,21 +4,30 @@ docs/reproducing.md resolves its files and learner (``--dry-run``).
 A block runs unless the HTML comment on the line before its fence says otherwise:
 ``<!-- readme-test: dry-run: why -->`` (``vlprompt`` commands are parsed, not run: ``--print_config`` for the
 LightningCLI commands, ``--dry-run`` for suites) or ``<!-- readme-test: skip: why -->``. Training budgets are
-cut to one short epoch by a ``vlprompt`` on PATH that appends trainer limits to what the block wrote.
+cut to one short epoch by a ``vlprompt`` on PATH that appends trainer limits to what the block wrote. That
+``vlprompt``, and the Python blocks, run in children of one process that imported vlprompt once
+(tests/command_server.py: what that can and cannot check is written there); shell commands other than ``vlprompt``
+run as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from command_server import CLIENT
 from conftest import REPO
 
 FENCE = re.compile(r"(?:<!-- readme-test: (?P<mode>[\w-]+)(?::\s*(?P<why>.*?))? -->\n)?```(?P<lang>bash|python)\n"
@@ -28,16 +37,22 @@ SMALL_BUDGET = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2
                 "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false"]
 
 VLPROMPT_SHIM = f"""#!{sys.executable}
-# The README test's vlprompt: the real one, with a one-epoch budget appended (or parse-only in dry-run blocks).
+# The README test's vlprompt: the real one, run by the command server, with a one-epoch budget appended (or
+# parse-only in dry-run blocks).
 import os, sys
-from vlprompt.commands import main
+{CLIENT}
 args, dry = sys.argv[1:], os.environ.get("README_TEST_MODE") == "dry-run"
 budget = {SMALL_BUDGET!r}
 if args and args[0] in ("fit", "validate", "test"):
     args += ["--print_config"] if dry else budget
 elif args and args[0] == "suite":
     args = args[:1] + (["--dry-run"] if dry else []) + args[1:] + ([] if "--" in args else ["--"]) + budget
-main(args)
+run_on_server(["vlprompt", *args])
+"""
+#: ``python -c BLOCK`` through the command server.
+PYTHON_CLIENT = f"""import sys
+{CLIENT}
+run_on_server(["--python-code", *sys.argv[1:]])
 """
 
 
@@ -83,8 +98,10 @@ def test_readme_lists_every_registered_learner():
     assert listed == vlprompt.list_learners()
 
 
-def make_workdir(tmp_path_factory) -> tuple[Path, dict]:
-    """A fresh directory holding what a checkout holds (configs, tools) and a PATH whose vlprompt is the shim."""
+@contextlib.contextmanager
+def readme_workdir(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
+    """A fresh directory holding what a checkout holds (configs, tools), a PATH whose vlprompt is the shim, and the
+    command server the shim and the Python blocks send their commands to."""
     work = tmp_path_factory.mktemp("readme")
     for name in ("configs", "tools"):
         (work / name).symlink_to(REPO / name)
@@ -94,28 +111,43 @@ def make_workdir(tmp_path_factory) -> tuple[Path, dict]:
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     # `python` is this interpreter (its environment's bin directory), `vlprompt` the shim in front of it.
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    env = {**os.environ, "PATH": path, "WANDB_MODE": "offline",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return work, env
+    socket_dir = Path(tempfile.mkdtemp(prefix="vlprompt-server-"))  # short: a socket's path has at most 107 bytes
+    env = {**os.environ, "PATH": path, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "VLPROMPT_SERVER": str(socket_dir / "socket")}
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "command_server.py"), env["VLPROMPT_SERVER"]],
+                              cwd=work, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        started = select.select([server.stdout], [], [], 600)[0] and server.stdout.readline().strip() == "ready"
+        assert started, "the command server did not start (tests/command_server.py; its error is above)"
+        yield work, env
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def block_process(block: dict, workdir: tuple[Path, dict], **env) -> subprocess.CompletedProcess:
+    """A shell block under bash's strict mode; a Python block as `python -c`, in a child of the command server."""
+    work, block_env = workdir
+    command = (["bash", "-euo", "pipefail", "-c", block["body"]] if block["lang"] == "bash"
+               else [sys.executable, "-c", PYTHON_CLIENT, block["body"]])
+    return subprocess.run(command, cwd=work, env={**block_env, "README_TEST_MODE": block["mode"], **env},
+                          capture_output=True, text=True, timeout=900)
 
 
 def run_block(block: dict, workdir: tuple[Path, dict]) -> None:
-    work, env = workdir
-    env = {**env, "README_TEST_MODE": block["mode"]}
-    command = ["bash", "-euo", "pipefail", "-c", block["body"]] if block["lang"] == "bash" else [sys.executable, "-c",
-                                                                                                 block["body"]]
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    result = block_process(block, workdir)
     assert result.returncode == 0, f"{block['id']} failed:\n{block['body']}\n--- stderr ---\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, f"{block['id']}:\n{result.stderr[-4000:]}"
 
 
-@pytest.mark.slow(minutes=6)
+@pytest.mark.slow(minutes=3)
 def test_every_readme_block_runs_in_order(tmp_path_factory):
     """In README order, in one directory, as a reader would: later blocks use what earlier ones wrote."""
-    workdir = make_workdir(tmp_path_factory)
-    for block in README_BLOCKS:
-        if block["mode"] == "run":
-            run_block(block, workdir)
+    with readme_workdir(tmp_path_factory) as workdir:
+        for block in README_BLOCKS:
+            if block["mode"] == "run":
+                run_block(block, workdir)
     work, _ = workdir
     assert (work / "runs" / "readme" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert (work / "runs" / "suite" / "report" / "paper.md").is_file()
@@ -125,11 +157,32 @@ def test_every_readme_block_runs_in_order(tmp_path_factory):
 def test_every_readme_command_for_real_weights_parses(tmp_path_factory):
     """The dry-run blocks (real weights, data sets or GPUs) are parsed in a directory of their own: they read
     nothing the other blocks write, so they run beside the walk-through instead of after it."""
-    workdir = make_workdir(tmp_path_factory)
     dry_runs = [block for block in README_BLOCKS if block["mode"] == "dry-run"]
     assert dry_runs
-    for block in dry_runs:
-        run_block(block, workdir)
+    with readme_workdir(tmp_path_factory) as workdir:
+        for block in dry_runs:
+            run_block(block, workdir)
+
+
+@pytest.mark.slow
+def test_the_command_server_hands_back_status_output_and_errors(tmp_path_factory):
+    """What the walk-through's checks rely on: a failing command fails its block, with its own message."""
+    with readme_workdir(tmp_path_factory) as workdir:
+        def run(block: dict) -> subprocess.CompletedProcess:
+            return block_process({**block, "mode": "run"}, workdir, MARK="m1")
+
+        work, _ = workdir
+        missing = run({"lang": "bash", "body": "vlprompt fit --config configs/learners/nope.yaml\necho not reached"})
+        assert missing.returncode == 2 and "not reached" not in missing.stdout
+        assert "config file 'configs/learners/nope.yaml' does not exist" in missing.stderr
+        helped = run({"lang": "bash", "body": "vlprompt report --help | head -1"})
+        assert helped.returncode == 0 and helped.stdout.startswith("usage: vlprompt report")
+        snippet = run({"lang": "python", "body": "import os, sys\nprint(os.getcwd(), os.environ['MARK'], sys.path[0])"})
+        assert snippet.returncode == 0 and snippet.stdout.split() == [str(work), "m1"]
+        raised = run({"lang": "python", "body": "raise ValueError('from the block')"})
+        assert raised.returncode == 1 and "ValueError: from the block" in raised.stderr
+        stopped = run({"lang": "python", "body": "import sys\nsys.exit(3)"})
+        assert stopped.returncode == 3
 
 
 def test_reproducing_commands_resolve_their_files_and_learners(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,136 @@
+"""Runs many ``vlprompt`` commands and Python snippets in children forked from one process that imported vlprompt's
+command-line stack once.
+
+A ``vlprompt`` process spends 10 to 15 s of CPU importing torch, Lightning and open_clip before it reads its
+arguments, and the README walk-through runs about thirty of them. Here each command is a child forked from a server
+that paid for the imports once: the child takes the caller's stdin, stdout and stderr (passed over the socket),
+working directory, environment and arguments, runs ``vlprompt.commands.main`` (what the ``vlprompt`` console script
+calls) or a snippet as ``python -c`` would, and its exit status becomes the caller's. What a command starts itself (a
+sweep's workers) is still a fresh process.
+
+What differs from a fresh process, so what the tests using it cannot check: a module imported by the server read the
+environment the server started with (the children's own environment is in place before the command runs); signals
+sent to the caller do not reach the child; and the console script itself is not started (``make install`` runs it,
+tests/test_cli.py and tests/test_packaging.py start fresh ``python -m vlprompt`` processes).
+
+    python tests/command_server.py SOCKET        # imports, prints "ready", serves until terminated
+    CLIENT                                       # source of a stdlib-only program's run_on_server(argv)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+HEADER = 8  # bytes: the request's length, sent with the caller's three standard streams
+STATUS = 4  # bytes: the child's exit status, signed
+
+#: A program that forwards its own arguments, working directory and environment to the server at ``VLPROMPT_SERVER``
+#: and exits with the status the command ended with. ``python -c`` snippets go through it too (``--python-code``).
+CLIENT = f'''
+import json, os, socket, sys
+
+
+def run_on_server(argv):
+    request = json.dumps({{"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(os.environ["VLPROMPT_SERVER"])
+        socket.send_fds(connection, [len(request).to_bytes({HEADER}, "big")], [0, 1, 2])
+        connection.sendall(request)
+        status = b""
+        while len(status) < {STATUS}:
+            chunk = connection.recv({STATUS} - len(status))
+            if not chunk:
+                sys.exit("command server: the command's process ended without a status (killed?)")
+            status += chunk
+    sys.exit(int.from_bytes(status, "big", signed=True))
+'''
+
+
+def _run(request: dict) -> int:
+    """In the forked child: become the caller's process, then run its command. Returns the exit status."""
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = request["argv"]
+    sys.argv = list(argv)
+    # sys.path[0] as the caller's would be: the working directory for `python -c`, the script's folder otherwise
+    sys.path[0] = "" if argv[0] == "--python-code" else os.path.dirname(sys.executable)
+    try:
+        if argv[0] == "--python-code":  # `python -c CODE`
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:
+            from vlprompt.commands import main
+
+            main(argv[1:])
+        return 0
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 - as an uncaught exception ends `python`: traceback, status 1
+        traceback.print_exc()
+        return 1
+
+
+def _serve_one(listener: socket.socket, connection: socket.socket) -> None:
+    message, fds, _, _ = socket.recv_fds(connection, HEADER, 3)
+    length = int.from_bytes(message, "big")
+    payload = b""
+    while len(payload) < length:
+        payload += connection.recv(length - len(payload))
+    if os.fork():  # the server: the child owns the connection and the streams now
+        for fd in fds:
+            os.close(fd)
+        connection.close()
+        return
+    listener.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command may wait for processes of its own
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    status = 1
+    try:
+        status = _run(json.loads(payload))
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        try:
+            connection.sendall(status.to_bytes(STATUS, "big", signed=True))
+        finally:
+            os._exit(status & 0xFF)
+
+
+def serve(path: str) -> None:
+    # What every command imports, loaded before the first fork: the children share it.
+    import vlprompt.cli  # noqa: F401
+    import vlprompt.commands  # noqa: F401
+    import vlprompt.data.check  # noqa: F401
+    import vlprompt.eval.report  # noqa: F401
+    import vlprompt.eval.suite  # noqa: F401
+    import vlprompt.inference  # noqa: F401
+    import vlprompt.meta_init  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished children are reaped by the kernel
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        print("ready", flush=True)
+        while True:
+            connection, _ = listener.accept()
+            with connection:
+                _serve_one(listener, connection)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
