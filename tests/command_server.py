@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import traceback
+import types
 
 HEADER = 8  # bytes: the request's length, sent with the caller's three standard streams
 STATUS = 4  # bytes: the child's exit status, signed
@@ -63,7 +64,8 @@ def _run(request: dict) -> int:
     try:
         if argv[0] == "--python-code":  # `python -c CODE`
             sys.argv = ["-c", *argv[2:]]
-            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            sys.modules["__main__"] = module = types.ModuleType("__main__")  # the snippet's own, as under python -c
+            exec(compile(argv[1], "<string>", "exec"), module.__dict__)
         else:
             from vlprompt.commands import main
 
