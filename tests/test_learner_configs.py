@@ -168,7 +168,9 @@ def run_pytest(checkout, *args):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=checkout,
+    # In one process (-n 0): a handful of tests gain nothing from workers that each import torch and Lightning again.
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *args],
+                          cwd=checkout,
                           env=env, capture_output=True, text=True, timeout=600)
 
 
