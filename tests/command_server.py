@@ -42,12 +42,10 @@ def run_on_server(argv):
         connection.connect(os.environ["VLPROMPT_SERVER"])
         socket.send_fds(connection, [len(request).to_bytes({HEADER}, "big")], [0, 1, 2])
         connection.sendall(request)
-        status = b""
-        while len(status) < {STATUS}:
-            chunk = connection.recv({STATUS} - len(status))
-            if not chunk:
-                sys.exit("command server: the command's process ended without a status (killed?)")
-            status += chunk
+        with connection.makefile("rb") as replies:
+            status = replies.read({STATUS})
+    if len(status) < {STATUS}:
+        sys.exit("command server: the command's process ended without a status (killed?)")
     sys.exit(int.from_bytes(status, "big", signed=True))
 '''
 
@@ -58,17 +56,17 @@ def _run(request: dict) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     argv = request["argv"]
-    sys.argv = list(argv)
-    # sys.path[0] as the caller's would be: the working directory for `python -c`, the script's folder otherwise
-    sys.path[0] = "" if argv[0] == "--python-code" else os.path.dirname(sys.executable)
+    # sys.argv and sys.path[0] as the caller's would be: for `python -c` the working directory, otherwise the
+    # console script's folder
     try:
-        if argv[0] == "--python-code":  # `python -c CODE`
-            sys.argv = ["-c", *argv[2:]]
+        if argv[0] == "--python-code":  # `python -c CODE ARGS`
+            sys.argv, sys.path[0] = ["-c", *argv[2:]], ""
             sys.modules["__main__"] = module = types.ModuleType("__main__")  # the snippet's own, as under python -c
             exec(compile(argv[1], "<string>", "exec"), module.__dict__)
         else:
             from vlprompt.commands import main
 
+            sys.argv, sys.path[0] = list(argv), os.path.dirname(sys.executable)
             main(argv[1:])
         return 0
     except SystemExit as stop:
@@ -84,9 +82,12 @@ def _run(request: dict) -> int:
 def _serve_one(listener: socket.socket, connection: socket.socket) -> None:
     message, fds, _, _ = socket.recv_fds(connection, HEADER, 3)
     length = int.from_bytes(message, "big")
-    payload = b""
-    while len(payload) < length:
-        payload += connection.recv(length - len(payload))
+    with connection.makefile("rb") as requests:
+        payload = requests.read(length)
+    if len(payload) < length or len(fds) != 3:  # a caller that died mid-request: nothing to run, keep serving
+        for fd in fds:
+            os.close(fd)
+        return
     if os.fork():  # the server: the child owns the connection and the streams now
         for fd in fds:
             os.close(fd)

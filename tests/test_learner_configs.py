@@ -170,8 +170,7 @@ def run_pytest(checkout, *args):
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     # In one process (-n 0): a handful of tests gain nothing from workers that each import torch and Lightning again.
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *args],
-                          cwd=checkout,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -39,7 +39,6 @@ SMALL_BUDGET = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2
 VLPROMPT_SHIM = f"""#!{sys.executable}
 # The README test's vlprompt: the real one, run by the command server, with a one-epoch budget appended (or
 # parse-only in dry-run blocks).
-import os, sys
 {CLIENT}
 args, dry = sys.argv[1:], os.environ.get("README_TEST_MODE") == "dry-run"
 budget = {SMALL_BUDGET!r}
@@ -50,8 +49,7 @@ elif args and args[0] == "suite":
 run_on_server(["vlprompt", *args])
 """
 #: ``python -c BLOCK`` through the command server.
-PYTHON_CLIENT = f"""import sys
-{CLIENT}
+PYTHON_CLIENT = f"""{CLIENT}
 run_on_server(["--python-code", *sys.argv[1:]])
 """
 
