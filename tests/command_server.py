@@ -15,17 +15,26 @@ tests/test_cli.py and tests/test_packaging.py start fresh ``python -m vlprompt``
 
     python tests/command_server.py SOCKET        # imports, prints "ready", serves until terminated
     CLIENT                                       # source of a stdlib-only program's run_on_server(argv)
+    with serving(cwd, env) as env: ...           # a server for the block; env names its socket
+    [sys.executable, "-c", VLPROMPT_CLIENT, *args]   # `vlprompt ARGS` through the server in env
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import traceback
 import types
+from pathlib import Path
+from typing import Iterator
 
 HEADER = 8  # bytes: the request's length, sent with the caller's three standard streams
 STATUS = 4  # bytes: the child's exit status, signed
@@ -48,6 +57,28 @@ def run_on_server(argv):
         sys.exit("command server: the command's process ended without a status (killed?)")
     sys.exit(int.from_bytes(status, "big", signed=True))
 '''
+#: ``vlprompt ARGS`` as a program: ``[sys.executable, "-c", VLPROMPT_CLIENT, *ARGS]``.
+VLPROMPT_CLIENT = CLIENT + 'run_on_server(["vlprompt", *sys.argv[1:]])\n'
+
+
+@contextlib.contextmanager
+def serving(cwd: Path, env: dict, start_timeout: float = 600) -> Iterator[dict]:
+    """A command server started in ``cwd`` with ``env`` (what its imports read), stopped on leaving; yields ``env``
+    with ``VLPROMPT_SERVER`` naming its socket, the environment its clients run in."""
+    socket_dir = Path(tempfile.mkdtemp(prefix="vlprompt-server-"))  # short: a socket's path has at most 107 bytes
+    env = {**env, "VLPROMPT_SERVER": str(socket_dir / "socket")}
+    server = subprocess.Popen([sys.executable, __file__, env["VLPROMPT_SERVER"]], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        started = (select.select([server.stdout], [], [], start_timeout)[0]
+                   and server.stdout.readline().strip() == "ready")
+        assert started, "the command server did not start (tests/command_server.py; its error is above)"
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        server.stdout.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _run(request: dict) -> int:

@@ -1,12 +1,17 @@
 """DDP on CPU (gloo, 2 processes): training works for every learner, and evaluation counts each image once.
 
-Each run is a `python -m vlprompt.cli` subprocess; Lightning launches the second rank itself, so pytest is never
-re-launched inside itself.
+Each run is a ``vlprompt`` process, never pytest itself. The exactly-once check runs ``--trainer.strategy ddp`` in
+fresh processes, as on a GPU node: Lightning starts the second rank as a new ``python -m vlprompt.cli``. The runs of
+every learner go through the command server (tests/command_server.py) with ``ddp_fork``, whose ranks are forked
+from the command's process: what they check is the learner under DDP (gradient all-reduce, unused prompts), which
+does not depend on how the ranks were started, and they check that vlprompt reports the folders its rank 0 wrote
+when the command's own process only waits for the ranks.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +23,7 @@ from vlprompt.learners import get_learner_class, list_learners
 from vlprompt.learners.registry import hyperparameter_names
 from vlprompt.toy import write_toy_dataset
 
+from command_server import VLPROMPT_CLIENT, serving
 from conftest import REPO, teacher_checkpoint
 
 CONFIGS = REPO / "configs"
@@ -32,20 +38,58 @@ def toy_data(tmp_path_factory) -> Path:
     return root
 
 
-def vlprompt(command: str, learner: str, data: Path, logs: Path, name: str, devices: int, *extra) -> Path:
-    args = [sys.executable, "-m", "vlprompt.cli", command, "--config", str(CONFIGS / "learners" / f"{learner}.yaml"),
-            "--config", str(CONFIGS / "clip" / "toy.yaml"), "--config", str(CONFIGS / "data" / "toy" / "ToyShapes.yaml"),
-            "--data.root", str(data), "--data.shots", "4", "--data.batch_size", "8", "--data.eval_batch_size", "4",
-            "--data.num_workers", "0", "--seed_everything", "1", "--trainer.accelerator", "cpu",
-            "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name, *extra]
-    if devices > 1:  # a learner that may leave prompts unused in a step asks DDP to look for them
-        unused = get_learner_class(learner).may_leave_parameters_unused
-        args += ["--trainer.strategy", "ddp_find_unused_parameters_true" if unused else "ddp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks share two cores
-    run = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=logs.parent, env=env)
+#: Two ranks share two cores.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def server(toy_data) -> dict:
+    """The environment of ``vlprompt`` commands run through a command server started with one thread."""
+    with serving(toy_data.parent, ONE_THREAD) as env:
+        yield env
+
+
+def toy_arguments(learner: str, data: Path, logs: Path, name: str, devices: int) -> list[str]:
+    return ["--config", str(CONFIGS / "learners" / f"{learner}.yaml"), "--config", str(CONFIGS / "clip" / "toy.yaml"),
+            "--config", str(CONFIGS / "data" / "toy" / "ToyShapes.yaml"), "--data.root", str(data), "--data.shots", "4",
+            "--data.batch_size", "8", "--data.eval_batch_size", "4", "--data.num_workers", "0", "--seed_everything",
+            "1", "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.enable_progress_bar",
+            "false", "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", name]
+
+
+def strategy(learner: str, launcher: str) -> str:
+    """``ddp`` or ``ddp_fork``; a learner that may leave prompts unused in a step asks DDP to look for them."""
+    unused = get_learner_class(learner).may_leave_parameters_unused
+    return f"{launcher}_find_unused_parameters_true" if unused else launcher
+
+
+def run_ok(program: list[str], cwd: Path, env: dict) -> str:
+    run = subprocess.run(program, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def vlprompt(command: str, learner: str, data: Path, logs: Path, name: str, devices: int, *extra) -> Path:
+    """A fresh ``python -m vlprompt.cli`` process; with 2 devices, under ``ddp``."""
+    args = toy_arguments(learner, data, logs, name, devices) + list(extra)
+    if devices > 1:
+        args += ["--trainer.strategy", strategy(learner, "ddp")]
+    run_ok([sys.executable, "-m", "vlprompt.cli", command, *args], logs.parent, ONE_THREAD)
     return logs / name / "version_0"
+
+
+def forked_ranks(server: dict, command: str, learner: str, data: Path, logs: Path, name: str, *extra) -> str:
+    """``vlprompt COMMAND`` through the command server on two ranks forked from it (``ddp_fork``); its output."""
+    args = [*toy_arguments(learner, data, logs, name, 2), "--trainer.strategy", strategy(learner, "ddp_fork"), *extra]
+    return run_ok([sys.executable, "-c", VLPROMPT_CLIENT, command, *args], logs.parent, server)
+
+
+def fitted(output: str, logs: Path, name: str) -> Path:
+    """The checkpoint a fit's output names, checked to be its run's ``last.ckpt``."""
+    checkpoint = logs / name / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"vlprompt: checkpoint {checkpoint}" in output, output[-2000:]
+    assert checkpoint.is_file()
+    return checkpoint
 
 
 def test_accuracy(log_dir: Path) -> float:
@@ -71,7 +115,7 @@ def test_two_processes_train_and_test_every_image_exactly_once(toy_data, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("learner", [n for n in TRAINABLE if n != "coop"])
-def test_two_process_training_completes(learner, toy_data, tmp_path):
+def test_two_process_training_completes(learner, toy_data, server, tmp_path):
     # A learner with a teacher (CasPL's boosting stage) distils the toy CLIP itself here: no download offline.
     teacher = (["--model.init_args.teacher.init_args.name", "vlprompt-tiny",
                 "--model.init_args.teacher.init_args.pretrained", "toy"]
@@ -81,16 +125,44 @@ def test_two_process_training_completes(learner, toy_data, tmp_path):
 
         teacher = ["--model.init_args.teacher_checkpoint",
                    teacher_checkpoint(package.load_clip("vlprompt-tiny", pretrained="toy"))]
-    fit = vlprompt("fit", learner, toy_data, tmp_path / "logs", learner, 2, "--trainer.max_epochs", "1", *teacher)
-    assert (fit / "checkpoints" / "last.ckpt").is_file()
+    logs = tmp_path / "logs"
+    fitted(forked_ranks(server, "fit", learner, toy_data, logs, learner, "--trainer.max_epochs", "1", *teacher),
+           logs, learner)
 
 
 @pytest.mark.slow
-def test_mixture_of_prompts_trains_under_ddp_with_experts_left_unused(toy_data, tmp_path):
+def test_mixture_of_prompts_trains_under_ddp_with_experts_left_unused(toy_data, server, tmp_path):
     # Without the text term only the experts some image picks are encoded: DDP sees the others unused.
-    fit = vlprompt("fit", "mocoop", toy_data, tmp_path / "logs", "mocoop", 2, "--trainer.max_epochs", "1",
-                   "--model.init_args.text_loss_weight", "0", "--model.init_args.top_k", "1")
-    assert (fit / "checkpoints" / "last.ckpt").is_file()
+    logs = tmp_path / "logs"
+    fitted(forked_ranks(server, "fit", "mocoop", toy_data, logs, "mocoop", "--trainer.max_epochs", "1",
+                        "--model.init_args.text_loss_weight", "0", "--model.init_args.top_k", "1"), logs, "mocoop")
+
+
+@pytest.mark.slow
+def test_forked_ranks_report_the_folders_their_rank_0_wrote(toy_data, server, tmp_path):
+    """Under ``ddp_fork`` (as ``ddp_spawn`` and ``ddp_notebook``) the command's process only starts the ranks and
+    waits; its report names the checkpoint and folders rank 0 wrote, and a suite tests the checkpoint it fitted."""
+    logs = tmp_path / "logs"
+    checkpoint = fitted(forked_ranks(server, "fit", "coop", toy_data, logs, "fit", "--trainer.max_epochs", "1"),
+                        logs, "fit")
+    tested = forked_ranks(server, "test", "coop", toy_data, logs, "test", "--ckpt_path", str(checkpoint))
+    run = logs / "test" / "version_0"
+    assert f"metrics in {run}" in tested
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".json" or p.name.startswith("per_class")) == [
+        "metrics.json", "per_class_ToyShapes_all.csv"]
+    assert not (logs / "test" / "version_1").exists()
+    (tmp_path / "ranks.yaml").write_text("trainer:\n  accelerator: cpu\n  devices: 2\n  strategy: ddp_fork\n"
+                                        "  max_epochs: 1\n  enable_progress_bar: false\n"
+                                        "data:\n  num_workers: 0\n  batch_size: 8\n  eval_batch_size: 4\n")
+    (tmp_path / "data" / "toy").mkdir(parents=True)
+    (tmp_path / "data" / "toy" / "ToyShapes").symlink_to(toy_data)  # where ToyShapes.yaml's data.root points
+    run_ok([sys.executable, "-c", VLPROMPT_CLIENT, "suite", "base2novel", "--learner",
+            str(CONFIGS / "learners" / "coop.yaml"), str(tmp_path / "ranks.yaml"), "--clip",
+            str(CONFIGS / "clip" / "toy.yaml"), "--data", str(CONFIGS / "data" / "toy" / "ToyShapes.yaml"),
+            "--seeds", "1", "--shots", "4", "--runs", str(tmp_path / "suite")], tmp_path, server)
+    run = tmp_path / "suite" / "base2novel" / "coop" / "ToyShapes" / "shots4_seed1"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert {"base_acc", "novel_acc", "hm"} <= set(json.loads((run / "metrics.json").read_text()))
 
 
 def test_learners_that_may_leave_prompts_unused_must_say_so_under_ddp(tiny_clip):

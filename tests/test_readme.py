@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from command_server import CLIENT
+from command_server import CLIENT, serving
 from conftest import REPO
 
 FENCE = re.compile(r"(?:<!-- readme-test: (?P<mode>[\w-]+)(?::\s*(?P<why>.*?))? -->\n)?```(?P<lang>bash|python)\n"
@@ -109,19 +106,9 @@ def readme_workdir(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     # `python` is this interpreter (its environment's bin directory), `vlprompt` the shim in front of it.
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    socket_dir = Path(tempfile.mkdtemp(prefix="vlprompt-server-"))  # short: a socket's path has at most 107 bytes
-    env = {**os.environ, "PATH": path, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "VLPROMPT_SERVER": str(socket_dir / "socket")}
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "command_server.py"), env["VLPROMPT_SERVER"]],
-                              cwd=work, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        started = select.select([server.stdout], [], [], 600)[0] and server.stdout.readline().strip() == "ready"
-        assert started, "the command server did not start (tests/command_server.py; its error is above)"
+    env = {**os.environ, "PATH": path, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with serving(work, env) as env:
         yield work, env
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def block_process(block: dict, workdir: tuple[Path, dict], **env) -> subprocess.CompletedProcess:

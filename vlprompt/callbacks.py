@@ -137,7 +137,8 @@ def resume_hint(trainer: pl.Trainer) -> str:
 
 
 def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
-    """The ``last.ckpt`` of this fit (written by this process, or left by the fit it resumed), if there is one."""
+    """The ``last.ckpt`` of this fit (written by this process, or by the ranks it started: ``ddp_spawn`` and
+    ``ddp_fork`` hand back no ``last_model_path``; or left by the fit it resumed), if there is one."""
     callback = trainer.checkpoint_callback
     if callback is None:
         return None

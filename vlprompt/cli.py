@@ -22,10 +22,11 @@ from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher
 
 from vlprompt.data import ImageSplitDataModule
 from vlprompt.callbacks import (AtomicCheckpointIO, InterruptionReport, PerClassAccuracyReport, SaveAndLogConfig,
-                                finished_epochs)
+                                finished_epochs, last_checkpoint)
 from vlprompt.command_line import names_a_checkpoint_file
 from vlprompt.cli_errors import (candidate_keys, configured_learner_names, configured_learners, one_line_error,
                                  owners_of_keys)
@@ -178,8 +179,25 @@ class VlpromptCLI(LightningCLI):
         directory = getattr(logger, "save_dir", None) or self.trainer.default_root_dir
         ensure_writable(Path(directory), "the output directory (--trainer.default_root_dir)")
 
+    def _settle_run_directory(self, stage: str) -> None:
+        """Under a launcher that starts every rank from this process and only waits for them (``ddp_spawn``,
+        ``ddp_fork``, ``ddp_notebook``), fix the run's version folder and checkpoint folder here first: rank 0 writes
+        into them, and this process, which reports afterwards, must name the same ones rather than the next free
+        version. Both are handed to the ranks with the trainer."""
+        trainer = self.trainer
+        if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            return
+        for logger in trainer.loggers:
+            logger.version  # noqa: B018 - computed on first use, then kept
+        if stage == "fit":
+            with warnings.catch_warnings():  # about a non-empty checkpoint folder: rank 0 warns itself
+                warnings.simplefilter("ignore")
+                for callback in trainer.checkpoint_callbacks:
+                    callback.setup(trainer, self.model, stage)
+
     def before_fit(self) -> None:
         self._check_output_directory()
+        self._settle_run_directory("fit")
         if not self.config["fit"].get("ckpt_path"):
             self._point_at_stopped_fits()
 
@@ -196,18 +214,20 @@ class VlpromptCLI(LightningCLI):
                              f"instead, run this command with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})\n")
 
     def after_fit(self) -> None:
-        callback = self.trainer.checkpoint_callback
-        if self.trainer.is_global_zero and callback is not None and callback.last_model_path:
-            run_dir = Path(callback.last_model_path).parent.parent
+        checkpoint = last_checkpoint(self.trainer)
+        if self.trainer.is_global_zero and checkpoint is not None:
+            run_dir = checkpoint.parent.parent
             config = f", config {run_dir / 'config.yaml'}" if (run_dir / "config.yaml").is_file() else ""
-            print(f"vlprompt: checkpoint {callback.last_model_path}{config}", flush=True)
+            print(f"vlprompt: checkpoint {checkpoint}{config}", flush=True)
 
     def before_validate(self) -> None:
         self._check_output_directory()
+        self._settle_run_directory("validate")
         self._warn_if_untrained()
 
     def before_test(self) -> None:
         self._check_output_directory()
+        self._settle_run_directory("test")
         self._warn_if_untrained()
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vlprompt.callbacks import last_checkpoint
 from vlprompt.cli import create_cli
 from vlprompt.eval.accuracy import harmonic_mean
 
@@ -26,7 +27,7 @@ def fit_checkpoint(args: Sequence[str], subsample: str, resume: Optional[Path] =
     resume_args = ["--ckpt_path", str(resume)] if resume else []
     fit = create_cli(["fit", *args, "--data.subsample", subsample, *resume_args])
     # A resumed fit that had already reached its last epoch saves nothing new: its checkpoint is the one given.
-    return fit.trainer.checkpoint_callback.last_model_path or str(resume)
+    return str(last_checkpoint(fit.trainer) or resume)
 
 
 def fit_then_test(args: Sequence[str], subsample: str, trains: bool,
