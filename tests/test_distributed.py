@@ -163,6 +163,31 @@ def test_forked_ranks_report_the_folders_their_rank_0_wrote(toy_data, server, tm
     run = tmp_path / "suite" / "base2novel" / "coop" / "ToyShapes" / "shots4_seed1"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert {"base_acc", "novel_acc", "hm"} <= set(json.loads((run / "metrics.json").read_text()))
+    # wandb names its version (the run id) only once rank 0 starts the run: the checkpoints go into that folder.
+    wandb = forked_ranks({**server, "WANDB_MODE": "offline"}, "fit", "coop", toy_data, logs, "wandb",
+                         "--trainer.max_epochs", "1", "--trainer.logger", "WandbLogger",
+                         "--trainer.logger.init_args.project", "proj")
+    [checkpoint] = (logs / "proj").glob("*/checkpoints/last.ckpt")  # save_dir/project/run id
+    assert checkpoint.parent.parent.name != "version_None" and f"vlprompt: checkpoint {checkpoint}" in wandb
+
+
+def test_the_last_checkpoint_is_found_beside_the_one_ranks_hand_back(tmp_path):
+    """Ranks started by ddp_spawn/ddp_fork hand their command's process only ``best_model_path``."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from vlprompt.callbacks import last_checkpoint
+
+    callback = ModelCheckpoint(save_last=True)
+    trainer = type("Trainer", (), {"checkpoint_callback": callback})()
+    assert last_checkpoint(trainer) is None
+    callback.best_model_path = str(tmp_path / "epoch=0-step=6.ckpt")
+    assert last_checkpoint(trainer) is None  # no last.ckpt there
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert last_checkpoint(trainer) == tmp_path / "last.ckpt"
+    callback.last_model_path = str(tmp_path / "other" / "last.ckpt")  # this process's own, when it exists, first
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "last.ckpt").write_bytes(b"")
+    assert last_checkpoint(trainer) == tmp_path / "other" / "last.ckpt"
 
 
 def test_learners_that_may_leave_prompts_unused_must_say_so_under_ddp(tiny_clip):

@@ -137,15 +137,17 @@ def resume_hint(trainer: pl.Trainer) -> str:
 
 
 def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
-    """The ``last.ckpt`` of this fit (written by this process, or by the ranks it started: ``ddp_spawn`` and
-    ``ddp_fork`` hand back no ``last_model_path``; or left by the fit it resumed), if there is one."""
+    """The ``last.ckpt`` of this fit (written by this process, or by the ranks it started, or left by the fit it
+    resumed), if there is one. Ranks started by ``ddp_spawn`` or ``ddp_fork`` hand back only ``best_model_path``,
+    which lies beside it."""
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
-    if callback.last_model_path and Path(callback.last_model_path).is_file():
-        return Path(callback.last_model_path)
-    candidate = Path(callback.dirpath) / "last.ckpt" if getattr(callback, "dirpath", None) else None
-    return candidate if candidate is not None and candidate.is_file() else None
+    last = Path(callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+    candidates = [callback.last_model_path,
+                  getattr(callback, "dirpath", None) and Path(callback.dirpath) / last,
+                  callback.best_model_path and Path(callback.best_model_path).with_name(last.name)]
+    return next((Path(path) for path in candidates if path and Path(path).is_file()), None)
 
 
 def finished_epochs(checkpoint: dict) -> int:

@@ -183,13 +183,14 @@ class VlpromptCLI(LightningCLI):
         """Under a launcher that starts every rank from this process and only waits for them (``ddp_spawn``,
         ``ddp_fork``, ``ddp_notebook``), fix the run's version folder and checkpoint folder here first: rank 0 writes
         into them, and this process, which reports afterwards, must name the same ones rather than the next free
-        version. Both are handed to the ranks with the trainer."""
+        version. Both are handed to the ranks with the trainer. A logger that names its version only once its run
+        exists (wandb) leaves the checkpoint folder to rank 0, which hands its checkpoint back
+        (:func:`~vlprompt.callbacks.last_checkpoint`)."""
         trainer = self.trainer
         if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
             return
-        for logger in trainer.loggers:
-            logger.version  # noqa: B018 - computed on first use, then kept
-        if stage == "fit":
+        versions = [logger.version for logger in trainer.loggers]  # computed on first use, then kept
+        if stage == "fit" and None not in versions:
             with warnings.catch_warnings():  # about a non-empty checkpoint folder: rank 0 warns itself
                 warnings.simplefilter("ignore")
                 for callback in trainer.checkpoint_callbacks:
