@@ -78,10 +78,15 @@ def vlprompt(command: str, learner: str, data: Path, logs: Path, name: str, devi
     return logs / name / "version_0"
 
 
+def on_server(server: dict, cwd: Path, *args: str) -> str:
+    """``vlprompt ARGS`` run by the command server; its output."""
+    return run_ok([sys.executable, "-c", VLPROMPT_CLIENT, *args], cwd, server)
+
+
 def forked_ranks(server: dict, command: str, learner: str, data: Path, logs: Path, name: str, *extra) -> str:
     """``vlprompt COMMAND`` through the command server on two ranks forked from it (``ddp_fork``); its output."""
     args = [*toy_arguments(learner, data, logs, name, 2), "--trainer.strategy", strategy(learner, "ddp_fork"), *extra]
-    return run_ok([sys.executable, "-c", VLPROMPT_CLIENT, command, *args], logs.parent, server)
+    return on_server(server, logs.parent, command, *args)
 
 
 def fitted(output: str, logs: Path, name: str) -> Path:
@@ -156,10 +161,10 @@ def test_forked_ranks_report_the_folders_their_rank_0_wrote(toy_data, server, tm
                                         "data:\n  num_workers: 0\n  batch_size: 8\n  eval_batch_size: 4\n")
     (tmp_path / "data" / "toy").mkdir(parents=True)
     (tmp_path / "data" / "toy" / "ToyShapes").symlink_to(toy_data)  # where ToyShapes.yaml's data.root points
-    run_ok([sys.executable, "-c", VLPROMPT_CLIENT, "suite", "base2novel", "--learner",
-            str(CONFIGS / "learners" / "coop.yaml"), str(tmp_path / "ranks.yaml"), "--clip",
-            str(CONFIGS / "clip" / "toy.yaml"), "--data", str(CONFIGS / "data" / "toy" / "ToyShapes.yaml"),
-            "--seeds", "1", "--shots", "4", "--runs", str(tmp_path / "suite")], tmp_path, server)
+    on_server(server, tmp_path, "suite", "base2novel", "--learner", str(CONFIGS / "learners" / "coop.yaml"),
+              str(tmp_path / "ranks.yaml"), "--clip", str(CONFIGS / "clip" / "toy.yaml"), "--data",
+              str(CONFIGS / "data" / "toy" / "ToyShapes.yaml"), "--seeds", "1", "--shots", "4", "--runs",
+              str(tmp_path / "suite"))
     run = tmp_path / "suite" / "base2novel" / "coop" / "ToyShapes" / "shots4_seed1"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert {"base_acc", "novel_acc", "hm"} <= set(json.loads((run / "metrics.json").read_text()))

@@ -143,10 +143,10 @@ def last_checkpoint(trainer: pl.Trainer) -> Optional[Path]:
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
-    last = Path(callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+    last = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
     candidates = [callback.last_model_path,
                   getattr(callback, "dirpath", None) and Path(callback.dirpath) / last,
-                  callback.best_model_path and Path(callback.best_model_path).with_name(last.name)]
+                  callback.best_model_path and Path(callback.best_model_path).with_name(last)]
     return next((Path(path) for path in candidates if path and Path(path).is_file()), None)
 
 
